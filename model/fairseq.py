@@ -1,0 +1,274 @@
+"""Import of original fairseq-evo TNN checkpoints (`tnn_v2_lm` archs, spec §3-4) into native names.
+
+The .pt is read with `torch.load(weights_only=True)`: no pickle code runs. Hyperparameters come from
+cfg["model"] (a dict or an argparse.Namespace), then the arch table, then the layer defaults; every size is read
+from the tensor shapes and cross-checked against the cfg. Anything that cannot be loaded exactly is refused
+with the key, the shapes and the file named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tnn.model.config import ACTIVATIONS, TnnConfig
+
+logger = logging.getLogger(__name__)
+
+# Values the registered archs set (spec §3.2) on top of tnn_v2_decay_99_pre; None marks archs we refuse.
+_MAIN_ARCH: dict[str, Any] = {
+    "decoder_layers": 7,
+    "decoder_normalize_before": True,
+    "use_decay": True,
+    "use_norm": False,
+    "rpe_layers": 6,
+}
+ARCHS: dict[str, dict[str, Any] | None] = {
+    "tnn_v2_decay_99_pre": {},
+    "tnn_v2_no_decay": {"use_decay": False},
+    "tnn_v2_decay_99_post": {"decoder_normalize_before": False},
+    "tnn_v2_decay_99_post_usenorm": {"decoder_normalize_before": False, "use_norm": True},
+    "tnn_v2_decay_99_pre_usenorm": {"use_norm": True},
+    "tnn_v2_decay_99_pre_l6": {"decoder_layers": 6},
+    "tnn_v2_decay_99_pre_l12": {"decoder_layers": 12, "rpe_layers": 1},
+    "tnn_v2_decay_99_pre_l1": {"rpe_layers": 1},
+    "tnn_v2_decay_99_pre_gluv2": None,
+    "tnn_v2_decay_99_pre_glu_v2_gtu_v3": None,
+    "tnn_v2_decay_99_pre_glu_v2_gtu_v3_l6": None,
+    "tnn_v2_decay_99_pre_e768": None,
+}
+# Layer defaults the original code falls back to when cfg["model"] omits an argument (golden/README.md).
+_LAYER_DEFAULTS: dict[str, Any] = {
+    "decoder_attention_heads": 1,
+    "no_decoder_final_norm": False,
+    "no_scale_embedding": False,
+    "share_decoder_input_output_embed": True,
+    "act_fun": "silu",
+    "causal": True,
+    "expand_ratio": 3,
+    "norm_type": "simplermsnorm",
+    "use_multi_decay": False,
+    "gamma": 0.99,
+    "rpe_embedding": 64,
+    "residual": False,
+    "glu_act": "silu",
+    "glu_dim": 512,
+    "rpe_act": "relu",
+    "par_type": 1,
+    "act_type": "none",
+    "normalize": False,
+    "glu_type": 1,
+    "gtu_type": 2,
+    "fina_act": "None",
+    "bias": True,
+    "dropout": 0.1,
+    "final_layernorm": "layernorm",
+    "adaptive_input": False,
+    "adaptive_softmax_cutoff": None,
+}
+# (fairseq regex, native template); applied to every key of the state dict
+_KEY_MAP: list[tuple[str, str]] = [
+    (r"^decoder\.embed_tokens\.weight$", "embed.weight"),
+    (r"^decoder\.layer_norm\.(weight|bias)$", r"final_norm.\1"),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.o\.(weight|bias)$", r"layers.\1.gtu.out_proj.\2"),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.([uv]_proj)\.(weight|bias)$", r"layers.\1.gtu.\2.\3"),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.gamma$", r"layers.\1.gtu.tno.gamma"),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.pos_proj\.(weight|bias)$", r"layers.\1.gtu.tno.rpe.pos_proj.\2"),
+    (
+        r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.2\.(weight|bias)$",
+        r"layers.\1.gtu.tno.rpe.layers.\2.linear.\3",
+    ),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.out\.2\.(weight|bias)$", r"layers.\1.gtu.tno.rpe.out.linear.\2"),
+    (r"^decoder\.layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"layers.\1.glu.\2.\3"),
+]
+# Non-parameter leftovers fairseq-evo itself drops on load (spec §4.1)
+_IGNORED_KEYS = {"decoder.version", "decoder.output_projection.weight", "decoder.cache_matrix", "decoder.causal_mask"}
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only=True; argparse.Namespace (how fairseq-evo stores cfg) is allow-listed."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises several types; all mean "not safely loadable"
+        raise ValueError(f"{path}: cannot be loaded safely with torch.load(weights_only=True): {exc}") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state dict)")
+    return checkpoint
+
+
+def _model_args(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    cfg = checkpoint.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, dict) else None
+    if args is None:
+        args = checkpoint.get("args")  # legacy checkpoints keep a Namespace here
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if not isinstance(args, dict):
+        raise ValueError(f"{path}: no model arguments found in cfg['model'] or args")
+    return dict(args)
+
+
+def _task_args(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    cfg = checkpoint.get("cfg")
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    if isinstance(task, argparse.Namespace):
+        task = vars(task)
+    return task if isinstance(task, dict) else {}
+
+
+def _resolve_args(args: dict[str, Any], path: Path) -> dict[str, Any]:
+    arch = args.get("arch") or args.get("_name")
+    if arch in ARCHS and ARCHS[arch] is None:
+        raise ValueError(f"{path}: arch {arch!r} (GLUV2 / GtuV3 / project_in_dim) is not supported")
+    if arch not in ARCHS:
+        logger.warning("%s: unknown arch %r; using cfg values and tnn_v2_decay_99_pre defaults", path, arch)
+    resolved = {**_LAYER_DEFAULTS, **_MAIN_ARCH, **(ARCHS.get(arch) or {})}
+    resolved.update({k: v for k, v in args.items() if v is not None or k not in resolved})
+    return resolved
+
+
+def _refuse_unsupported(args: dict[str, Any], path: Path) -> None:
+    supported = {
+        "gtu_type": 2,
+        "glu_type": 1,
+        "par_type": 1,
+        "norm_type": "simplermsnorm",
+        "final_layernorm": "layernorm",
+        "adaptive_input": False,
+        "adaptive_softmax_cutoff": None,
+        "share_decoder_input_output_embed": True,
+    }
+    for key, value in supported.items():
+        if args.get(key) != value:
+            raise ValueError(f"{path}: cfg['model'][{key!r}] = {args.get(key)!r} is not supported (only {value!r})")
+    if str(args.get("fina_act")).lower() != "none":
+        raise ValueError(f"{path}: cfg['model']['fina_act'] = {args['fina_act']!r} is not supported (only 'None')")
+
+
+def _shape(state: dict[str, Tensor], key: str, path: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise ValueError(f"{path}: missing key {key!r}")
+    return tuple(state[key].shape)
+
+
+def _activation_name(name: Any) -> str:
+    """The original maps any unknown name (e.g. 'None') to identity."""
+    return name if name in ACTIVATIONS else "none"
+
+
+def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
+    """Hyperparameters from cfg + arch table, sizes from the tensors (cross-checked)."""
+    args = _resolve_args(_model_args(checkpoint, path), path)
+    _refuse_unsupported(args, path)
+    state = checkpoint["model"]
+    vocab_size, d_model = _shape(state, "decoder.embed_tokens.weight", path)
+    layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"^decoder\.layers\.(\d+)\.", k))}
+    n_layers = max(layer_ids) + 1 if layer_ids else 0
+    d_inner = _shape(state, "decoder.layers.0.self_attn.gtu.v_proj.weight", path)[0]
+    d_glu = _shape(state, "decoder.layers.0.glu.l1.weight", path)[0]
+    d_rpe = _shape(state, "decoder.layers.0.self_attn.gtu.toep.rpe.pos_proj.weight", path)[0]
+    rpe_ids = {
+        int(m.group(1)) for k in state if (m := re.match(r"^decoder\.layers\.0\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.", k))
+    }
+    n_rpe_layers = max(rpe_ids) + 1 if rpe_ids else 0
+    for arg, found in [
+        ("decoder_embed_dim", d_model),
+        ("decoder_layers", n_layers),
+        ("glu_dim", d_glu),
+        ("rpe_embedding", d_rpe),
+        ("rpe_layers", n_rpe_layers),
+    ]:
+        stated = args.get(arg)
+        if stated is not None and int(stated) != found:
+            raise ValueError(f"{path}: cfg['model'][{arg!r}] = {stated} but the tensors give {found}")
+
+    has_gamma = "decoder.layers.0.self_attn.gtu.toep.gamma" in state
+    decay = "learned" if args["use_multi_decay"] else "fixed" if args["use_decay"] else "none"
+    if has_gamma != (decay != "none"):
+        raise ValueError(f"{path}: decay {decay!r} from cfg, but the key 'toep.gamma' is {'present' if has_gamma else 'absent'}")
+    version = state.get("decoder.version")
+    version_value = float(version.flatten()[0]) if isinstance(version, Tensor) and version.numel() else 1.0
+    final_norm = bool(args["decoder_normalize_before"]) and not args["no_decoder_final_norm"]
+    if version_value <= 2 and final_norm:
+        logger.warning("%s: decoder.version %.1f <= 2: fairseq drops the final layer norm, so do we", path, version_value)
+        final_norm = False
+
+    heads = int(args["decoder_attention_heads"])
+    expand_ratio = float(args["expand_ratio"])
+    if int(expand_ratio * d_model) // heads * heads != d_inner:
+        expand_ratio = d_inner / d_model
+    task = _task_args(checkpoint)
+    train_length = task.get("tokens_per_sample") or args.get("tokens_per_sample")
+    padding_idx = 1 if vocab_size > 1 else None
+    return TnnConfig(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=heads,
+        expand_ratio=expand_ratio,
+        d_glu=d_glu,
+        d_rpe=d_rpe,
+        n_rpe_layers=n_rpe_layers,
+        rpe_act=_activation_name(args["rpe_act"]),
+        rpe_residual=bool(args["residual"]),
+        causal=bool(args["causal"]),
+        decay=decay,
+        gamma=float(args["gamma"]),
+        kernel_act=_activation_name(args["act_type"]),
+        normalize=bool(args["normalize"]),
+        gtu_act=_activation_name(args["act_fun"]),
+        gtu_norm=bool(args["use_norm"]),
+        glu_act=_activation_name(args["glu_act"]),
+        norm_position="pre" if args["decoder_normalize_before"] else "post",
+        final_norm=final_norm,
+        scale_embedding=not args["no_scale_embedding"],
+        bias=bool(args["bias"]),
+        padding_idx=padding_idx,
+        dropout=float(args["dropout"]),
+        train_length=int(train_length) if train_length else 512,
+    )
+
+
+def native_state_from_fairseq(state: dict[str, Tensor], config: TnnConfig, path: Path) -> dict[str, Tensor]:
+    """Rename keys; reshape gamma (h, 1, e) -> (h*e,) head-major; check the tied output projection."""
+    native: dict[str, Tensor] = {}
+    for key, tensor in state.items():
+        if key in _IGNORED_KEYS:
+            continue
+        if not config.final_norm and key.startswith("decoder.layer_norm."):
+            continue  # dropped by fairseq's version upgrade
+        for pattern, template in _KEY_MAP:
+            if re.match(pattern, key):
+                name = re.sub(pattern, template, key)
+                break
+        else:
+            raise ValueError(f"{path}: unexpected key {key!r} {tuple(tensor.shape)} in the checkpoint")
+        if name.endswith("tno.gamma"):
+            expected = (config.n_heads, 1, config.d_head)
+            if tuple(tensor.shape) != expected:
+                raise ValueError(f"{path}: key {key!r} has shape {tuple(tensor.shape)}, expected {expected}")
+            tensor = tensor.reshape(-1)
+        native[name] = tensor
+    tied = state.get("decoder.output_projection.weight")
+    embed = state["decoder.embed_tokens.weight"]
+    if tied is not None and (tied.shape != embed.shape or not torch.equal(tied, embed)):
+        raise ValueError(
+            f"{path}: 'decoder.output_projection.weight' differs from 'decoder.embed_tokens.weight'; "
+            "only tied output projections are supported"
+        )
+    return native
+
+
+def load_fairseq(path: str | Path) -> tuple[TnnConfig, dict[str, Tensor]]:
+    """(config, native state dict) from an original fairseq-evo checkpoint."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    config = config_from_fairseq(checkpoint, path)
+    return config, native_state_from_fairseq(checkpoint["model"], config, path)

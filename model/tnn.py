@@ -1,0 +1,415 @@
+"""Toeplitz Neural Network language model (Qin et al., ICLR 2023), with ETSC recurrent decoding.
+
+tokens -> sqrt(d) * Embedding -> n_layers x [GTU token mixer, GLU channel mixer] (pre- or post-norm,
+SimpleRMSNorm) -> LayerNorm -> tied output projection -> logits.
+The GTU gates a Toeplitz operator (Tno) whose coefficients a_k = gamma^|k| RPE(k) come from a small MLP.
+
+Three named entry points, no hidden mode switch:
+- `forward(tokens)`: the parallel FFT path over the whole sequence, TNN kernels at every lag (the oracle).
+- `prefill(tokens, state)`: prompt logits by FFT with the converted (ETSC) kernel, plus the recurrent state.
+- `step(tokens, state)`: one token per sequence, O(1) in position.
+
+Shapes: B batch, L tokens, d `d_model`, D `d_inner` (Toeplitz channels), N modes, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tnn.model.config import TnnConfig
+from tnn.model.ssm import SsmParams, ssm_prefill, ssm_step, zero_state
+from tnn.model.toeplitz import fft_dtype, toeplitz_matmul_fft
+
+SRMS_EPS = 1e-8
+LAYER_NORM_EPS = 1e-5
+
+
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    """The original activation lookup (spec §2.2), "none" being the identity."""
+    table: dict[str, Callable[[Tensor], Tensor]] = {
+        "none": lambda x: x,
+        "silu": F.silu,
+        "relu": F.relu,
+        "gelu": F.gelu,
+        "elu": F.elu,
+        "sigmoid": torch.sigmoid,
+        "leak": F.leaky_relu,
+        "1+elu": lambda x: 1 + F.elu(x),
+        "2+elu": lambda x: 2 + F.elu(x),
+        "exp": lambda x: torch.exp(x - x.amax(dim=-1, keepdim=True).detach()),
+        "sine": torch.sin,
+    }
+    return table[name]
+
+
+class SimpleRMSNorm(nn.Module):
+    """SimpleRMSNorm: x / (||x|| d^-1/2 + eps), no parameters, eps outside the root (not nn.RMSNorm)."""
+
+    def __init__(self, dim: int, eps: float = SRMS_EPS) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        rms = x.norm(dim=-1, keepdim=True) * self.dim**-0.5
+        return x / (rms + self.eps)
+
+
+class RpeBlock(nn.Module):
+    """Norm -> activation -> Linear, one block of the relative position encoder."""
+
+    def __init__(self, d_in: int, d_out: int, act: str, bias: bool) -> None:
+        super().__init__()
+        self.norm = SimpleRMSNorm(d_in)
+        self.act = activation(act)
+        self.linear = nn.Linear(d_in, d_out, bias=bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        # weights are cast to the positions' dtype so that bf16 models still encode lags in float32
+        weight = self.linear.weight.to(z.dtype)
+        bias = None if self.linear.bias is None else self.linear.bias.to(z.dtype)
+        return F.linear(self.act(self.norm(z)), weight, bias)
+
+
+class Rpe(nn.Module):
+    """Relative Position Encoder: an MLP from the scalar lag k to one coefficient per channel."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.residual = config.rpe_residual
+        self.pos_proj = nn.Linear(1, config.d_rpe, bias=config.bias)
+        self.layers = nn.ModuleList(
+            RpeBlock(config.d_rpe, config.d_rpe, config.rpe_act, config.bias) for _ in range(config.n_rpe_layers)
+        )
+        self.out = RpeBlock(config.d_rpe, config.d_inner, config.rpe_act, config.bias)
+
+    def forward(self, lags: Tensor) -> Tensor:
+        """lags: (K,) floats -> (K, D)."""
+        weight = self.pos_proj.weight.to(lags.dtype)
+        bias = None if self.pos_proj.bias is None else self.pos_proj.bias.to(lags.dtype)
+        z = F.linear(lags[:, None], weight, bias)  # (K, 1) -> (K, d_rpe)
+        for block in self.layers:
+            z = block(z) + z if self.residual else block(z)
+        return self.out(z)
+
+
+class Tno(nn.Module):
+    """Toeplitz Neural Operator: y = T v per channel, T[i, j] = a_{i-j}, a_k = act(gamma^|k| RPE(k))."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.causal = config.causal
+        self.decay_kind = config.decay
+        self.lower_bound = config.gamma  # lambda of the learned decay
+        self.kernel_act = config.kernel_act
+        self.normalize = config.normalize
+        self.n_heads = config.n_heads
+        self.rpe = Rpe(config)
+        if config.decay == "fixed":
+            # frozen, but a Parameter as in the original: it is part of the state dict and the parameter count
+            self.gamma = nn.Parameter(torch.full((config.d_inner,), config.gamma), requires_grad=False)
+        elif config.decay == "learned":
+            self.gamma = nn.Parameter(torch.randn(config.d_inner))
+        self.ssm: SsmParams | None = None  # attached by conversion (tnn.model.conversion)
+
+    def decay_rate(self, dtype: torch.dtype) -> Tensor:
+        """Effective gamma per channel, (D,); ones for a model without decay."""
+        if self.decay_kind == "fixed":
+            return self.gamma.to(dtype)
+        if self.decay_kind == "learned":
+            return self.lower_bound + (1 - self.lower_bound) * torch.sigmoid(self.gamma.to(dtype))
+        return torch.ones(self.rpe.out.linear.out_features, dtype=dtype, device=self.rpe.out.linear.weight.device)
+
+    def _apply_kernel_act(self, coef: Tensor) -> Tensor:
+        if self.kernel_act == "none":
+            return coef
+        act = activation(self.kernel_act)
+        heads = coef.view(coef.shape[0], self.n_heads, -1)  # (K, D) -> (K, h, e): "exp" normalises per head
+        return act(heads).view_as(coef)
+
+    def coefficients(self, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """Kernel for `length` tokens: a_k for lags 0..length-1 (length, D) and, if bidirectional,
+        lags -1..-(length-1) (length-1, D). Positions and coefficients in `dtype` (float32 or wider)."""
+        device = self.rpe.pos_proj.weight.device
+        lags = torch.arange(length, device=device, dtype=dtype)  # (L,)
+        gamma = self.decay_rate(dtype)  # (D,)
+        powers = gamma[None, :] ** lags[:, None]  # (L, D); lag 0 gets gamma^0 = 1
+        coef_pos = self._apply_kernel_act(self.rpe(lags) * powers)  # (L, D)
+        if self.causal:
+            return coef_pos, None
+        neg = self.rpe(-lags[1:]) * powers[1:]  # (L-1, D): lags -1..-(L-1)
+        return coef_pos, self._apply_kernel_act(neg)
+
+    def undecayed_coefficients(self, length: int) -> tuple[Tensor, Tensor]:
+        """For conversion, in float64: t (length, D) with a_k = gamma^k t_k, and gamma (D,)."""
+        gamma = self.decay_rate(torch.float64)
+        lags = torch.arange(length, device=gamma.device, dtype=torch.float64)
+        if self.kernel_act == "none":
+            return self.rpe(lags), gamma
+        coef_pos, _ = self.coefficients(length, torch.float64)
+        return coef_pos / gamma[None, :] ** lags[:, None], gamma
+
+    def forward(self, v: Tensor) -> Tensor:
+        """v: (B, L, D) -> (B, L, D) by the FFT Toeplitz product with the TNN kernel."""
+        dt = fft_dtype(v.dtype)
+        coef_pos, coef_neg = self.coefficients(v.shape[1], dt)
+        y = toeplitz_matmul_fft(v.to(dt), coef_pos, coef_neg)
+        if self.normalize:
+            y = y / toeplitz_matmul_fft(torch.ones_like(v[:1], dtype=dt), coef_pos, coef_neg)
+        return y.to(v.dtype)
+
+    def _require_ssm(self) -> SsmParams:
+        if self.ssm is None:
+            raise RuntimeError("this model has no recurrent form yet: convert it (tnn convert) or call "
+                               "tnn.model.conversion.attach_ssm before prefill/step")
+        return self.ssm
+
+    def prefill(self, v: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """v: (B, L, D) -> (B, L, D) with the converted kernel, and the state (B, N, D) after it."""
+        return ssm_prefill(v, state, self._require_ssm())
+
+    def step(self, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """v: (B, D) one token -> (B, D), new state (B, N, D)."""
+        return ssm_step(v, state, self._require_ssm())
+
+
+class Gtu(nn.Module):
+    """Gated Toeplitz Unit: out_proj( act(u_proj x) * Tno(act(v_proj x)) ); the gate is U, Tno acts on V."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.act = activation(config.gtu_act)
+        self.u_proj = nn.Linear(config.d_model, config.d_inner, bias=config.bias)
+        self.v_proj = nn.Linear(config.d_model, config.d_inner, bias=config.bias)
+        self.out_proj = nn.Linear(config.d_inner, config.d_model, bias=config.bias)
+        self.tno = Tno(config)
+        self.norm = SimpleRMSNorm(config.d_inner) if config.gtu_norm else None
+
+    def _gate(self, x: Tensor, mixed: Tensor) -> Tensor:
+        y = self.act(self.u_proj(x)) * mixed  # (..., D)
+        if self.norm is not None:
+            y = self.norm(y)
+        return self.out_proj(y)  # (..., d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, L, d) -> (B, L, d)."""
+        return self._gate(x, self.tno(self.act(self.v_proj(x))))
+
+    def prefill(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        mixed, state = self.tno.prefill(self.act(self.v_proj(x)), state)
+        return self._gate(x, mixed), state
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, d) -> (B, d)."""
+        mixed, state = self.tno.step(self.act(self.v_proj(x)), state)
+        return self._gate(x, mixed), state
+
+
+class Glu(nn.Module):
+    """Gated Linear Unit channel mixer: l3( act(l1 x) * l2 x )."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.act = activation(config.glu_act)
+        self.l1 = nn.Linear(config.d_model, config.d_glu, bias=config.bias)
+        self.l2 = nn.Linear(config.d_model, config.d_glu, bias=config.bias)
+        self.l3 = nn.Linear(config.d_glu, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.l3(self.act(self.l1(x)) * self.l2(x))
+
+
+TokenMixer = Callable[[Tensor], Tensor]
+
+
+class TnnBlock(nn.Module):
+    """One decoder layer with fairseq semantics: pre-norm x + F(N(x)) or post-norm N(x + F(x))."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.gtu = Gtu(config)
+        self.glu = Glu(config)
+        self.token_norm = SimpleRMSNorm(config.d_model)
+        self.feature_norm = SimpleRMSNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _residual(self, x: Tensor, mix_tokens: TokenMixer) -> Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(mix_tokens(self.token_norm(x)))
+            return x + self.dropout(self.glu(self.feature_norm(x)))
+        x = self.token_norm(x + self.dropout(mix_tokens(x)))
+        return self.feature_norm(x + self.dropout(self.glu(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._residual(x, self.gtu)
+
+    def prefill(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        new_state: list[Tensor] = []
+
+        def mix(h: Tensor) -> Tensor:
+            y, s = self.gtu.prefill(h, state)
+            new_state.append(s)
+            return y
+
+        return self._residual(x, mix), new_state[0]
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        new_state: list[Tensor] = []
+
+        def mix(h: Tensor) -> Tensor:
+            y, s = self.gtu.step(h, state)
+            new_state.append(s)
+            return y
+
+        return self._residual(x, mix), new_state[0]
+
+
+@dataclass(frozen=True)
+class TnnState:
+    """Recurrent state of a batch of sequences: per layer (B, N, D) complex.
+
+    Its size is fixed, independent of how many tokens were seen; that is what makes a TNN cheap to serve.
+    complex64 for float32/bf16 models, complex128 for float64 models.
+    """
+
+    layers: tuple[Tensor, ...]  # n_layers x (B, N, D) complex
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.layers)
+
+    def gather(self, rows: Tensor | list[int]) -> TnnState:
+        """The state of `rows` (in that order), as a new batch."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.layers[0].device)
+        return TnnState(tuple(s.index_select(0, index) for s in self.layers))
+
+    def scatter_(self, rows: Tensor | list[int], other: TnnState) -> None:
+        """Write `other`'s batch into `rows` of this state, in place (preallocated slot buffers)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.layers[0].device)
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            mine.index_copy_(0, index, theirs)
+
+    def repeat(self, counts: int) -> TnnState:
+        """Each row repeated `counts` times in a row (n > 1 completions share one prefill)."""
+        return TnnState(tuple(s.repeat_interleave(counts, dim=0) for s in self.layers))
+
+    @staticmethod
+    def cat(states: Iterable[TnnState]) -> TnnState:
+        states = list(states)
+        return TnnState(tuple(torch.cat(group, dim=0) for group in zip(*(s.layers for s in states), strict=True)))
+
+
+class TnnLM(nn.Module):
+    """The TNN language model: tokens (B, L) int64 -> logits (B, L, V)."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.padding_idx)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=config.d_model**-0.5)
+        if config.padding_idx is not None:
+            nn.init.zeros_(self.embed.weight[config.padding_idx])
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(TnnBlock(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS) if config.final_norm else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def _embed(self, tokens: Tensor) -> Tensor:
+        return self.dropout(self.embed(tokens) * self.embed_scale)  # (..., d)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return F.linear(x, self.embed.weight)  # tied output projection: (..., d) -> (..., V)
+
+    def hidden_states(self, tokens: Tensor) -> list[Tensor]:
+        """[embeddings, output of layer 0, ..., output of the last layer], each (B, L, d)."""
+        _check_tokens(tokens, self.config.vocab_size, ndim=2)
+        states = [self._embed(tokens)]
+        for layer in self.layers:
+            states.append(layer(states[-1]))
+        return states
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens (B, L) int64 -> logits (B, L, V), the parallel FFT path with TNN kernels at every lag."""
+        return self._logits(self.hidden_states(tokens)[-1])
+
+    @property
+    def is_converted(self) -> bool:
+        return all(layer.gtu.tno.ssm is not None for layer in self.layers)
+
+    def empty_state(self, batch_size: int) -> TnnState:
+        """The zero state for `batch_size` sequences (what a fresh sequence starts from)."""
+        return TnnState(tuple(zero_state(batch_size, layer.gtu.tno._require_ssm()) for layer in self.layers))
+
+    def state_bytes_per_sequence(self) -> int:
+        """Bytes of recurrent state one sequence holds, known before any request (for capacity planning)."""
+        return self.empty_state(1).nbytes
+
+    @torch.inference_mode()
+    def prefill(
+        self, tokens: Tensor, state: TnnState | None = None, *, chunk_size: int = 2048
+    ) -> tuple[Tensor, TnnState]:
+        """Run a prompt (B, L) through the converted model in parallel, in chunks of `chunk_size` tokens.
+
+        Returns the logits of the last position (B, V) and the state after the prompt. No loop over
+        positions: each chunk is an FFT convolution plus an FFT for the state, per layer.
+        """
+        _check_tokens(tokens, self.config.vocab_size, ndim=2)
+        if tokens.shape[1] == 0:
+            raise ValueError("prefill needs at least one token per sequence")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        layer_states: list[Tensor | None] = list(state.layers) if state is not None else [None] * len(self.layers)
+        for start in range(0, tokens.shape[1], chunk_size):
+            x = self._embed(tokens[:, start : start + chunk_size])  # (B, C, d)
+            for i, layer in enumerate(self.layers):
+                x, layer_states[i] = layer.prefill(x, layer_states[i])
+        final = TnnState(tuple(s for s in layer_states if s is not None))
+        return self._logits(x[:, -1]), final
+
+    @torch.inference_mode()
+    def step(self, tokens: Tensor, state: TnnState) -> tuple[Tensor, TnnState]:
+        """One token per sequence: tokens (B,) int64 -> logits (B, V) and the next state. O(1) in position."""
+        if tokens.ndim != 1 or tokens.shape[0] != state.batch_size:  # no range check: no host sync per token
+            raise ValueError(f"step needs tokens (B={state.batch_size},), got shape {tuple(tokens.shape)}")
+        x = self._embed(tokens)  # (B, d)
+        new_layers = []
+        for layer, layer_state in zip(self.layers, state.layers, strict=True):
+            x, layer_state = layer.step(x, layer_state)
+            new_layers.append(layer_state)
+        return self._logits(x), TnnState(tuple(new_layers))
+
+    def save(self, directory: str | object) -> None:
+        """Write the model directory (config.json, model.safetensors, ssm.safetensors if converted)."""
+        from tnn.model.loading import save_model
+
+        save_model(self, directory)
+
+
+def _check_tokens(tokens: Tensor, vocab_size: int, *, ndim: int) -> None:
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"tokens must be int64, got {tokens.dtype}")
+    if tokens.ndim != ndim:
+        raise ValueError(f"tokens must have {ndim} dims, got shape {tuple(tokens.shape)}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got range [{int(tokens.min())}, {int(tokens.max())}]")
