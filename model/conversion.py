@@ -10,8 +10,8 @@ import torch
 
 from tnn.model.config import SsmConfig, SsmMethod
 from tnn.model.ssm import SsmParams, etsc
-from tnn.model.toeplitz import fft_dtype
 from tnn.model.tnn import TnnLM, Tno
+from tnn.model.toeplitz import fft_dtype
 
 DEFAULT_LENGTH = 512
 DEFAULT_METHOD: SsmMethod = "etsc-inclusive"

@@ -79,12 +79,18 @@ _KEY_MAP: list[tuple[str, str]] = [
     (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.o\.(weight|bias)$", r"layers.\1.gtu.out_proj.\2"),
     (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.([uv]_proj)\.(weight|bias)$", r"layers.\1.gtu.\2.\3"),
     (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.gamma$", r"layers.\1.gtu.tno.gamma"),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.pos_proj\.(weight|bias)$", r"layers.\1.gtu.tno.rpe.pos_proj.\2"),
+    (
+        r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.pos_proj\.(weight|bias)$",
+        r"layers.\1.gtu.tno.rpe.pos_proj.\2",
+    ),
     (
         r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.2\.(weight|bias)$",
         r"layers.\1.gtu.tno.rpe.layers.\2.linear.\3",
     ),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.out\.2\.(weight|bias)$", r"layers.\1.gtu.tno.rpe.out.linear.\2"),
+    (
+        r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.out\.2\.(weight|bias)$",
+        r"layers.\1.gtu.tno.rpe.out.linear.\2",
+    ),
     (r"^decoder\.layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"layers.\1.glu.\2.\3"),
 ]
 # Non-parameter leftovers fairseq-evo itself drops on load (spec §4.1)
@@ -175,7 +181,9 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
     d_glu = _shape(state, "decoder.layers.0.glu.l1.weight", path)[0]
     d_rpe = _shape(state, "decoder.layers.0.self_attn.gtu.toep.rpe.pos_proj.weight", path)[0]
     rpe_ids = {
-        int(m.group(1)) for k in state if (m := re.match(r"^decoder\.layers\.0\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.", k))
+        int(m.group(1))
+        for k in state
+        if (m := re.match(r"^decoder\.layers\.0\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.", k))
     }
     n_rpe_layers = max(rpe_ids) + 1 if rpe_ids else 0
     for arg, found in [
@@ -192,12 +200,16 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
     has_gamma = "decoder.layers.0.self_attn.gtu.toep.gamma" in state
     decay = "learned" if args["use_multi_decay"] else "fixed" if args["use_decay"] else "none"
     if has_gamma != (decay != "none"):
-        raise ValueError(f"{path}: decay {decay!r} from cfg, but the key 'toep.gamma' is {'present' if has_gamma else 'absent'}")
+        raise ValueError(
+            f"{path}: decay {decay!r} from cfg, but the key 'toep.gamma' is {'present' if has_gamma else 'absent'}"
+        )
     version = state.get("decoder.version")
     version_value = float(version.flatten()[0]) if isinstance(version, Tensor) and version.numel() else 1.0
     final_norm = bool(args["decoder_normalize_before"]) and not args["no_decoder_final_norm"]
     if version_value <= 2 and final_norm:
-        logger.warning("%s: decoder.version %.1f <= 2: fairseq drops the final layer norm, so do we", path, version_value)
+        logger.warning(
+            "%s: decoder.version %.1f <= 2: fairseq drops the final layer norm, so do we", path, version_value
+        )
         final_norm = False
 
     heads = int(args["decoder_attention_heads"])

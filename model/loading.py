@@ -16,8 +16,8 @@ from torch import Tensor
 from tnn.model.config import TnnConfig
 from tnn.model.fairseq import load_fairseq
 from tnn.model.ssm import SsmParams
-from tnn.model.toeplitz import fft_dtype
 from tnn.model.tnn import TnnLM
+from tnn.model.toeplitz import fft_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,7 @@ SSM_FILE = "ssm.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def load(
-    path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-) -> TnnLM:
+def load(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TnnLM:
     """A TnnLM in eval mode from a model directory or an original fairseq checkpoint (.pt).
 
     dtype: the weights' dtype (default float32). The recurrent state is complex128 for float64, complex64 else.
@@ -70,11 +68,15 @@ def build_model(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise ValueError(f"{source}: missing key {missing[0]!r} (shape {tuple(expected[missing[0]].shape)})"
-                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        raise ValueError(
+            f"{source}: missing key {missing[0]!r} (shape {tuple(expected[missing[0]].shape)})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
     if unexpected:
-        raise ValueError(f"{source}: unexpected key {unexpected[0]!r} (shape {tuple(state[unexpected[0]].shape)})"
-                         + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+        raise ValueError(
+            f"{source}: unexpected key {unexpected[0]!r} (shape {tuple(state[unexpected[0]].shape)})"
+            + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+        )
     for key, tensor in expected.items():
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise ValueError(

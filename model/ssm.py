@@ -58,9 +58,7 @@ def complex_dtype_for(real_dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if real_dtype == torch.float64 else torch.complex64
 
 
-def etsc(
-    t: Tensor, decay: Tensor, *, method: SsmMethod = "etsc-inclusive", full_state: bool = False
-) -> SsmParams:
+def etsc(t: Tensor, decay: Tensor, *, method: SsmMethod = "etsc-inclusive", full_state: bool = False) -> SsmParams:
     """Convert undecayed coefficients into an SSM, in float64/complex128.
 
     t: (n + 1, D) undecayed kernel for lags 0..n (the "etsc" method ignores t[n]); decay: (D,) gamma.

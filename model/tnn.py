@@ -166,8 +166,10 @@ class Tno(nn.Module):
 
     def _require_ssm(self) -> SsmParams:
         if self.ssm is None:
-            raise RuntimeError("this model has no recurrent form yet: convert it (tnn convert) or call "
-                               "tnn.model.conversion.attach_ssm before prefill/step")
+            raise RuntimeError(
+                "this model has no recurrent form yet: convert it (tnn convert) or call "
+                "tnn.model.conversion.attach_ssm before prefill/step"
+            )
         return self.ssm
 
     def prefill(self, v: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -365,27 +367,48 @@ class TnnLM(nn.Module):
         """Bytes of recurrent state one sequence holds, known before any request (for capacity planning)."""
         return self.empty_state(1).nbytes
 
-    @torch.inference_mode()
-    def prefill(
-        self, tokens: Tensor, state: TnnState | None = None, *, chunk_size: int = 2048
+    def _prefill_hidden(
+        self, tokens: Tensor, state: TnnState | None, chunk_size: int, keep_all: bool
     ) -> tuple[Tensor, TnnState]:
-        """Run a prompt (B, L) through the converted model in parallel, in chunks of `chunk_size` tokens.
-
-        Returns the logits of the last position (B, V) and the state after the prompt. No loop over
-        positions: each chunk is an FFT convolution plus an FFT for the state, per layer.
-        """
+        """Final-layer hidden states (B, L, d) (only the last chunk's unless `keep_all`) and the final state."""
         _check_tokens(tokens, self.config.vocab_size, ndim=2)
         if tokens.shape[1] == 0:
             raise ValueError("prefill needs at least one token per sequence")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if state is not None and state.batch_size != tokens.shape[0]:
+            raise ValueError(f"state has batch {state.batch_size}, tokens have batch {tokens.shape[0]}")
         layer_states: list[Tensor | None] = list(state.layers) if state is not None else [None] * len(self.layers)
+        chunks = []
         for start in range(0, tokens.shape[1], chunk_size):
             x = self._embed(tokens[:, start : start + chunk_size])  # (B, C, d)
             for i, layer in enumerate(self.layers):
                 x, layer_states[i] = layer.prefill(x, layer_states[i])
+            chunks = [*chunks, x] if keep_all else [x]
         final = TnnState(tuple(s for s in layer_states if s is not None))
-        return self._logits(x[:, -1]), final
+        return torch.cat(chunks, dim=1), final
+
+    @torch.inference_mode()
+    def prefill(
+        self, tokens: Tensor, state: TnnState | None = None, *, chunk_size: int = 2048
+    ) -> tuple[Tensor, TnnState]:
+        """Run a prompt (B, L) through the converted model in parallel, in chunks of `chunk_size` tokens,
+        continuing from `state` (None: fresh sequences).
+
+        Returns the logits of the last position (B, V) and the state after the prompt. No loop over
+        positions: each chunk is an FFT convolution plus an FFT for the state, per layer.
+        """
+        hidden, final = self._prefill_hidden(tokens, state, chunk_size, keep_all=False)
+        return self._logits(hidden[:, -1]), final
+
+    @torch.inference_mode()
+    def recurrent_logits(
+        self, tokens: Tensor, state: TnnState | None = None, *, chunk_size: int = 2048
+    ) -> tuple[Tensor, TnnState]:
+        """Teacher-forced logits (B, L, V) of the converted (recurrent) model, equal to stepping token by
+        token but computed like `prefill`. For scoring, prompt logprobs and evaluation past the conversion length."""
+        hidden, final = self._prefill_hidden(tokens, state, chunk_size, keep_all=True)
+        return self._logits(hidden), final
 
     @torch.inference_mode()
     def step(self, tokens: Tensor, state: TnnState) -> tuple[Tensor, TnnState]:
@@ -412,4 +435,6 @@ def _check_tokens(tokens: Tensor, vocab_size: int, *, ndim: int) -> None:
     if tokens.ndim != ndim:
         raise ValueError(f"tokens must have {ndim} dims, got shape {tuple(tokens.shape)}")
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got range [{int(tokens.min())}, {int(tokens.max())}]")
+        raise ValueError(
+            f"token ids must be in [0, {vocab_size}), got range [{int(tokens.min())}, {int(tokens.max())}]"
+        )
