@@ -18,7 +18,7 @@ FORMAT_VERSION = 1
 
 Decay = Literal["fixed", "learned", "none"]
 NormPosition = Literal["pre", "post"]
-SsmMethod = Literal["etsc", "etsc-inclusive"]
+SsmMethod = Literal["etsc", "etsc-inclusive", "etsc-tail"]
 
 # The activation names of the original lookup table (spec §2.2); anything else there means identity,
 # which we spell "none" and refuse unknown strings instead of silently treating them as identity.
