@@ -197,3 +197,14 @@ def test_prefill_and_step_refuse_an_unconverted_model() -> None:
     model = tiny_model(seed=0)
     with pytest.raises(RuntimeError, match="convert"):
         model.prefill(random_tokens(1, 3))
+
+
+def test_a_broken_row_does_not_touch_the_others(model64: TnnLM) -> None:
+    """Rows of a batch never mix: a NaN state in one sequence leaves its neighbours' logits exact."""
+    _, state = model64.prefill(random_tokens(3, 9, seed=10))
+    expected, _ = model64.step(torch.tensor([1, 2, 3]), state)
+    broken = TnnState(tuple(layer.clone() for layer in state.layers))
+    broken.layers[0][1] = float("nan")
+    got, after = model64.step(torch.tensor([1, 2, 3]), broken)
+    assert torch.isnan(got[1]).all() and torch.isnan(after.layers[0][1]).all()
+    torch.testing.assert_close(got[[0, 2]], expected[[0, 2]])
