@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tnn.convert.convert as convert_module
-from tests.model.decoding_helpers import golden_lm, random_tokens, relative_error, tiny_model
+from tests.model.decoding import golden_lm, random_tokens
+from tests.model.helpers import relative_error, tiny_model
 from tnn.cli.main import main
 from tnn.convert.convert import ConversionRefused, VerificationFailed, convert_checkpoint
 from tnn.model import load, save_model

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import get_args
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.model.decoding_helpers import golden_lm, random_tokens, relative_error, tiny_model
+from tests.model.decoding import random_tokens
+from tests.model.helpers import relative_error, tiny_model
 from tnn.model import TnnLM, TnnState, attach_ssm, load
 from tnn.model.config import SsmMethod
 from tnn.model.ssm import ssm_scan, zero_state
@@ -180,8 +182,8 @@ def test_past_n_default_method_beats_the_published_one() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_golden_fairseq_lm_converted_at_16(method: SsmMethod) -> None:
-    folder = golden_lm()
+def test_golden_fairseq_lm_converted_at_16(golden: Path, method: SsmMethod) -> None:
+    folder = golden / "lm_decay99_pre_tiny"
     model = attach_ssm(load(folder / "checkpoint.pt", dtype=torch.float64), length=16, method=method)
     tokens = load_file(folder / "inputs.safetensors")["tokens"][:, :16]  # (2, 16): positions < n
     expected = load_file(folder / "expected.safetensors")["logits"][:, :16]  # (2, 16, 101) original code, float64

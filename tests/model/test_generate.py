@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.model.decoding_helpers import tiny_model
+from tests.model.helpers import tiny_model
 from tnn.model import TnnLM, attach_ssm
 from tnn.model.generate import generate, stream
 from tnn.model.sampling import SamplingParams
