@@ -61,12 +61,13 @@ def format_report(report: ConversionReport) -> str:
     if report.past_n:
         lines += [
             "",
-            f"past n: {'method':<15} {'tokens':>6}  {'max rel err':>11}  {'rms rel err':>11}  {'top-1 agree':>11}",
+            f"past n: {'method':<15} {'tokens':>6}  {'max rel err':>11}  {'rms rel err':>11}  {'top-1 agree':>11}"
+            f"  {'nll parallel':>12}  {'nll recurrent':>13}",
         ]
         for r in report.past_n:
             lines.append(
                 f"        {r.method:<15} {r.length:>6}  {r.max_rel_error:>11.2e}  {r.rms_rel_error:>11.2e}"
-                f"  {r.top1_agreement:>11.3f}"
+                f"  {r.top1_agreement:>11.3f}  {r.nll_parallel:>12.4f}  {r.nll_recurrent:>13.4f}"
             )
     lines += ["", "timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report.timings_s.items())]
     return "\n".join(lines)

@@ -55,8 +55,10 @@ class PastNRow:
     method: str
     length: int
     max_rel_error: float  # over all positions (exact below n, so this is the past-n error)
-    rms_rel_error: float  # ||got - expected|| / ||expected|| over positions n..length-1
-    top1_agreement: float  # fraction of positions n..length-1 whose argmax token agrees
+    rms_rel_error: float  # ||got - expected|| / ||expected|| over positions n..length-2
+    top1_agreement: float  # fraction of positions n..length-2 whose argmax token agrees
+    nll_parallel: float  # next-token loss (nats) of the parallel model over positions n..length-2
+    nll_recurrent: float  # the same for the converted model
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -142,30 +144,51 @@ def _cast_copy(model: TnnLM, dtype: torch.dtype) -> TnnLM:
 
 @torch.no_grad()
 def past_n_comparison(
-    model: TnnLM, *, methods: tuple[SsmMethod, ...], length: int, full_state: bool, multiples: tuple[int, ...] = (2, 4)
+    model: TnnLM,
+    *,
+    methods: tuple[SsmMethod, ...],
+    length: int,
+    full_state: bool,
+    multiples: tuple[int, ...] = (2, 4),
+    tokens: Tensor | None = None,
 ) -> list[PastNRow]:
     """For each method and each probe of multiple * n tokens: recurrent (teacher-forced) vs parallel logits.
 
-    Converts a copy of `model` (float64) once per method; the model itself is not modified.
+    tokens: (B, >= max(multiples) * n) probe; default one row of seeded uniform random ids.
+    Converts a copy of `model` once per method; the model itself is not modified.
     """
     longest = max(multiples) * length
-    tokens = probe_tokens(model.config.vocab_size, longest, seed=1)
-    expected = model(tokens)  # (1, 4n, V) parallel, TNN kernel at every lag
+    if tokens is None:
+        tokens = probe_tokens(model.config.vocab_size, longest, seed=1)
+    tokens = tokens[:, :longest]
+    if tokens.shape[1] < longest:
+        raise ValueError(f"the probe needs {longest} tokens, got {tokens.shape[1]}")
+    expected = model(tokens)  # (B, 4n, V) parallel, TNN kernel at every lag
     rows = []
     for method in methods:
         candidate = attach_ssm(copy.deepcopy(model), length=length, method=method, full_state=full_state)
-        got, _ = candidate.recurrent_logits(tokens)  # (1, 4n, V), equal to prefill + step (tested)
+        got, _ = candidate.recurrent_logits(tokens)  # (B, 4n, V), equal to prefill + step (tested)
         for multiple in multiples:
             size = multiple * length
-            g, e = got[:, :size], expected[:, :size]
-            past_g, past_e = g[:, length:], e[:, length:]
-            rows.append(
-                PastNRow(
-                    method=method,
-                    length=size,
-                    max_rel_error=relative_error(g, e),
-                    rms_rel_error=((past_g - past_e).norm() / past_e.norm()).item(),
-                    top1_agreement=(past_g.argmax(-1) == past_e.argmax(-1)).double().mean().item(),
-                )
-            )
+            rows.append(past_n_row(method, got[:, :size], expected[:, :size], tokens[:, :size], length))
     return rows
+
+
+def past_n_row(method: str, got: Tensor, expected: Tensor, tokens: Tensor, n: int) -> PastNRow:
+    """Errors of recurrent logits `got` vs parallel `expected` (B, L, V); the next-token loss uses `tokens` (B, L)."""
+    past_g, past_e = got[:, n:-1], expected[:, n:-1]  # positions n..L-2 predict tokens n+1..L-1
+    targets = tokens[:, n + 1 :]
+    return PastNRow(
+        method=method,
+        length=got.shape[1],
+        max_rel_error=relative_error(got, expected),
+        rms_rel_error=((past_g - past_e).norm() / past_e.norm()).item(),
+        top1_agreement=(past_g.argmax(-1) == past_e.argmax(-1)).double().mean().item(),
+        nll_parallel=_nll(past_e, targets),
+        nll_recurrent=_nll(past_g, targets),
+    )
+
+
+def _nll(logits: Tensor, targets: Tensor) -> float:
+    """Mean next-token cross-entropy in nats."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).double(), targets.flatten()).item()
