@@ -221,8 +221,9 @@ def _require_passed(kernel_checks: list[KernelCheck], logits_check: LogitsCheck)
 
 def _complex64_state_bytes(model: TnnLM) -> int:
     """Per-sequence state when served in float32/bf16: n_layers x modes x d_inner complex64 numbers."""
-    assert model.config.ssm is not None
-    return len(model.layers) * model.config.ssm.modes * model.config.d_inner * 8
+    config = model.config
+    assert config.ssm is not None
+    return int(config.n_layers * config.ssm.modes * config.d_inner * 8)
 
 
 def _fill_directory(
