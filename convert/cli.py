@@ -48,10 +48,14 @@ def format_report(report: ConversionReport) -> str:
         f"{' (full state)' if report.full_state else ' (conjugate-halved)'}, "
         f"state {report.state_bytes_per_sequence / 2**20:.2f} MiB/sequence (complex64)",
         "",
-        f"{'layer':>5}  {'kernel err (fft)':>16}  {'kernel err (modes)':>18}  {'lag-n tap err':>13}",
+        f"{'layer':>5}  {'kernel err (fft)':>16}  {'kernel err (modes)':>18}  {'lag-n tap err':>13}"
+        f"  {'tail damping (median)':>21}",
     ]
     for k in report.kernel_checks:
-        lines.append(f"{k.layer:>5}  {k.rel_error:>16.2e}  {k.rel_error_modes:>18.2e}  {k.lag_n_rel_error:>13.2e}")
+        lines.append(
+            f"{k.layer:>5}  {k.rel_error:>16.2e}  {k.rel_error_modes:>18.2e}  {k.lag_n_rel_error:>13.2e}"
+            f"  {k.tail_damping_median:>21.3g}"
+        )
     c = report.logits_check
     lines += [
         "",

@@ -30,6 +30,7 @@ class KernelCheck:
     rel_error: float  # lags 0..n-1, realised kernel gamma^k period[k mod m] (what prefill uses)
     rel_error_modes: float  # lags 0..n-1, Re sum_j b_j lambda_j^k summed mode by mode (what step uses)
     lag_n_rel_error: float  # lag n: |K_n - a_n| / max |a_k|; ~1 for "etsc" (spurious tap), ~0 for the other methods
+    tail_damping_median: float  # etsc-tail: median over channels of A = (gamma / rho)^n; 1 for the other methods
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -99,6 +100,7 @@ def check_kernel(layer: int, tno: Tno, n: int) -> KernelCheck:
         rel_error=relative_error(realised[:n], expected[:n]),
         rel_error_modes=relative_error(from_modes[:n], expected[:n]),
         lag_n_rel_error=((from_modes[n] - expected[n]).abs().max() / scale).item(),
+        tail_damping_median=((tno.decay_rate(torch.float64) / params.decay) ** n).median().item(),
     )
 
 

@@ -12,9 +12,11 @@ Methods:
 - "etsc-tail": exact for lags <= n, and past n close to the TNN. One real "tail" mode with pole gamma and weight
   c (a weighted mean of t over the late lags) carries the kernel past n as gamma^k c, which is where an RPE
   behind a SimpleRMSNorm saturates; the grid modes fit the rest, t_k - c, with radius rho = gamma / r where
-  r^n = TAIL_DAMPING, so the periodic copy past n is TAIL_DAMPING times weaker than with etsc-inclusive.
-  Period = r^k (t_k - c), k = 0..n, which sums to zero for c = sum r^k t_k / sum r^k, so b_0 = 0 is dropped
-  and the state has as many modes as etsc-inclusive.
+  r^n = A, so the periodic copy past n is about A times weaker than with etsc-inclusive (A = 1 is
+  etsc-inclusive). Period = r^k (t_k - c), k = 0..n, which sums to zero for c = sum r^k t_k / sum r^k, so
+  b_0 = 0 is dropped and the state has as many modes as etsc-inclusive. A is chosen per channel: the largest
+  of TAIL_DAMPINGS whose period stays within MAX_AMPLIFICATION x max|t| (large periods would cost float32
+  precision through cancelling modes).
 
 Shapes: B batch, L tokens, D channels, N kept modes, m = n + 1 period length.
 Real kernels make modes j and m - j conjugate; unless `full_state`, only j <= m/2 is kept and b_j is doubled
@@ -34,10 +36,10 @@ from tnn.model.config import SsmMethod
 from tnn.model.toeplitz import toeplitz_matmul_fft
 
 TAIL_MODE = -1  # mode index of the real tail mode of "etsc-tail" (not on the DFT grid)
-# etsc-tail: the grid modes decay TAIL_DAMPING times faster than gamma^k over n lags. Exactness for lags <= n
-# does not depend on it; larger values trade float32 headroom (the period grows up to r^n |t_n - c|) for a
-# weaker periodic copy past n. 100 keeps complex64 decoding at the etsc-inclusive error (measured).
-TAIL_DAMPING = 100.0
+# etsc-tail: candidate dampings A (the grid modes decay A times faster than gamma^k over n lags), and the bound on
+# max|period| / max|t| that keeps complex64 decoding at the etsc-inclusive error (A = 1 always satisfies it).
+TAIL_DAMPINGS = tuple(10.0 ** (k / 2) for k in range(17))  # 1 .. 1e8
+MAX_AMPLIFICATION = 4.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,12 @@ def etsc(
     *,
     method: SsmMethod = "etsc-tail",
     full_state: bool = False,
-    tail_damping: float = TAIL_DAMPING,
+    tail_damping: float | None = None,
 ) -> SsmParams:
     """Convert undecayed coefficients into an SSM, in float64/complex128.
 
     t: (n + 1, D) undecayed kernel for lags 0..n (the "etsc" method ignores t[n]); decay: (D,) gamma.
+    tail_damping: A for "etsc-tail", the same for every channel; None chooses it per channel.
     """
     t = t.to(torch.float64)
     decay = decay.to(torch.float64)
@@ -101,9 +104,9 @@ def etsc(
         period = t  # (m, D): lag n is the true coefficient
         first_mode = 0
     elif method == "etsc-tail":
-        growth = tail_damping ** (torch.arange(m, dtype=torch.float64) / n)  # (m,) r^k with r^n = tail_damping
-        tail = (growth[:, None] * t).sum(0) / growth.sum()  # (D,) c, weighted towards late lags
-        period = growth[:, None] * (t - tail)  # (m, D), sums to zero; rho^k period_k + gamma^k c = gamma^k t_k
+        damping = tail_dampings(t) if tail_damping is None else torch.full_like(decay, tail_damping)  # (D,) A
+        growth = damping[None, :] ** (torch.arange(m, dtype=torch.float64)[:, None] / n)  # (m, D) r^k, r^n = A
+        tail, period = _tail_split(t, growth)  # (D,) c; (m, D) sums to zero, rho^k period_k + gamma^k c = a_k
         radius = decay / growth[1]  # rho = gamma / r
         first_mode = 1
     else:
@@ -125,6 +128,30 @@ def etsc(
         weights = torch.cat([weights, tail[None].to(torch.complex128)])
         modes = torch.cat([modes, torch.tensor([TAIL_MODE])])
     return SsmParams(poles=poles, weights=weights, modes=modes, period=period, decay=radius)
+
+
+def _tail_split(t: Tensor, growth: Tensor) -> tuple[Tensor, Tensor]:
+    """c = sum_k r^k t_k / sum_k r^k (D,) and the grid period r^k (t_k - c) (m, D). growth: (m, D) or (m, 1).
+
+    The period must sum to zero, or its dropped j = 0 mode leaves an error b_0 rho^k at every lag. Its late
+    entries carry round-off of order eps r^k |t_k|, so the sum is forced to zero at lag n, where the realised
+    kernel scales it back by rho^n = gamma^n / r^n (an error of order eps gamma^n |t_n|)."""
+    tail = (growth * t).sum(0) / growth.sum(0)
+    period = growth * (t - tail)
+    period[-1] -= period.sum(0)
+    return tail, period
+
+
+def tail_dampings(t: Tensor) -> Tensor:
+    """Per channel the largest A in TAIL_DAMPINGS with max|period| <= MAX_AMPLIFICATION max|t|. t: (m, D) -> (D,)."""
+    n = t.shape[0] - 1
+    lags = torch.arange(n + 1, dtype=torch.float64)[:, None] / n  # (m, 1)
+    bound = MAX_AMPLIFICATION * t.abs().amax(0)  # (D,)
+    best = torch.ones(t.shape[1], dtype=torch.float64)
+    for damping in TAIL_DAMPINGS:
+        _, period = _tail_split(t, damping**lags)
+        best = torch.where(period.abs().amax(0) <= bound, damping, best)
+    return best
 
 
 def decay_powers(decay: Tensor, exponents: Tensor) -> Tensor:

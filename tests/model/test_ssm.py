@@ -9,6 +9,7 @@ import torch
 
 from tnn.model.config import SsmMethod
 from tnn.model.ssm import (
+    MAX_AMPLIFICATION,
     TAIL_MODE,
     SsmParams,
     etsc,
@@ -17,6 +18,7 @@ from tnn.model.ssm import (
     ssm_kernel_from_modes,
     ssm_prefill,
     ssm_scan,
+    tail_dampings,
     zero_state,
 )
 
@@ -164,3 +166,19 @@ def test_pole_power_matches_repeated_multiplication(method: SsmMethod) -> None:
         expected = expected * params.poles
         if exponent in (1, 7, 199):
             torch.testing.assert_close(pole_power(params, exponent), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_tail_damping_is_chosen_per_channel_within_the_amplification_bound() -> None:
+    """A saturating channel (like an RPE behind SimpleRMSNorm) gets the strongest damping; one that keeps
+    changing up to lag n gets less, so that its period (and the complex64 cancellation) stays bounded."""
+    n = 64
+    lags = torch.arange(n + 1, dtype=torch.float64)
+    saturating = 1.0 - torch.exp(-lags / 4)  # flat long before n
+    growing = lags / n  # still changing at lag n
+    t = torch.stack([saturating, growing, torch.zeros(n + 1)], dim=1)  # (n+1, 3)
+    damping = tail_dampings(t)
+    assert damping[0] >= 1e5 and 1.0 <= damping[1] <= 10.0
+    params = etsc(t, torch.full((3,), 0.97, dtype=torch.float64), method="etsc-tail")
+    assert torch.all(params.period.abs().amax(0)[:2] <= MAX_AMPLIFICATION * t.abs().amax(0)[:2])
+    expected = 0.97 ** lags[:, None] * t
+    torch.testing.assert_close(ssm_kernel_from_modes(params, n + 1), expected, rtol=0, atol=1e-12)
