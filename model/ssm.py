@@ -91,8 +91,9 @@ def etsc(
     t: (n + 1, D) undecayed kernel for lags 0..n (the "etsc" method ignores t[n]); decay: (D,) gamma.
     tail_damping: A for "etsc-tail", the same for every channel; None chooses it per channel.
     """
-    t = t.to(torch.float64)
-    decay = decay.to(torch.float64)
+    # once per layer and small: on the CPU, whatever device the model is on (SsmParams.to moves the result)
+    t = t.to(device="cpu", dtype=torch.float64)
+    decay = decay.to(device="cpu", dtype=torch.float64)
     n = t.shape[0] - 1
     m = n + 1
     radius = decay  # (D,) of the grid poles

@@ -210,3 +210,14 @@ def test_a_broken_row_does_not_touch_the_others(model64: TnnLM) -> None:
     got, after = model64.step(torch.tensor([1, 2, 3]), broken)
     assert torch.isnan(got[1]).all() and torch.isnan(after.layers[0][1]).all()
     torch.testing.assert_close(got[[0, 2]], expected[[0, 2]])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_conversion_and_decoding_match_cpu(model64: TnnLM) -> None:
+    gpu = attach_ssm(copy.deepcopy(model64).cuda())  # conversion maths runs on the CPU, params move to the GPU
+    tokens = random_tokens(2, L)
+    expected, _ = teacher_forced(model64, tokens, 13)
+    got, state = teacher_forced(gpu, tokens.cuda(), 13)
+    assert state.layers[0].device.type == "cuda"
+    assert relative_error(got.cpu(), expected) <= 1e-9
