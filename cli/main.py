@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("tnn.convert.cli", "convert a TNN checkpoint (model directory or fairseq .pt) for serving"),
+    "serve": ("tnn.server.cli", "serve a model directory over an OpenAI-compatible HTTP API"),
 }
 
 
