@@ -22,7 +22,7 @@ import tnn.model
 from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
-from tnn.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
 from tnn.server.routes import health, openai, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
@@ -30,6 +30,9 @@ from tnn.server.state import AppState
 from tnn.server.tokenizer import ServerTokenizer
 
 logger = logging.getLogger(__name__)
+
+MAX_HEADERS = 100  # count and total size of request headers (vLLM GHSA-rxc4-3w6r-4v47: one huge-header GET)
+MAX_HEADER_BYTES = 16 * 1024
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +110,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        RequestLimitMiddleware,
+        limit=settings.max_body_bytes,
+        max_headers=MAX_HEADERS,
+        max_header_bytes=MAX_HEADER_BYTES,
+        metrics=metrics,
+    )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
     if settings.cors_origins:

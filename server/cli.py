@@ -12,13 +12,12 @@ import uvicorn
 from pydantic import ValidationError
 
 import tnn.model
-from tnn.server.app import create_app
+from tnn.server.app import MAX_HEADER_BYTES, create_app
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
 
 logger = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 16 * 1024  # h11 refuses a header block larger than this (CVE-2025-48956 style DoS)
 
 # flag -> (Settings field, type, help)
 FLAGS: dict[str, tuple[str, type, str]] = {

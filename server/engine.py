@@ -180,6 +180,7 @@ class Engine:
 
     # ---- warm-up ------------------------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def warmup(self) -> float:
         """Run the largest shapes once (prefill budget, full batch step, sampling) before serving. Seconds taken."""
         start = time.perf_counter()
@@ -205,7 +206,8 @@ class Engine:
                 self._wake.clear()
                 continue
             try:
-                self._iteration()
+                with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
+                    self._iteration()
             except Exception:
                 logger.exception("engine iteration failed; failing the requests in flight")
                 for tracker in list(self._active):

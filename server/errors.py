@@ -28,6 +28,7 @@ ERROR_TYPES = {
     405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
     500: "server_error",
     503: "service_unavailable_error",
     504: "timeout_error",
@@ -93,8 +94,12 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
         return ApiError(
             400, f"invalid JSON body: {first.get('ctx', {}).get('error', first['msg'])}", code="invalid_json"
         )
-    # union members add their type name to the path (prompt.str, prompt.list[int]): keep the field names only
-    fields = [part for part in loc if not any(c in part for c in "[]") and part not in ("str", "int", "float")]
+    # a union adds its member's tag to the path (prompt.constrained-str.0): the path ends at the first such tag
+    fields: list[str] = []
+    for part in loc:
+        if not (part.isidentifier() or part.isdigit()):
+            break
+        fields.append(part)
     param = ".".join(fields) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     return ApiError(400, message, param=param, code="invalid_value")

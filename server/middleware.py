@@ -43,18 +43,27 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over `limit` bytes: at once from Content-Length, or while reading a chunked body
+class RequestLimitMiddleware:
+    """431 for more than `max_headers` headers or `max_header_bytes` of them (h11 only bounds *incomplete* header
+    blocks); 413 for bodies over `limit` bytes: at once from Content-Length, or while reading a chunked body
     (BodyTooLarge surfaces through FastAPI's body parsing and the error handler turns it into the 413)."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, max_headers: int, max_header_bytes: int, metrics: Metrics) -> None:
         self.app = app
         self.limit = limit
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        if len(headers) > self.max_headers or sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+            self.metrics.errors.labels(code="431").inc()
+            message = f"at most {self.max_headers} headers and {self.max_header_bytes} bytes of them"
+            await _send_error(send, 431, message, "headers_too_large", [])
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:

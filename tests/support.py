@@ -207,3 +207,22 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def scrape_metrics(
+    url: str, *, headers: Mapping[str, str] | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET {url}/metrics parsed: (sample name, labels) -> value; read one with `metric_value`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", headers=dict(headers or {}), timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric_value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """One sample (0.0 if absent), e.g. metric_value(s, "tnn_requests_total", finish_reason="length")."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
