@@ -265,19 +265,21 @@ class Serving:
     async def _events(self, handle: Any, raw: Request) -> AsyncIterator[Event]:
         """The request's events; cancels it when the client disconnects (ClientGone) or the time runs out."""
         deadline = handle.request.arrival + self.settings.request_timeout
+        next_check = time.monotonic() + DISCONNECT_POLL
         while not handle.done:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 handle.cancel()
                 raise ApiError(504, f"request timed out after {self.settings.request_timeout:g}s",
                                code="request_timeout")  # fmt: skip
-            event = await handle.next_event(min(DISCONNECT_POLL, left))
-            if event is None:
+            if now >= next_check:  # also while tokens keep coming: a whole-completion client sends nothing
+                next_check = now + DISCONNECT_POLL
                 if await raw.is_disconnected():
                     handle.cancel()
                     raise ClientGone
-                continue
-            yield event
+            event = await handle.next_event(min(next_check, deadline) - now)
+            if event is not None:
+                yield event
 
     async def _collect(self, handle: Any, raw: Request, formatter: _Format) -> Response:
         try:
