@@ -1,7 +1,9 @@
-"""API key (constant-time Bearer check on everything but /health, /ready, /metrics) and CORS."""
+"""API key (constant-time Bearer check on everything but /health, /ready, /metrics), CORS and the request
+timeout (504, or an error event then [DONE] once streaming began), on one server configured by TNN_* variables."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.server.conftest import wait_idle
 from tests.support import ServerProcess, metric_value, scrape_metrics
 
 KEY = "s3cret-Key"
@@ -17,7 +20,8 @@ ORIGIN = "http://app.example"
 
 @pytest.fixture(scope="module")
 def secured(tiny_model_dir: Path) -> Iterator[ServerProcess]:
-    env = {"TNN_API_KEY": KEY, "TNN_CORS_ORIGINS": ORIGIN, "TNN_MAX_NUM_SEQS": "4"}
+    env = {"TNN_API_KEY": KEY, "TNN_CORS_ORIGINS": ORIGIN, "TNN_MAX_NUM_SEQS": "4", "TNN_REQUEST_TIMEOUT": "1.5",
+           "TNN_MAX_TOKENS": "1000000"}  # fmt: skip
     with ServerProcess(tiny_model_dir, env=env) as process:
         yield process
 
@@ -61,3 +65,18 @@ def test_cors_preflight_for_allowed_origin(secured: ServerProcess) -> None:
     assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ORIGIN
     other = httpx.options(secured.url + "/v1/completions", headers={**headers, "Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_request_timeout_is_504_or_an_error_event_after_streaming_began(secured: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "To be", "max_tokens": 1000000, "ignore_eos": True}
+    response = httpx.post(secured.url + "/v1/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
+    with httpx.stream("POST", secured.url + "/v1/completions", json={**body, "stream": True}, headers=headers,
+                      timeout=30) as stream:  # fmt: skip
+        assert stream.status_code == 200
+        lines = [line for line in stream.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][len("data: ") :])["error"]["code"] == "request_timeout"
+    assert len(lines) > 3  # tokens were streamed before the error
+    assert metric_value(wait_idle(secured.url), "tnn_state_slots_used") == 0  # cancelled, slot freed
