@@ -219,14 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-client", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in both modes (0: torch default)")
     parser.add_argument("--output", type=Path, default=RESULTS / "serve_load.json")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or build_model_dir(args.model, Path(tmp))
         slots = max(args.levels)
-        flags = ["--device", args.device, "--max-num-seqs", str(slots), "--max-waiting-requests", "1024",
-                 "--max-prompt-tokens", "4096"]  # fmt: skip
+        flags = ["--device", args.device, "--threads", str(args.threads), "--max-num-seqs", str(slots),
+                 "--max-waiting-requests", "1024", "--max-prompt-tokens", "4096"]  # fmt: skip
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
         http: dict[int, dict[str, float]] = {}
         with ServerProcess(model_dir, args=flags, ready_timeout=600) as server:
@@ -235,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(http_round(server.url, clients))  # warm-up round
                 http[c] = median_stats([asyncio.run(http_round(server.url, clients)) for _ in range(args.repeats)])
                 print(f"http c={c}: {http[c]}", flush=True)
-        settings = Settings(model_dir=model_dir, device=args.device, max_num_seqs=slots, max_waiting_requests=1024,
-                            max_prompt_tokens=4096)  # fmt: skip
+        settings = Settings(model_dir=model_dir, device=args.device, threads=args.threads, max_num_seqs=slots,
+                            max_waiting_requests=1024, max_prompt_tokens=4096)  # fmt: skip
         engine = asyncio.run(run_engine_levels(settings, args.levels, args, vocab))
 
     results = {
         "model": args.model_dir.name if args.model_dir else args.model,
         "device": args.device,
+        "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

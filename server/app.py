@@ -43,6 +43,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     """Load the model directory (converting it if needed) and its tokenizer onto the configured device."""
     assert settings.model_dir is not None
     device = resolve_device(settings.device)
+    if settings.threads:
+        # on a shared CPU, small decode batches with several intra-op threads stall in thread barriers
+        torch.set_num_threads(settings.threads)
     model = tnn.model.load(settings.model_dir, device=device, dtype=getattr(torch, settings.dtype))
     if not model.is_converted:
         logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
@@ -64,9 +67,10 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
         model = engine.model
         per_seq = engine.state_bytes_per_sequence
         logger.info(
-            "model %s (%s) on %s, %s; %d state slots x %.2f MiB = %.1f MiB of recurrent state at full load",
-            state.model_name, settings.model_dir, model.device, model.dtype, settings.max_num_seqs,
-            per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
+            "model %s (%s) on %s (%d cpu threads), %s; %d state slots x %.2f MiB = %.1f MiB of recurrent state "
+            "at full load",
+            state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
+            settings.max_num_seqs, per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
         )  # fmt: skip
         if settings.warmup:
             seconds = await asyncio.to_thread(engine.warmup)

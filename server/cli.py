@@ -25,6 +25,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--port": ("port", int, "port (default 8000)"),
     "--device": ("device", str, "auto (cuda if available), cpu, cuda, cuda:N"),
     "--dtype": ("dtype", str, "weights dtype: float32 (default), bfloat16, float16, float64"),
+    "--threads": ("threads", int, "torch CPU threads (default: torch's; 1 is best on a shared, busy CPU)"),
     "--served-model-name": ("served_model_name", str, "model id clients send (default: directory name)"),
     "--max-num-seqs": ("max_num_seqs", int, "state slots = concurrent sequences (default 32)"),
     "--max-waiting-requests": ("max_waiting_requests", int, "queued sequences beyond the slots before 429 (128)"),

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     device: Device = "auto"  # auto: cuda if available, else cpu
     dtype: DType = "float32"
+    threads: int = Field(default=0, ge=0, le=1024)  # torch intra-op threads on CPU; 0: torch's default
 
     # Capacity: each running sequence holds one state slot (fixed bytes); the queue is bounded.
     max_num_seqs: int = Field(default=32, ge=1, le=4096)  # state slots

@@ -120,7 +120,8 @@ class ServerProcess:
     """`tnn serve MODEL_DIR` as a real subprocess on 127.0.0.1; the context manager waits for /ready.
 
     On exit it sends SIGTERM and waits (the server drains), killing the process after `stop_timeout` seconds.
-    `args` are extra command-line flags, `env` extra environment variables (e.g. TNN_API_KEY).
+    `args` are extra command-line flags, `env` extra environment variables (e.g. TNN_API_KEY). TNN_THREADS
+    defaults to 1: on a shared CI machine, several intra-op threads make small decode batches 50x slower.
     The server's combined output goes to `log_path` (read it with `log()` when a test fails).
     """
 
@@ -159,7 +160,7 @@ class ServerProcess:
         ]
 
     def start(self) -> ServerProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TNN_THREADS": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         self.wait_ready()
