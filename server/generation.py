@@ -98,6 +98,19 @@ class RequestHandle:
             event = await asyncio.wait_for(self.queue.get(), timeout=timeout)
         except TimeoutError:
             return None
+        return self._seen(event)
+
+    async def next_events(self, timeout: float) -> list[Event]:
+        """The next event and every other one already queued (one write for several tokens under load)."""
+        first = await self.next_event(timeout)
+        if first is None:
+            return []
+        events = [first]
+        while not self.done and not self.queue.empty():
+            events.append(self._seen(self.queue.get_nowait()))
+        return events
+
+    def _seen(self, event: Event) -> Event:
         if isinstance(event, RequestError):
             self.done = True
         elif isinstance(event, ChoiceDelta) and event.finish_reason is not None:

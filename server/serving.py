@@ -19,7 +19,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tnn.model.sampling import SamplingParams
 from tnn.server.engine import Engine, NotAccepting, Overloaded
 from tnn.server.errors import ApiError, sse_error
-from tnn.server.generation import ChoiceDelta, Event, GenerationRequest, PromptLogprobs, RequestError, TokenLogprob
+from tnn.server.generation import (
+    ChoiceDelta,
+    Event,
+    GenerationRequest,
+    PromptLogprobs,
+    RequestError,
+    RequestHandle,
+    TokenLogprob,
+)
 from tnn.server.metrics import Metrics
 from tnn.server.schemas import (
     ChatChoice,
@@ -152,7 +160,7 @@ class Serving:
         except ValueError as exc:
             raise ApiError(400, str(exc), code="invalid_value") from exc
 
-    def _submit(self, request: GenerationRequest) -> Any:
+    def _submit(self, request: GenerationRequest) -> RequestHandle:
         if request.n_sequences > self.settings.max_num_seqs:
             raise ApiError(400, f"this request needs {request.n_sequences} sequences (prompts x n); the server "
                            f"runs at most {self.settings.max_num_seqs}", param="n", code="invalid_value")  # fmt: skip
@@ -262,8 +270,9 @@ class Serving:
 
     # ---- waiting on the engine --------------------------------------------------------------------------------
 
-    async def _events(self, handle: Any, raw: Request) -> AsyncIterator[Event]:
-        """The request's events; cancels it when the client disconnects (ClientGone) or the time runs out."""
+    async def _events(self, handle: RequestHandle, raw: Request) -> AsyncIterator[list[Event]]:
+        """The request's events, in batches of those already queued; cancels the request when the client
+        disconnects (ClientGone) or the time runs out (504)."""
         deadline = handle.request.arrival + self.settings.request_timeout
         next_check = time.monotonic() + DISCONNECT_POLL
         while not handle.done:
@@ -277,36 +286,43 @@ class Serving:
                 if await raw.is_disconnected():
                     handle.cancel()
                     raise ClientGone
-            event = await handle.next_event(min(next_check, deadline) - now)
-            if event is not None:
-                yield event
+            events = await handle.next_events(min(next_check, deadline) - now)
+            if events:
+                yield events
 
-    async def _collect(self, handle: Any, raw: Request, formatter: _Format) -> Response:
+    async def _collect(self, handle: RequestHandle, raw: Request, formatter: _Format) -> Response:
         try:
-            async for event in self._events(handle, raw):
-                if isinstance(event, RequestError):
-                    raise ApiError(event.status, event.message, code=event.code)
-                formatter.add(event)
+            async for events in self._events(handle, raw):
+                for event in events:
+                    if isinstance(event, RequestError):
+                        raise ApiError(event.status, event.message, code=event.code)
+                    formatter.add(event)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
         finally:
             handle.cancel()  # no-op when finished; frees the slots if this task was cancelled
         return JSONResponse(formatter.response())
 
-    def _stream(self, handle: Any, raw: Request, formatter: _Format, include_usage: bool) -> StreamingResponse:
+    def _stream(
+        self, handle: RequestHandle, raw: Request, formatter: _Format, include_usage: bool
+    ) -> StreamingResponse:
         async def body() -> AsyncIterator[str]:
             try:
-                for chunk in formatter.opening_chunks():
-                    yield _sse(chunk)
-                async for event in self._events(handle, raw):
-                    if isinstance(event, RequestError):
-                        yield sse_error(ApiError(event.status, event.message, code=event.code), self.metrics)
-                        break
-                    for chunk in formatter.add(event):
-                        yield _sse(chunk)
-                else:
-                    if include_usage:
-                        yield _sse(formatter.usage_chunk())
+                yield "".join(_sse(chunk) for chunk in formatter.opening_chunks())
+                failed = None
+                async for events in self._events(handle, raw):
+                    out = []
+                    for event in events:
+                        if isinstance(event, RequestError):
+                            failed = ApiError(event.status, event.message, code=event.code)
+                            break
+                        out.extend(_sse(chunk) for chunk in formatter.add(event))
+                    if out:
+                        yield "".join(out)
+                if failed is not None:
+                    yield sse_error(failed, self.metrics)
+                elif include_usage:
+                    yield _sse(formatter.usage_chunk())
                 yield "data: [DONE]\n\n"
             except ApiError as exc:  # timeout after the stream began
                 yield sse_error(exc, self.metrics)
