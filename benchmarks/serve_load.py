@@ -7,8 +7,9 @@ through the engine in-process, so the HTTP/SSE overhead is a measured ratio.
 
 Closed loop: `c` clients each send requests back to back (streaming, ignore_eos, fixed prompt/generation length
 mix). Per level: a warm-up round, then `--repeats` measured rounds; each statistic is the median over rounds.
-TTFT = request start to the first streamed token; ITL = gaps between streamed tokens. Writes
-benchmarks/results/serve_load.json and .png.
+TTFT = request start to the first streamed token; ITL = gaps between successive reads that carried tokens (as
+`vllm bench serve` counts chunks: under load the server coalesces several tokens into one write); TPOT = per
+request (last token - first token) / (tokens - 1). Writes benchmarks/results/serve_load.json and .png.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class Sample:
     ttft: float
     itls: list[float]
     tokens: int
+    tpot: float  # (last token - first token) / (tokens - 1)
+
+
+def sample_from(start: float, times: list[float], tokens: int) -> Sample:
+    """times: arrival of each read (HTTP) or event (engine) that carried tokens."""
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    return Sample(times[0] - start, gaps, tokens, (times[-1] - times[0]) / max(1, tokens - 1))
 
 
 @dataclass
@@ -60,12 +68,14 @@ class Round:
     def stats(self) -> dict[str, float]:
         ttfts = sorted(s.ttft for s in self.samples)
         itls = sorted(x for s in self.samples for x in s.itls)
+        tpots = sorted(s.tpot for s in self.samples)
         tokens = sum(s.tokens for s in self.samples)
         return {
             "ttft_p50_ms": 1000 * percentile(ttfts, 50),
             "ttft_p99_ms": 1000 * percentile(ttfts, 99),
             "itl_p50_ms": 1000 * percentile(itls, 50),
             "itl_p99_ms": 1000 * percentile(itls, 99),
+            "tpot_p50_ms": 1000 * percentile(tpots, 50),
             "tokens_per_s": tokens / self.seconds,
             "requests_per_s": len(self.samples) / self.seconds,
         }
@@ -99,12 +109,10 @@ async def http_request(http: httpx.AsyncClient, prompt: list[int], max_tokens: i
     times = []
     async with http.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
+        async for data in response.aiter_raw():
+            if b'"text":"' in data.replace(b'"text":""', b""):  # a read that carried generated text
                 times.append(time.perf_counter())
-    return Sample(
-        ttft=times[0] - start, itls=[b - a for a, b in zip(times, times[1:], strict=False)], tokens=max_tokens
-    )
+    return sample_from(start, times, max_tokens)
 
 
 async def http_round(url: str, clients: list[list[tuple[list[int], int]]]) -> Round:
@@ -132,9 +140,9 @@ async def engine_round(engine: Engine, clients: list[list[tuple[list[int], int]]
             event = await handle.next_event(60)
             if isinstance(event, RequestError):
                 raise RuntimeError(event.message)
-            if isinstance(event, ChoiceDelta):
+            if isinstance(event, ChoiceDelta) and event.text:
                 times.append(time.perf_counter())
-        return Sample(times[0] - start, [b - a for a, b in zip(times, times[1:], strict=False)], max_tokens)
+        return sample_from(start, times, max_tokens)
 
     async def client(items: list[tuple[list[int], int]]) -> list[Sample]:
         return [await one(prompt, n) for prompt, n in items]

@@ -77,7 +77,6 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
             logger.info("warm-up done in %.2fs", seconds)
         engine.start(asyncio.get_running_loop())
         state.engine = engine
-        state.tokenizer = engine.tokenizer
         state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name)
         if state.phase == "loading":
             state.phase = "ready"

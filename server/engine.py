@@ -42,6 +42,7 @@ from tnn.server.tokenizer import ServerTokenizer
 
 logger = logging.getLogger(__name__)
 
+STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
 PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
 SEED_MODULUS = 2**64
 
@@ -142,6 +143,9 @@ class Engine:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._last_stats = (time.monotonic(), 0, 0)  # time, prompt and generated tokens then
+        self._prompt_tokens = 0
+        self._generated_tokens = 0
         metrics.state_slots_total.set(settings.max_num_seqs)
 
     # ---- event-loop side ------------------------------------------------------------------------------------------
@@ -237,6 +241,7 @@ class Engine:
         if self._batch.rows:
             self._decode()
         self._update_gauges()
+        self._log_stats()
 
     def _admit(self) -> None:
         now = time.monotonic()
@@ -257,6 +262,7 @@ class Engine:
                 tracker.sequences.extend(sequences)
                 self._prefilling.append(_PrefillUnit(tracker, p, prompt, sequences))
                 self.metrics.prompt_tokens.inc(len(prompt))
+                self._prompt_tokens += len(prompt)
 
     def _prefill(self) -> None:
         if not self._prefilling:
@@ -409,6 +415,7 @@ class Engine:
         if logprob is not None:
             seq.pending_logprobs.append(logprob)
         self.metrics.generation_tokens.inc()
+        self._generated_tokens += 1
         if seq.counts is not None:
             seq.counts[token] += 1
         finish: FinishReason | None = None
@@ -505,6 +512,19 @@ class Engine:
         m.state_slots_used.set(self.slots.used)
         prefill_bytes = sum(u.state.nbytes for u in self._prefilling if u.state is not None)
         m.state_bytes.set(self._batch.state_bytes() + prefill_bytes)
+
+    def _log_stats(self) -> None:
+        """Every STATS_INTERVAL seconds of activity: throughput and occupancy (the human twin of /metrics)."""
+        now = time.monotonic()
+        since, prompt, generated = self._last_stats
+        if now - since < STATS_INTERVAL:
+            return
+        self._last_stats = (now, self._prompt_tokens, self._generated_tokens)
+        logger.info(
+            "prompt %.1f tok/s, generation %.1f tok/s; running %d, waiting %d, slots %d/%d",
+            (self._prompt_tokens - prompt) / (now - since), (self._generated_tokens - generated) / (now - since),
+            len(self._active) - len(self._waiting), len(self._waiting), self.slots.used, self.slots.total,
+        )  # fmt: skip
 
 
 def _put_all(batch: list[tuple[RequestHandle, Event]]) -> None:

@@ -54,6 +54,7 @@ from tnn.server.tokenizer import ServerTokenizer
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL = 0.25  # seconds between client-disconnect checks while waiting for tokens
+KEEPALIVE = 15.0  # seconds without an SSE write (queued, long prefill) before a comment line keeps proxies open
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -271,8 +272,8 @@ class Serving:
     # ---- waiting on the engine --------------------------------------------------------------------------------
 
     async def _events(self, handle: RequestHandle, raw: Request) -> AsyncIterator[list[Event]]:
-        """The request's events, in batches of those already queued; cancels the request when the client
-        disconnects (ClientGone) or the time runs out (504)."""
+        """The request's events, in batches of those already queued (an empty batch after each quiet poll
+        interval); cancels the request when the client disconnects (ClientGone) or the time runs out (504)."""
         deadline = handle.request.arrival + self.settings.request_timeout
         next_check = time.monotonic() + DISCONNECT_POLL
         while not handle.done:
@@ -286,9 +287,7 @@ class Serving:
                 if await raw.is_disconnected():
                     handle.cancel()
                     raise ClientGone
-            events = await handle.next_events(min(next_check, deadline) - now)
-            if events:
-                yield events
+            yield await handle.next_events(min(next_check, deadline) - now)
 
     async def _collect(self, handle: RequestHandle, raw: Request, formatter: _Format) -> Response:
         try:
@@ -310,6 +309,7 @@ class Serving:
             try:
                 yield "".join(_sse(chunk) for chunk in formatter.opening_chunks())
                 failed = None
+                last_write = time.monotonic()
                 async for events in self._events(handle, raw):
                     out = []
                     for event in events:
@@ -317,7 +317,10 @@ class Serving:
                             failed = ApiError(event.status, event.message, code=event.code)
                             break
                         out.extend(_sse(chunk) for chunk in formatter.add(event))
+                    if not out and time.monotonic() - last_write > KEEPALIVE:
+                        out.append(": keep-alive\n\n")  # an SSE comment: clients ignore it
                     if out:
+                        last_write = time.monotonic()
                         yield "".join(out)
                 if failed is not None:
                     yield sse_error(failed, self.metrics)

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -26,7 +25,7 @@ class Settings(BaseSettings):
     served_model_name: str | None = None  # the `model` id clients send and /v1/models lists; default: dir name
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    device: Device = "auto"  # auto: cuda if available, else cpu
+    device: str = "auto"  # auto: cuda if available, else cpu; or "cpu", "cuda", "cuda:1", ...
     dtype: DType = "float32"
     threads: int = Field(default=0, ge=0, le=1024)  # torch intra-op threads on CPU; 0: torch's default
 

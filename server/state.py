@@ -11,7 +11,6 @@ from tnn.server.engine import Engine
 from tnn.server.metrics import Metrics
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
-from tnn.server.tokenizer import ServerTokenizer
 
 Phase = Literal["loading", "ready", "draining", "failed", "stopped"]
 
@@ -23,7 +22,6 @@ class AppState:
     model_name: str
     phase: Phase = "loading"
     engine: Engine | None = None
-    tokenizer: ServerTokenizer | None = None
     serving: Serving | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     request_shutdown: Callable[[], None] | None = None  # set by `tnn serve`: stop uvicorn (load failure)
