@@ -102,10 +102,13 @@ class RequestHandle:
 
     async def next_events(self, timeout: float) -> list[Event]:
         """The next event and every other one already queued (one write for several tokens under load)."""
-        first = await self.next_event(timeout)
-        if first is None:
-            return []
-        events = [first]
+        if self.queue.empty():  # only then pay for wait_for's timer
+            first = await self.next_event(timeout)
+            if first is None:
+                return []
+            events = [first]
+        else:
+            events = [self._seen(self.queue.get_nowait())]
         while not self.done and not self.queue.empty():
             events.append(self._seen(self.queue.get_nowait()))
         return events

@@ -66,3 +66,19 @@ def test_metrics_are_open_and_prometheus_formatted(server: ServerProcess) -> Non
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     for name in ("tnn_time_to_first_token_seconds_bucket", "tnn_errors_total", "tnn_state_bytes", "tnn_batch_size"):
         assert name in response.text
+
+
+def test_n_choices_share_one_prefill(server: ServerProcess) -> None:
+    before = wait_idle(server.url)
+    body = {"prompt": "The quick brown fox", "max_tokens": 5, "n": 3, "ignore_eos": True}
+    usage = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()["usage"]
+    after = wait_idle(server.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert delta("tnn_prompt_tokens_total") == usage["prompt_tokens"]  # prefilled once, not three times
+    assert delta("tnn_request_prefill_time_seconds_count") == 1
+    assert delta("tnn_time_to_first_token_seconds_count") == 1
+    assert delta("tnn_requests_total", finish_reason="length") == 3  # one per choice
+    assert delta("tnn_generation_tokens_total") == usage["completion_tokens"] == 15
