@@ -8,6 +8,8 @@ import pytest
 from tests.server.conftest import MAX_PROMPT_TOKENS
 from tests.support import ServerProcess
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def complete(client: httpx.Client, **body: object) -> dict:
     response = client.post("/v1/completions", json={"prompt": "To be", "max_tokens": 5, **body})

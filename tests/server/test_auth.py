@@ -14,6 +14,8 @@ import pytest
 from tests.server.conftest import wait_idle
 from tests.support import ServerProcess, metric_value, scrape_metrics
 
+pytestmark = pytest.mark.timeout(180)
+
 KEY = "s3cret-Key"
 ORIGIN = "http://app.example"
 

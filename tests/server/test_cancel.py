@@ -12,6 +12,8 @@ import pytest
 from tests.server.conftest import wait_idle
 from tests.support import ServerProcess, metric_value
 
+pytestmark = pytest.mark.timeout(180)
+
 LONG = {"prompt": "To be", "max_tokens": 4000, "ignore_eos": True}
 
 

@@ -19,6 +19,8 @@ from tests.support import ServerProcess, make_tiny_model_dir
 from tnn.server.app import create_app
 from tnn.server.settings import Settings
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def test_not_ready_answers_503_but_health_is_200(tiny_model_dir: Path) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir))

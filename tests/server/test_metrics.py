@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.server.conftest import wait_idle
 from tests.support import ServerProcess, metric_value
+
+pytestmark = pytest.mark.timeout(180)
 
 COUNTS = (
     "tnn_time_to_first_token_seconds_count",

@@ -11,6 +11,8 @@ import pytest
 
 from tests.support import ServerProcess
 
+pytestmark = pytest.mark.timeout(180)
+
 
 @pytest.fixture(scope="module")
 def oai(server: ServerProcess) -> openai.OpenAI:
