@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--n-layers", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = TnnConfig(vocab_size=4096, d_model=args.d_model, n_layers=args.n_layers, d_glu=args.d_model,
                        dropout=0.0, train_length=512)  # fmt: skip
     torch.manual_seed(0)
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(json.dumps({k: round(v, 3) for k, v in row.items()}))
     RESULTS.mkdir(exist_ok=True)
-    out = {"d_model": args.d_model, "n_layers": args.n_layers, "torch": torch.__version__, "rows": rows}
+    out = {"d_model": args.d_model, "n_layers": args.n_layers, "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "rows": rows}  # fmt: skip
     (RESULTS / "state_layout.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

@@ -237,8 +237,11 @@ class Engine:
         self._admit()
         self._prefill()
         self._deliver()
-        self._batch.compact()
-        if self._batch.rows:
+        if not self._waiting and not self._prefilling:
+            # Holes are kept while newcomers may fill them: stepping a hole costs 1/B of a step, removing it
+            # and appending a newcomer later ~0.6 of a step (benchmarks/state_layout.py).
+            self._batch.compact()
+        if len(self._batch):
             self._decode()
         self._update_gauges()
         self._log_stats()
@@ -350,12 +353,17 @@ class Engine:
             self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))
 
     def _decode(self) -> None:
-        sequences = self._batch.active
+        rows = self._batch.rows
+        live = [i for i, row in enumerate(rows) if row is not None]
+        sequences = [seq for seq in rows if seq is not None]
         start = time.perf_counter()
         try:
-            tokens = torch.tensor([seq.tokens[-1] for seq in sequences], dtype=torch.long, device=self.device)
+            last = [0 if seq is None else seq.tokens[-1] for seq in rows]  # a hole steps a dummy token
+            tokens = torch.tensor(last, dtype=torch.long, device=self.device)  # (B,) holes included
             assert self._batch.state is not None
             logits, self._batch.state = self.model.step(tokens, self._batch.state)  # (B, V)
+            if len(live) < len(rows):
+                logits = logits[torch.tensor(live, device=self.device)]  # (B_live, V)
             sampled, logprobs, finite = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
