@@ -48,9 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_model_dir() -> Path | None:
-    """The shipped model's directory, when this version of tnn.model ships one."""
+    """The shipped model's directory; None when this version of tnn.model ships none or it is not installed."""
     finder = getattr(tnn.model, "default_model_dir", None)
-    return Path(finder()) if finder is not None else None
+    if finder is None:
+        return None
+    try:
+        return Path(finder())
+    except FileNotFoundError as exc:
+        logger.error("%s", exc)
+        return None
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(settings.log_level)
     model_dir = settings.model_dir or default_model_dir()
     if model_dir is None:
-        logger.error("no MODEL_DIR given and this install ships no default model; run `tnn serve MODEL_DIR` "
+        logger.error("no MODEL_DIR given and no default model installed; run `tnn serve MODEL_DIR` "
                      "(a directory written by `tnn convert` or training) or set TNN_MODEL_DIR")  # fmt: skip
         return 2
     if not (model_dir / "config.json").is_file():
