@@ -25,10 +25,6 @@ class RunningBatch(Generic[Row]):
     def __len__(self) -> int:
         return sum(row is not None for row in self.rows)
 
-    @property
-    def active(self) -> list[Row]:
-        return [row for row in self.rows if row is not None]
-
     def add(self, rows: Sequence[Row], state: TnnState) -> None:
         """Join `rows` whose state is `state` (batch = len(rows)): holes first, then appended."""
         if state.batch_size != len(rows):

@@ -186,8 +186,8 @@ class Serving:
         if body.stream and body.echo and body.logprobs is not None:
             raise ApiError(400, "echo with logprobs is not supported when streaming", param="echo",
                            code="unsupported")  # fmt: skip
-        max_tokens = self._max_tokens(body.max_tokens, self.settings.default_max_tokens, allow_zero=body.echo,
-                                      param="max_tokens")  # fmt: skip
+        default = min(self.settings.default_max_tokens, self.settings.max_tokens)
+        max_tokens = self._max_tokens(body.max_tokens, default, allow_zero=body.echo, param="max_tokens")
         texts, prompts = await self._completion_prompts(body.prompt)
         for prompt in prompts:
             self._check_prompt(prompt, "prompt")
