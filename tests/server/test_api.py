@@ -240,3 +240,29 @@ def test_tokenize_errors(client: httpx.Client) -> None:
     assert_error(client.post("/tokenize", json={}), 400, param="prompt")
     assert_error(client.post("/detokenize", json={"tokens": [10**7]}), 400, param="tokens")
     assert_error(client.post("/detokenize", json={"tokens": [-1]}), 400, param="tokens.0")
+
+
+WRONG_VALUES = ["text", "", [], [1, "a"], {}, {"a": 1}, None, True, -1, 0, 2**70, -(2**70), 1e308, 0.5]
+COMPLETION_FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+                     "frequency_penalty", "n", "stop", "seed", "stream", "stream_options", "logprobs", "echo",
+                     "ignore_eos", "logit_bias", "suffix", "best_of", "model", "user"]  # fmt: skip
+CHAT_FIELDS = ["messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "response_format"]
+
+
+@pytest.mark.parametrize("field", COMPLETION_FIELDS)
+def test_no_value_of_the_wrong_type_gives_a_server_error(client: httpx.Client, field: str) -> None:
+    """A small fuzz (what schemathesis found in vLLM): any value in any field is a 2xx or a 4xx envelope."""
+    for value in WRONG_VALUES:
+        body = {"prompt": "hi", "max_tokens": 2, field: value}
+        response = client.post("/v1/completions", json=body)
+        assert response.status_code < 500, (field, value, response.text)
+        if response.status_code >= 400:
+            assert_error(response, response.status_code)
+
+
+@pytest.mark.parametrize("field", CHAT_FIELDS)
+def test_no_chat_value_of_the_wrong_type_gives_a_server_error(client: httpx.Client, field: str) -> None:
+    for value in [*WRONG_VALUES, [{"role": "user"}], [{"role": "user", "content": [{"type": "image_url"}]}]]:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code < 500, (field, value, response.text)
