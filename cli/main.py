@@ -14,6 +14,8 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("tnn.convert.cli", "convert a TNN checkpoint (model directory or fairseq .pt) for serving"),
+    "generate": ("tnn.clients.cli_generate", "complete a prompt on a running server, streaming the text"),
+    "chat": ("tnn.clients.cli_chat", "chat interactively with a running server"),
 }
 
 
