@@ -79,7 +79,7 @@ def build_body(
         body["messages"] = [m.to_dict() if isinstance(m, ChatMessage) else dict(m) for m in messages]
     for name in ("max_tokens", "temperature", "top_p", "seed"):
         if params.get(name) is not None:
-            body[name] = params[name]  # type: ignore[literal-required]
+            body[name] = params[name]
     stop = params.get("stop")
     if stop is not None:
         body["stop"] = stop if isinstance(stop, str) else list(stop)
