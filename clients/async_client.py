@@ -106,6 +106,7 @@ class AsyncClient:
         model: the `model` field of requests; default: the first model the server lists.
         timeout: seconds or an `httpx.Timeout`; default 600 s (5 s to connect).
         retry: retry policy for connection errors, 429 and 503; `RetryPolicy(max_retries=0)` disables retries.
+        headers: extra headers sent with every request.
         transport: an httpx transport, for tests or custom networking.
     """
 
