@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from tests.support import ServerProcess, make_tiny_model_dir
 
 from tests.clients.helpers import API_KEY
+from tests.support import ServerProcess
 
 
 @pytest.fixture(scope="session")
-def tnn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real `tnn serve` on a tiny random model, requiring API_KEY, shared by every client test."""
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("clients") / "tiny")
-    with ServerProcess(model_dir, env={"TNN_API_KEY": API_KEY}) as server:
+def tnn_server(tiny_model_dir: Path) -> Iterator[ServerProcess]:
+    """One real `tnn serve` on the session's tiny random model, requiring API_KEY, shared by every client test."""
+    with ServerProcess(tiny_model_dir, env={"TNN_API_KEY": API_KEY}) as server:
         yield server

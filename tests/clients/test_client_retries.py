@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from tests.support import free_port
 
 from tests.clients.helpers import StubReply, StubRequest, StubServer
+from tests.support import free_port
 from tnn.clients import APIConnectionError, AsyncClient, Client, RateLimitError, RetryPolicy
 
 # No backoff of its own, so any wait measured comes from the server's Retry-After.
