@@ -66,11 +66,11 @@ def build_body(
     prompt: str | None = None,
     messages: Sequence[Message] | None = None,
     stream: bool,
-    include_usage: bool = True,
 ) -> dict[str, Any]:
     """The JSON body of `/v1/completions` (prompt) or `/v1/chat/completions` (messages); unset fields are omitted.
 
-    `model` is set only when `params` names one; the client fills in its default before sending.
+    `model` is set only when `params` names one; the client fills in its default before sending. Streams ask for
+    the final usage chunk (`stream_options.include_usage`).
     """
     body: dict[str, Any] = {"model": params["model"]} if "model" in params else {}
     if prompt is not None:
@@ -85,8 +85,7 @@ def build_body(
         body["stop"] = stop if isinstance(stop, str) else list(stop)
     if stream:
         body["stream"] = True
-        if include_usage:
-            body["stream_options"] = {"include_usage": True}
+        body["stream_options"] = {"include_usage": True}
     body.update(params.get("extra_body") or {})
     return body
 
