@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -82,8 +80,9 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
             logger.info("ready: serving %r on the OpenAI API", state.model_name)
     except Exception:
         logger.exception("failed to load %s; shutting down", settings.model_dir)
-        state.phase = "failed"
-        os.kill(os.getpid(), signal.SIGTERM)  # let uvicorn exit; `tnn serve` returns 1
+        state.phase = "failed"  # /health answers 503
+        if state.request_shutdown is not None:
+            state.request_shutdown()  # `tnn serve` exits with status 1
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:

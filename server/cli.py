@@ -109,5 +109,7 @@ def run(args: argparse.Namespace) -> int:
         server_header=False,
     )
     state: AppState = app.state.tnn
-    DrainingServer(config, state).run()
+    server = DrainingServer(config, state)
+    state.request_shutdown = lambda: setattr(server, "should_exit", True)
+    server.run()  # after a signal, uvicorn re-raises it on exit: SIGTERM ends the process with status 143
     return 1 if state.phase == "failed" else 0

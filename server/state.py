@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +26,7 @@ class AppState:
     tokenizer: ServerTokenizer | None = None
     serving: Serving | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    request_shutdown: Callable[[], None] | None = None  # set by `tnn serve`: stop uvicorn (load failure)
 
     @property
     def ready(self) -> bool:

@@ -95,9 +95,11 @@ def test_queued_request_disconnect_and_429_when_full(small_server: ServerProcess
     assert time.monotonic() - start < 2.0
     assert response.status_code == 429 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "server_overloaded"
+    running.close()  # first: the queued stream then starts, sees its close flag and ends
     queued.close()
-    running.close()
     after = wait_idle(url)
     for gauge in ("tnn_num_requests_running", "tnn_num_requests_waiting", "tnn_state_slots_used", "tnn_state_bytes"):
         assert metric_value(after, gauge) == 0, gauge
-    assert metric_value(after, "tnn_errors_total", code="429") - metric_value(before, "tnn_errors_total", code="429") == 1
+    assert (
+        metric_value(after, "tnn_errors_total", code="429") - metric_value(before, "tnn_errors_total", code="429") == 1
+    )

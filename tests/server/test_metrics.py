@@ -53,7 +53,9 @@ def test_exact_counts_after_a_known_workload(server: ServerProcess) -> None:
         return metric_value(samples, "tnn_requests_total", finish_reason=reason)
 
     assert finished(after, "length") - finished(before, "length") == requests
-    assert metric_value(after, "tnn_errors_total", code="400") - metric_value(before, "tnn_errors_total", code="400") == 1
+    assert (
+        metric_value(after, "tnn_errors_total", code="400") - metric_value(before, "tnn_errors_total", code="400") == 1
+    )
     assert metric_value(after, "tnn_state_slots_total") == 32
     for gauge in ("tnn_num_requests_running", "tnn_num_requests_waiting", "tnn_state_slots_used", "tnn_state_bytes"):
         assert metric_value(after, gauge) == 0, gauge
