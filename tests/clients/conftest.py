@@ -7,12 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.helpers import API_KEY
+from tests.clients.helpers import API_KEY, REQUEST_TIMEOUT
 from tests.support import ServerProcess
 
 
 @pytest.fixture(scope="session")
 def tnn_server(tiny_model_dir: Path) -> Iterator[ServerProcess]:
-    """One real `tnn serve` on the session's tiny random model, requiring API_KEY, shared by every client test."""
-    with ServerProcess(tiny_model_dir, env={"TNN_API_KEY": API_KEY}) as server:
+    """One real `tnn serve` on the session's tiny random model, shared by every client test.
+
+    It requires API_KEY, and cuts requests off after REQUEST_TIMEOUT seconds (504, or an error event once streaming),
+    which the tests use to get a real mid-stream error; every other request finishes far sooner.
+    """
+    env = {"TNN_API_KEY": API_KEY, "TNN_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT), "TNN_MAX_TOKENS": "1000000"}
+    with ServerProcess(tiny_model_dir, env=env) as server:
         yield server

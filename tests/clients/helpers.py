@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 API_KEY = "client-test-key"  # the key the shared tnn serve requires
+REQUEST_TIMEOUT = 3.0  # seconds after which the shared tnn serve cuts a request off
 
 
 @dataclass

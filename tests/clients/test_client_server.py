@@ -18,6 +18,8 @@ from tnn.clients import (
     Completion,
     GenerationParams,
     NotFoundError,
+    ServerError,
+    StreamError,
 )
 
 PROMPT = "The quick brown fox"
@@ -116,3 +118,17 @@ def test_wrong_api_key_is_an_authentication_error(tnn_server: ServerProcess) -> 
 
     with pytest.raises(AuthenticationError):
         asyncio.run(async_bad())
+
+
+def test_server_timeout_is_a_server_error_or_a_stream_error_after_the_first_deltas(client: Client) -> None:
+    endless = GenerationParams(max_tokens=1_000_000, extra_body={"ignore_eos": True})
+    with pytest.raises(ServerError) as whole:
+        client.complete(PROMPT, **endless)
+    assert (whole.value.status_code, whole.value.code) == (504, "request_timeout")  # 504 is not retried
+    deltas: list[str] = []
+    with pytest.raises(StreamError) as streamed, client.stream_complete(PROMPT, **endless) as stream:
+        for delta in stream:
+            deltas.append(delta)
+    assert streamed.value.code == "request_timeout" and streamed.value.message
+    assert deltas and stream.text == "".join(deltas)  # what arrived before the error is kept
+    assert stream.finish_reason is None
