@@ -30,7 +30,7 @@ class SsmConfig:
     """How the Toeplitz kernels were converted into diagonal state space models (written by `tnn convert`)."""
 
     method: SsmMethod
-    length: int  # conversion length n: the kernel is exact for lags 0..n-1 (0..n for etsc-inclusive)
+    length: int  # conversion length n: the kernel is exact for lags 0..n-1 (0..n for etsc-inclusive, etsc-tail)
     modes: int  # complex modes per channel kept in the recurrent state (after conjugate halving)
     full_state: bool = False  # True: all modes kept, no conjugate halving
 
