@@ -14,6 +14,8 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("tnn.convert.cli", "convert a TNN checkpoint (model directory or fairseq .pt) for serving"),
+    "train": ("tnn.model.train_cli", "train a TNN (or the GPT-2 baseline) on Shakespeare into a model directory"),
+    "eval": ("tnn.model.eval_cli", "bits per byte of a model directory on a text, parallel and recurrent"),
 }
 
 
