@@ -3,7 +3,7 @@
 Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown. The default vocabulary is
 4096: the corpus is ~4.8 MB (~1.3M tokens at this size), so a larger vocabulary leaves many rare merges seen only a
 handful of times, and on a CPU the output projection (d_model x V per token) would cost more than a layer.
-Special tokens: id 0 `<|endoftext|>` (bos and eos: documents are separated by it) and id 1 `<pad>`
+Special tokens: id 0 `<|endoftext|>` (bos and eos: every scored text starts with it) and id 1 `<pad>`
 (TnnConfig.padding_idx = 1). A chat template renders turns like a play: "User:\\n...\\n\\nAssistant:\\n".
 """
 

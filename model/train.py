@@ -28,12 +28,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tnn.model.config import TnnConfig
-from tnn.model.corpus import Splits, load_splits
+from tnn.model.corpus import TEST_PLAY, VALIDATION_PLAY, Splits, load_splits
 from tnn.model.evaluate import Score, score_tokens
 from tnn.model.loading import copy_tokenizer, save_model
 from tnn.model.tnn import TnnLM
 from tnn.model.tokenizer import (
     DEFAULT_VOCAB_SIZE,
+    PAD_TOKEN,
     encode,
     eos_id,
     load_tokenizer,
@@ -242,7 +243,7 @@ def train(
         "tokens: train %d, validation %d, test %d", data.train.numel(), data.validation.numel(), data.test.numel()
     )
 
-    model = build_model(config, eos=eos_id(tokenizer), pad=tokenizer.token_to_id("<pad>")).to(device)
+    model = build_model(config, eos=eos_id(tokenizer), pad=tokenizer.token_to_id(PAD_TOKEN)).to(device)
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     step, tokens_seen, elapsed, history = 0, 0, 0.0, []
@@ -347,8 +348,8 @@ def train(
         "platform": platform.platform(),
         "data": {
             "train_tokens": data.train.numel() - 1,
-            "validation": "the-tempest",
-            "test": "macbeth",
+            "validation": VALIDATION_PLAY,
+            "test": TEST_PLAY,
             "validation_bytes": data.validation_bytes,
             "test_bytes": data.test_bytes,
         },
