@@ -1,0 +1,105 @@
+"""The image for real: buildah builds the Dockerfile on the local debootstrap base, then its entrypoint serves.
+
+buildah's chroot isolation shares the host's network namespace, so the container's server is reached on
+127.0.0.1 at a free port set through TNN_HOST / TNN_PORT, as an operator would set them with -e.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import (
+    buildah_run,
+    complete,
+    container,
+    free_port,
+    image_config,
+    require_tool,
+    stop,
+    tail,
+    wait_http_ok,
+)
+
+pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+# torch (CPU) is ~600 MB of the image; the budget catches a build context or cache leaking into it.
+SIZE_BUDGET_GB = 1.5
+
+
+def test_image_metadata(image: str) -> None:
+    config = image_config(image)
+    assert config["Entrypoint"] == ["tnn", "serve"]
+    assert config["User"] == "1000:1000"
+    assert "8000/tcp" in config["ExposedPorts"]
+    assert config["StopSignal"] == "SIGTERM"
+    assert "/health" in " ".join(config["Healthcheck"]["Test"])
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["TNN_HOST"] == "0.0.0.0" and env["TNN_PORT"] == "8000"
+    assert "TNN_MODEL_DIR" not in env, "the shipped model is the default; a mounted one is named at run time"
+
+
+def test_final_stage_has_no_build_tools_or_caches(image: str) -> None:
+    checks = (
+        "test $(id -u) = 1000"
+        " && ! test -e /opt/venv/bin/pip && ! test -e /src && ! test -e /tmp/wheels"
+        " && ! command -v gcc && ! test -d /root/.cache/pip"
+        " && ! test -d /opt/venv/lib/python3.11/site-packages/torch/include"
+        " && python3 -c 'import tnn.model, tnn.server'"
+    )
+    with container(image) as ctr:
+        result = subprocess.run(buildah_run(ctr, "sh", "-c", checks), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_size_within_budget(image: str) -> None:
+    size = subprocess.run(
+        [require_tool("buildah"), "images", "--format", "{{.Size}}", image],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    value, unit = float(size[0]), size[1]
+    gigabytes = value if unit == "GB" else value / 1000 if unit == "MB" else float("inf")
+    assert gigabytes < SIZE_BUDGET_GB, f"image is {value} {unit}"
+
+
+def test_entrypoint_serves_health_and_completion_then_drains_on_sigterm(image: str, tmp_path: Path) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    config = image_config(image)
+    log = tmp_path / "container.log"
+    with container(image) as ctr:
+        entrypoint = buildah_run(
+            ctr, *config["Entrypoint"], *(config["Cmd"] or []), env={"TNN_HOST": "127.0.0.1", "TNN_PORT": str(port)}
+        )
+        with log.open("w") as out:
+            proc = subprocess.Popen(entrypoint, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_http_ok(f"{base_url}/health", proc, log)
+            wait_http_ok(f"{base_url}/ready", proc, log)
+
+            body = complete(base_url, prompt="The", max_tokens=4)
+            assert body["object"] == "text_completion"
+            assert isinstance(body["choices"][0]["text"], str)
+            assert 1 <= body["usage"]["completion_tokens"] <= 4
+
+            # The image's own HEALTHCHECK command, run inside the container as Docker would run it
+            healthcheck = config["Healthcheck"]["Test"]
+            assert healthcheck[0] == "CMD"
+            probe = subprocess.run(
+                buildah_run(ctr, *healthcheck[1:], env={"TNN_PORT": str(port)}), capture_output=True, timeout=60
+            )
+            assert probe.returncode == 0, probe.stderr
+
+            # STOPSIGNAL: buildah forwards SIGTERM to the server, which must exit cleanly (0) and promptly
+            start = time.monotonic()
+            code = stop(proc, timeout=60)
+            assert code == 0, f"exit {code} after SIGTERM:\n{tail(log)}"
+            assert time.monotonic() - start < 60
+        finally:
+            stop(proc)
