@@ -150,11 +150,14 @@ def container(image: str) -> Iterator[str]:
         subprocess.run([buildah, "rm", name], capture_output=True, timeout=120)
 
 
-def buildah_run(ctr: str, *command: str, env: dict[str, str] | None = None) -> list[str]:
-    """argv of `buildah run` for command in ctr, with the image's user and environment plus env."""
+def buildah_run(ctr: str, *command: str, env: dict[str, str] | None = None, volumes: tuple[str, ...] = ()) -> list[str]:
+    """argv of `buildah run` for command in ctr: the image's user and environment plus env, and volumes
+    (`HOST:CONTAINER[:OPTIONS]`, as `docker run -v`)."""
     argv = [require_tool("buildah"), "run", "--isolation", "chroot"]
     for key, value in (env or {}).items():
         argv += ["--env", f"{key}={value}"]
+    for volume in volumes:
+        argv += ["--volume", volume]
     return [*argv, ctr, "--", *command]
 
 

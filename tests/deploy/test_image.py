@@ -6,17 +6,23 @@ buildah's chroot isolation shares the host's network namespace, so the container
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import tnn.model
 
 from .conftest import (
     buildah_run,
     complete,
     container,
     free_port,
+    http_json,
     image_config,
     require_tool,
     stop,
@@ -28,6 +34,32 @@ pytestmark = [pytest.mark.deploy, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 # torch (CPU) is ~600 MB of the image; the budget catches a build context or cache leaking into it.
 SIZE_BUDGET_GB = 1.5
+
+
+@contextlib.contextmanager
+def entrypoint_serving(
+    image: str, log: Path, env: dict[str, str] | None = None, volumes: tuple[str, ...] = ()
+) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """The image's ENTRYPOINT + CMD running in a fresh container until ready; yields (container, URL, process)."""
+    port = free_port()
+    config = image_config(image)
+    with container(image) as ctr:
+        argv = buildah_run(
+            ctr,
+            *config["Entrypoint"],
+            *(config["Cmd"] or []),
+            env={"TNN_HOST": "127.0.0.1", "TNN_PORT": str(port), **(env or {})},
+            volumes=volumes,
+        )
+        with log.open("w") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            wait_http_ok(f"{base_url}/health", proc, log)
+            wait_http_ok(f"{base_url}/ready", proc, log)
+            yield ctr, base_url, proc
+        finally:
+            stop(proc)
 
 
 def test_image_metadata(image: str) -> None:
@@ -69,37 +101,36 @@ def test_image_size_within_budget(image: str) -> None:
 
 
 def test_entrypoint_serves_health_and_completion_then_drains_on_sigterm(image: str, tmp_path: Path) -> None:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    config = image_config(image)
     log = tmp_path / "container.log"
-    with container(image) as ctr:
-        entrypoint = buildah_run(
-            ctr, *config["Entrypoint"], *(config["Cmd"] or []), env={"TNN_HOST": "127.0.0.1", "TNN_PORT": str(port)}
+    with entrypoint_serving(image, log) as (ctr, base_url, proc):
+        body = complete(base_url, prompt="The", max_tokens=4)
+        assert body["object"] == "text_completion"
+        assert isinstance(body["choices"][0]["text"], str)
+        assert 1 <= body["usage"]["completion_tokens"] <= 4
+
+        # The image's own HEALTHCHECK command, run inside the container as Docker would run it
+        healthcheck = image_config(image)["Healthcheck"]["Test"]
+        assert healthcheck[0] == "CMD"
+        port = base_url.rsplit(":", 1)[1]
+        probe = subprocess.run(
+            buildah_run(ctr, *healthcheck[1:], env={"TNN_PORT": port}), capture_output=True, timeout=60
         )
-        with log.open("w") as out:
-            proc = subprocess.Popen(entrypoint, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_http_ok(f"{base_url}/health", proc, log)
-            wait_http_ok(f"{base_url}/ready", proc, log)
+        assert probe.returncode == 0, probe.stderr
 
-            body = complete(base_url, prompt="The", max_tokens=4)
-            assert body["object"] == "text_completion"
-            assert isinstance(body["choices"][0]["text"], str)
-            assert 1 <= body["usage"]["completion_tokens"] <= 4
+        # STOPSIGNAL: buildah forwards SIGTERM to the server, which drains and exits cleanly (0) and promptly
+        start = time.monotonic()
+        code = stop(proc, timeout=60)
+        assert code == 0, f"exit {code} after SIGTERM:\n{tail(log)}"
+        assert time.monotonic() - start < 60
 
-            # The image's own HEALTHCHECK command, run inside the container as Docker would run it
-            healthcheck = config["Healthcheck"]["Test"]
-            assert healthcheck[0] == "CMD"
-            probe = subprocess.run(
-                buildah_run(ctr, *healthcheck[1:], env={"TNN_PORT": str(port)}), capture_output=True, timeout=60
-            )
-            assert probe.returncode == 0, probe.stderr
 
-            # STOPSIGNAL: buildah forwards SIGTERM to the server, which must exit cleanly (0) and promptly
-            start = time.monotonic()
-            code = stop(proc, timeout=60)
-            assert code == 0, f"exit {code} after SIGTERM:\n{tail(log)}"
-            assert time.monotonic() - start < 60
-        finally:
-            stop(proc)
+def test_mounted_model_dir_replaces_the_shipped_model(image: str, tmp_path: Path) -> None:
+    """An operator's model, mounted read-only and named by TNN_MODEL_DIR, is the one served."""
+    model_dir = tmp_path / "operator-model"
+    shutil.copytree(tnn.model.default_model_dir(), model_dir)
+    env = {"TNN_MODEL_DIR": "/models"}
+    with entrypoint_serving(image, tmp_path / "container.log", env, volumes=(f"{model_dir}:/models:ro",)) as served:
+        _, base_url, _ = served
+        # The served id defaults to the model directory's name: the mount point, not the shipped model's
+        assert [model["id"] for model in http_json(f"{base_url}/v1/models")["data"]] == ["models"]
+        assert complete(base_url, max_tokens=2)["usage"]["completion_tokens"] >= 1
