@@ -28,16 +28,21 @@ RUN python3 -m venv --without-pip /opt/venv \
     && /opt/venv/bin/tnn --help > /dev/null
 
 FROM ${BASE_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="tnn-serve" \
+      org.opencontainers.image.description="Toeplitz Neural Network language models over an OpenAI-compatible API" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin tnn
 COPY --from=builder /opt/venv /opt/venv
 # TNN_* are the server's settings (pydantic-settings); any of them can be overridden with -e / environment:.
 # TNN_HOST=0.0.0.0 because inside a container the port is published from outside the loopback.
+# HF_HUB_OFFLINE: models are local directories; never wait on a hub from a server (or an air-gapped host).
 # TNN_MODEL_DIR is unset: the shipped model is served unless a model directory is mounted and named, e.g.
 #   -v /path/to/model:/models:ro -e TNN_MODEL_DIR=/models
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/home/tnn/.cache/huggingface \
+    HF_HUB_OFFLINE=1 \
     TNN_HOST=0.0.0.0 \
     TNN_PORT=8000
 USER 1000:1000
