@@ -248,6 +248,14 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
     )
 
 
+def native_key(key: str) -> str | None:
+    """The native name of a fairseq-evo state-dict key, or None if it is not a TNN LM parameter."""
+    for pattern, template in _KEY_MAP:
+        if re.match(pattern, key):
+            return re.sub(pattern, template, key)
+    return None
+
+
 def native_state_from_fairseq(state: dict[str, Tensor], config: TnnConfig, path: Path) -> dict[str, Tensor]:
     """Rename keys; reshape gamma (h, 1, e) -> (h*e,) head-major; check the tied output projection."""
     native: dict[str, Tensor] = {}
@@ -256,11 +264,8 @@ def native_state_from_fairseq(state: dict[str, Tensor], config: TnnConfig, path:
             continue
         if not config.final_norm and key.startswith("decoder.layer_norm."):
             continue  # dropped by fairseq's version upgrade
-        for pattern, template in _KEY_MAP:
-            if re.match(pattern, key):
-                name = re.sub(pattern, template, key)
-                break
-        else:
+        name = native_key(key)
+        if name is None:
             raise ValueError(f"{path}: unexpected key {key!r} {tuple(tensor.shape)} in the checkpoint")
         if name.endswith("tno.gamma"):
             expected = (config.n_heads, 1, config.d_head)

@@ -252,25 +252,22 @@ class TnnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._residual(x, self.gtu)
 
-    def prefill(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _with_state(self, x: Tensor, mix_tokens: Callable[[Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The residual block around a stateful token mixer; returns the output and the mixer's new state."""
         new_state: list[Tensor] = []
 
         def mix(h: Tensor) -> Tensor:
-            y, s = self.gtu.prefill(h, state)
-            new_state.append(s)
+            y, state = mix_tokens(h)
+            new_state.append(state)
             return y
 
         return self._residual(x, mix), new_state[0]
+
+    def prefill(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._with_state(x, lambda h: self.gtu.prefill(h, state))
 
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        new_state: list[Tensor] = []
-
-        def mix(h: Tensor) -> Tensor:
-            y, s = self.gtu.step(h, state)
-            new_state.append(s)
-            return y
-
-        return self._residual(x, mix), new_state[0]
+        return self._with_state(x, lambda h: self.gtu.step(h, state))
 
 
 @dataclass(frozen=True)
