@@ -161,6 +161,24 @@ def buildah_run(ctr: str, *command: str, env: dict[str, str] | None = None, volu
     return [*argv, ctr, "--", *command]
 
 
+def container_process(buildah_pid: int) -> int:
+    """PID of the command that `buildah run` (pid buildah_pid) started, below its chroot helper processes.
+
+    Chroot isolation shares the host's PID namespace, so this is the container's main process, the one
+    Docker would send STOPSIGNAL to.
+    """
+    pending = [buildah_pid]
+    while pending:
+        pid = pending.pop(0)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            for child in map(int, children.read_text().split()):
+                argv0 = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]
+                if not argv0.startswith(b"buildah"):
+                    return child
+                pending.append(child)
+    raise AssertionError(f"no container process under buildah pid {buildah_pid}")
+
+
 def image_config(image: str) -> dict:
     """The Docker-format config of image (Entrypoint, Env, Healthcheck, User, ExposedPorts, StopSignal)."""
     out = subprocess.run(
