@@ -18,7 +18,7 @@ FORMAT_VERSION = 1
 
 Decay = Literal["fixed", "learned", "none"]
 NormPosition = Literal["pre", "post"]
-SsmMethod = Literal["etsc", "etsc-inclusive"]
+SsmMethod = Literal["etsc", "etsc-inclusive", "etsc-tail"]
 
 # The activation names of the original lookup table (spec §2.2); anything else there means identity,
 # which we spell "none" and refuse unknown strings instead of silently treating them as identity.
@@ -30,7 +30,7 @@ class SsmConfig:
     """How the Toeplitz kernels were converted into diagonal state space models (written by `tnn convert`)."""
 
     method: SsmMethod
-    length: int  # conversion length n: the kernel is exact for lags 0..n-1 (0..n for etsc-inclusive)
+    length: int  # conversion length n: the kernel is exact for lags 0..n-1 (0..n for etsc-inclusive, etsc-tail)
     modes: int  # complex modes per channel kept in the recurrent state (after conjugate halving)
     full_state: bool = False  # True: all modes kept, no conjugate halving
 

@@ -14,7 +14,7 @@ from tnn.model.tnn import TnnLM, Tno
 from tnn.model.toeplitz import fft_dtype
 
 DEFAULT_LENGTH = 512
-DEFAULT_METHOD: SsmMethod = "etsc-inclusive"
+DEFAULT_METHOD: SsmMethod = "etsc-tail"
 
 
 def conversion_refusal(model: TnnLM) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["tnn.cli", "tnn.model", "tnn.convert", "tnn.server", "tnn.clients"]
+SUBPACKAGES = ["tnn.cli", "tnn.model", "tnn.convert", "tnn.server", "tnn.server.routes", "tnn.clients"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,104 @@
+"""`tnn convert SRC DST`: thin argparse over `convert_checkpoint`; prints the report table to stdout.
+
+Exit codes: 0 written; 1 unreadable input or DST exists without --force; 2 the model cannot be converted
+(refused); 3 the conversion failed verification (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import get_args
+
+import torch
+
+from tnn.convert.convert import ConversionRefused, ConversionReport, VerificationFailed, convert_checkpoint
+from tnn.model.config import SsmMethod
+from tnn.model.conversion import DEFAULT_METHOD
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="a model directory or an original fairseq checkpoint (.pt)")
+    parser.add_argument("dst", metavar="DST", help="the model directory to write (atomically)")
+    parser.add_argument(
+        "--method",
+        choices=get_args(SsmMethod),
+        default=DEFAULT_METHOD,
+        help="'etsc': the published algorithm (a spurious tap at lag n); 'etsc-inclusive': keeps the j=0 mode so "
+        "the lag-n tap is the true coefficient; 'etsc-tail': exact to lag n and, past n, a decayed constant tail "
+        f"close to the TNN with the periodic copy damped (default {DEFAULT_METHOD})",
+    )
+    parser.add_argument(
+        "--length", type=int, default=None, help="conversion length n (default: the training length, else 512)"
+    )
+    parser.add_argument("--full-state", action="store_true", help="keep all modes (no conjugate halving)")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR", help="Hugging Face tokenizer directory to attach")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the stored weights")
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    parser.add_argument("--no-past-n", action="store_true", help="skip the 2n/4n comparison of the methods")
+
+
+def format_report(report: ConversionReport) -> str:
+    """The short plain-text table printed after a conversion."""
+    lines = [
+        f"{report.source} -> {report.destination}",
+        f"method {report.method}, n = {report.length}, {report.modes} modes/channel"
+        f"{' (full state)' if report.full_state else ' (conjugate-halved)'}, "
+        f"state {report.state_bytes_per_sequence / 2**20:.2f} MiB/sequence (complex64)",
+        "",
+        f"{'layer':>5}  {'kernel err (fft)':>16}  {'kernel err (modes)':>18}  {'lag-n tap err':>13}"
+        f"  {'tail damping (median)':>21}",
+    ]
+    for k in report.kernel_checks:
+        lines.append(
+            f"{k.layer:>5}  {k.rel_error:>16.2e}  {k.rel_error_modes:>18.2e}  {k.lag_n_rel_error:>13.2e}"
+            f"  {k.tail_damping_median:>21.3g}"
+        )
+    c = report.logits_check
+    lines += [
+        "",
+        f"logits, recurrent vs parallel ({c.probe_length} tokens, prefill {c.split} + step): "
+        f"float64 {c.float64_rel_error:.2e}, float32 {c.float32_rel_error:.2e}",
+    ]
+    if report.past_n:
+        lines += [
+            "",
+            f"past n: {'method':<15} {'tokens':>6}  {'max rel err':>11}  {'rms rel err':>11}  {'top-1 agree':>11}"
+            f"  {'nll parallel':>12}  {'nll recurrent':>13}",
+        ]
+        for r in report.past_n:
+            lines.append(
+                f"        {r.method:<15} {r.length:>6}  {r.max_rel_error:>11.2e}  {r.rms_rel_error:>11.2e}"
+                f"  {r.top1_agreement:>11.3f}  {r.nll_parallel:>12.4f}  {r.nll_recurrent:>13.4f}"
+            )
+    lines += ["", "timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report.timings_s.items())]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = convert_checkpoint(
+            src=args.src,
+            dst=args.dst,
+            method=args.method,
+            length=args.length,
+            full_state=args.full_state,
+            tokenizer=args.tokenizer,
+            force=args.force,
+            dtype=DTYPES[args.dtype],
+            compare_past_n=not args.no_past_n,
+            progress=True,
+        )
+    except ConversionRefused as exc:
+        print(f"tnn convert: refused: {exc}", file=sys.stderr)  # noqa: T201 (CLI output)
+        return 2
+    except VerificationFailed as exc:
+        print(f"tnn convert: {exc}", file=sys.stderr)  # noqa: T201 (CLI output)
+        return 3
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"tnn convert: error: {exc}", file=sys.stderr)  # noqa: T201 (CLI output)
+        return 1
+    print(format_report(report))  # noqa: T201 (CLI output)
+    return 0

@@ -1,0 +1,274 @@
+"""`convert_checkpoint`: a trained TNN (model directory or fairseq .pt) -> a servable, ETSC-converted model directory.
+
+Steps: load in float64; refuse models without an exact recurrent form; convert every layer (tnn.model.conversion);
+verify the kernels (lags 0..n-1) and the recurrent logits against the parallel forward; measure both methods past
+the conversion length; then write config.json, model.safetensors, ssm.safetensors, tokenizer files and
+conversion.json into a temporary directory beside DST and rename it into place. Nothing is written if a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+from tqdm import tqdm
+
+from tnn.convert.verify import (
+    KernelCheck,
+    LogitsCheck,
+    PastNRow,
+    check_kernel,
+    check_logits,
+    past_n_comparison,
+    probe_tokens,
+)
+from tnn.model.config import SsmMethod
+from tnn.model.conversion import DEFAULT_LENGTH, DEFAULT_METHOD, attach_ssm, conversion_refusal
+from tnn.model.loading import copy_tokenizer, load, save_model
+from tnn.model.tnn import TnnLM
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "conversion.json"
+# float64 conversion reconstructs the kernel to ~1e-13 relative; 1e-9 leaves room for long n and large D
+KERNEL_TOLERANCE = 1e-9
+LOGITS_TOLERANCE_FLOAT64 = 1e-8
+# complex64 state with a float64 conversion: ~1e-5 relative on the LM (spec §6.7); 1e-3 flags a broken conversion
+LOGITS_TOLERANCE_FLOAT32 = 1e-3
+STEPPED_TOKENS = 32  # the logits probe prefills n - 32 tokens and steps the last 32 (covers lags up to n-1)
+
+
+class ConversionRefused(ValueError):
+    """The model has no exact recurrent form (bidirectional, normalized Toeplitz operator)."""
+
+
+class VerificationFailed(RuntimeError):
+    """A conversion check exceeded its threshold; nothing was written."""
+
+
+@dataclass
+class ConversionReport:
+    """What convert did and measured; written as conversion.json."""
+
+    source: str
+    source_format: str  # "fairseq" or "native"
+    destination: str
+    method: str
+    length: int
+    modes: int
+    full_state: bool
+    weights_dtype: str
+    state_bytes_per_sequence: int  # complex64 state, what a float32/bf16 server holds per sequence
+    kernel_checks: list[KernelCheck]
+    logits_check: LogitsCheck
+    past_n: list[PastNRow]
+    tokenizer: str | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_format": self.source_format,
+            "destination": self.destination,
+            "method": self.method,
+            "length": self.length,
+            "modes": self.modes,
+            "full_state": self.full_state,
+            "weights_dtype": self.weights_dtype,
+            "state_bytes_per_sequence": self.state_bytes_per_sequence,
+            "thresholds": {
+                "kernel_rel_error": KERNEL_TOLERANCE,
+                "logits_rel_error_float64": LOGITS_TOLERANCE_FLOAT64,
+                "logits_rel_error_float32": LOGITS_TOLERANCE_FLOAT32,
+            },
+            "kernel_checks": [k.to_dict() for k in self.kernel_checks],
+            "logits_check": self.logits_check.to_dict(),
+            "past_n": {
+                "probe": "uniform random token ids, seed 1, batch 1; teacher-forced recurrent logits vs forward",
+                "rows": [r.to_dict() for r in self.past_n],
+            },
+            "tokenizer": self.tokenizer,
+            "timings_s": self.timings_s,
+            "versions": self.versions,
+            "created": self.created,
+        }
+
+
+def versions() -> dict[str, str]:
+    try:
+        ours = version("tnn-serve")
+    except PackageNotFoundError:  # running from a source tree without installing
+        ours = "unknown"
+    return {"tnn-serve": ours, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def convert_checkpoint(
+    *,
+    src: str | Path,
+    dst: str | Path,
+    method: SsmMethod = DEFAULT_METHOD,
+    length: int | None = None,
+    full_state: bool = False,
+    tokenizer: str | Path | None = None,
+    force: bool = False,
+    dtype: torch.dtype = torch.float32,
+    compare_past_n: bool = True,
+    progress: bool = True,
+) -> ConversionReport:
+    """Convert `src` into the model directory `dst` and return the report (also written as conversion.json).
+
+    length: conversion length n (default: the config's train_length, else 512). dtype: the stored weights
+    (ssm.safetensors is always float64). Raises FileExistsError (dst exists, no force), ConversionRefused,
+    VerificationFailed, and ValueError/FileNotFoundError naming the file for unreadable input.
+    """
+    src, dst = Path(src), Path(dst)
+    if method not in get_args(SsmMethod):
+        raise ValueError(f"unknown method {method!r}; expected one of {get_args(SsmMethod)}")
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
+    if tokenizer is not None and not (Path(tokenizer) / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (expected a Hugging Face tokenizer directory)")
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    model = load(src, dtype=torch.float64)  # conversion and checks in float64; weights are cast on save
+    timings["load"] = time.perf_counter() - start
+    refusal = conversion_refusal(model)
+    if refusal is not None:
+        raise ConversionRefused(f"{src}: cannot convert: {refusal}")
+    n = length or model.config.train_length or DEFAULT_LENGTH
+    if n < 2:
+        raise ValueError(f"conversion length must be >= 2, got {n}")
+
+    start = time.perf_counter()
+    attach_ssm(model, length=n, method=method, full_state=full_state)
+    timings["convert"] = time.perf_counter() - start
+    logger.info("converted %d layers with %s, n=%d (%.2fs)", len(model.layers), method, n, timings["convert"])
+
+    start = time.perf_counter()
+    layers = tqdm(
+        enumerate(model.layers),
+        total=len(model.layers),
+        desc="kernel check",
+        unit="layer",
+        disable=not progress or len(model.layers) < 2,
+    )
+    kernel_checks = [check_kernel(i, layer.gtu.tno, n) for i, layer in layers]
+    timings["verify_kernels"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    tokens = probe_tokens(model.config.vocab_size, n)
+    logits_check = check_logits(model, tokens, split=max(1, n - STEPPED_TOKENS))
+    timings["verify_logits"] = time.perf_counter() - start
+    _require_passed(kernel_checks, logits_check)
+
+    past_n: list[PastNRow] = []
+    if compare_past_n:
+        start = time.perf_counter()
+        past_n = past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state)
+        timings["past_n"] = time.perf_counter() - start
+
+    report = ConversionReport(
+        source=str(src),
+        source_format="native" if src.is_dir() else "fairseq",
+        destination=str(dst),
+        method=method,
+        length=n,
+        modes=model.config.ssm.modes if model.config.ssm else 0,
+        full_state=full_state,
+        weights_dtype=str(dtype).removeprefix("torch."),
+        state_bytes_per_sequence=_complex64_state_bytes(model),
+        kernel_checks=kernel_checks,
+        logits_check=logits_check,
+        past_n=past_n,
+        tokenizer=str(tokenizer) if tokenizer is not None else None,
+        timings_s=timings,
+        versions=versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    _write_atomically(dst, force=force, fill=lambda tmp: _fill_directory(tmp, model, src, tokenizer, dtype, report))
+    logger.info("wrote %s", dst)
+    return report
+
+
+def _require_passed(kernel_checks: list[KernelCheck], logits_check: LogitsCheck) -> None:
+    failures = [
+        f"layer {k.layer} kernel error {max(k.rel_error, k.rel_error_modes):.3e} > {KERNEL_TOLERANCE:.0e}"
+        for k in kernel_checks
+        if not max(k.rel_error, k.rel_error_modes) <= KERNEL_TOLERANCE  # NaN fails too
+    ]
+    if not logits_check.float64_rel_error <= LOGITS_TOLERANCE_FLOAT64:
+        failures.append(f"float64 logits error {logits_check.float64_rel_error:.3e} > {LOGITS_TOLERANCE_FLOAT64:.0e}")
+    if not logits_check.float32_rel_error <= LOGITS_TOLERANCE_FLOAT32:
+        failures.append(f"float32 logits error {logits_check.float32_rel_error:.3e} > {LOGITS_TOLERANCE_FLOAT32:.0e}")
+    if failures:
+        raise VerificationFailed("conversion failed verification, nothing written: " + "; ".join(failures))
+
+
+def _complex64_state_bytes(model: TnnLM) -> int:
+    """Per-sequence state when served in float32/bf16: n_layers x modes x d_inner complex64 numbers."""
+    config = model.config
+    assert config.ssm is not None
+    return int(config.n_layers * config.ssm.modes * config.d_inner * 8)
+
+
+def _fill_directory(
+    directory: Path,
+    model: TnnLM,
+    src: Path,
+    tokenizer: str | Path | None,
+    dtype: torch.dtype,
+    report: ConversionReport,
+) -> None:
+    start = time.perf_counter()
+    save_model(model.to(dtype), directory)  # ssm.safetensors stays float64 whatever the weights' dtype
+    if tokenizer is not None:
+        copy_tokenizer(Path(tokenizer), directory)
+    elif src.is_dir() and copy_tokenizer(src, directory):
+        report.tokenizer = str(src)
+    report.timings_s["write"] = time.perf_counter() - start
+    (directory / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _make_readable(directory: Path) -> None:
+    """mkdtemp makes a 0700 directory; a model directory is read by other users (the server's container user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _write_atomically(dst: Path, *, force: bool, fill: Callable[[Path], None]) -> None:
+    """Fill a temporary directory beside `dst`, then rename it into place (replacing `dst` only with force)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        fill(tmp)
+        _make_readable(tmp)
+        if dst.exists():
+            if not force:  # appeared while we were converting
+                raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+            dst.rename(old / dst.name)
+            tmp.rename(dst)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

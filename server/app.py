@@ -1,0 +1,127 @@
+"""The FastAPI application: `create_app(settings, engine=None)`.
+
+The lifespan starts loading in the background, so the port answers /health (200) and /ready (503) at once;
+loading (and ETSC conversion of an unconverted directory), warm-up and the engine thread follow, then /ready
+turns 200. On shutdown the engine stops; uvicorn has already drained running requests (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+import tnn.model
+from tnn.server.engine import Engine
+from tnn.server.errors import install_error_handlers
+from tnn.server.metrics import Metrics
+from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
+from tnn.server.routes import health, openai, tokenize
+from tnn.server.serving import Serving
+from tnn.server.settings import Settings
+from tnn.server.state import AppState
+from tnn.server.tokenizer import ServerTokenizer
+
+logger = logging.getLogger(__name__)
+
+MAX_HEADERS = 100  # count and total size of request headers (vLLM GHSA-rxc4-3w6r-4v47: one huge-header GET)
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_engine(settings: Settings, metrics: Metrics) -> Engine:
+    """Load the model directory (converting it if needed) and its tokenizer onto the configured device."""
+    assert settings.model_dir is not None
+    device = resolve_device(settings.device)
+    if settings.threads:
+        # on a shared CPU, small decode batches with several intra-op threads stall in thread barriers
+        torch.set_num_threads(settings.threads)
+    model = tnn.model.load(settings.model_dir, device=device, dtype=getattr(torch, settings.dtype))
+    if not model.is_converted:
+        logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
+                    settings.model_dir)  # fmt: skip
+        tnn.model.attach_ssm(model)
+    tokenizer = ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
+    return Engine(model, tokenizer, settings=settings, metrics=metrics)
+
+
+async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
+    settings = state.settings
+    try:
+        if engine is None:
+            engine = await asyncio.to_thread(build_engine, settings, state.metrics)
+        model = engine.model
+        per_seq = engine.state_bytes_per_sequence
+        logger.info(
+            "model %s (%s) on %s (%d cpu threads), %s; %d state slots x %.2f MiB = %.1f MiB of recurrent state "
+            "at full load",
+            state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
+            settings.max_num_seqs, per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
+        )  # fmt: skip
+        if settings.warmup:
+            seconds = await asyncio.to_thread(engine.warmup)
+            logger.info("warm-up done in %.2fs", seconds)
+        engine.start(asyncio.get_running_loop())
+        state.engine = engine
+        state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name)
+        if state.phase == "loading":
+            state.phase = "ready"
+            logger.info("ready: serving %r on the OpenAI API", state.model_name)
+    except Exception:
+        logger.exception("failed to load %s; shutting down", settings.model_dir)
+        state.phase = "failed"  # /health answers 503
+        if state.request_shutdown is not None:
+            state.request_shutdown()  # `tnn serve` exits with status 1
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The app; with `engine` given (tests), its model, tokenizer and metrics are used instead of loading."""
+    metrics = engine.metrics if engine is not None else Metrics()
+    name = settings.served_model_name or (settings.model_dir.name if settings.model_dir else "tnn")
+    state = AppState(settings=settings, metrics=metrics, model_name=name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_start(app, state, engine))
+        yield
+        state.begin_drain()
+        if not loading.done():
+            loading.cancel()
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.stop)
+        if state.phase != "failed":
+            state.phase = "stopped"
+
+    app = FastAPI(title="tnn-serve", version="0.1.0", lifespan=lifespan)
+    app.state.tnn = state
+    install_error_handlers(app, metrics)
+    app.include_router(health.router)
+    app.include_router(openai.router)
+    app.include_router(tokenize.router)
+    app.add_middleware(
+        RequestLimitMiddleware,
+        limit=settings.max_body_bytes,
+        max_headers=MAX_HEADERS,
+        max_header_bytes=MAX_HEADER_BYTES,
+        metrics=metrics,
+    )
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+    return app

@@ -1,0 +1,557 @@
+"""The engine: one thread owns the model and runs continuous batching over recurrent state slots.
+
+Each iteration: take new requests; drop cancelled ones (their slots are free at once); admit waiting requests
+into free state slots (FIFO, all of a request's sequences at once); prefill under a per-iteration token budget
+(equal-length chunks share one `prefill` call, long prompts continue next iteration from the carried state);
+prefilled sequences sample their first token and join the running batch (n > 1 copies the prompt's state);
+then one batched `step` for every running sequence, per-row sampling, detokenization and stop checks.
+Events reach each request's asyncio queue through `loop.call_soon_threadsafe`, once per phase.
+The event loop never runs model code; nothing here blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+
+import torch
+from torch import Tensor
+
+from tnn.model.sampling import sample
+from tnn.model.tnn import TnnLM, TnnState
+from tnn.server.batch import RunningBatch
+from tnn.server.generation import (
+    ChoiceDelta,
+    Event,
+    FinishReason,
+    GenerationRequest,
+    PromptLogprobs,
+    RequestError,
+    RequestHandle,
+    TokenLogprob,
+)
+from tnn.server.metrics import Metrics
+from tnn.server.scheduler import SlotPool, group_by, plan_prefill
+from tnn.server.settings import Settings
+from tnn.server.textstream import TextStream
+from tnn.server.tokenizer import ServerTokenizer
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
+PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
+SEED_MODULUS = 2**64
+
+
+class Overloaded(Exception):
+    """Every slot and queue place is taken: answer 429 at once."""
+
+
+class NotAccepting(Exception):
+    """Not ready yet, draining or stopped: answer 503."""
+
+
+class _Tracker:
+    """Engine-side bookkeeping of one request."""
+
+    def __init__(self, handle: RequestHandle) -> None:
+        self.handle = handle
+        self.request = handle.request
+        self.sequences: list[_Sequence] = []
+        self.open = self.request.n_sequences  # choices not yet finished
+        self.admitted: float | None = None
+        self.first_token: float | None = None
+        self.closed = False
+
+
+class _Sequence:
+    """One choice: its slot, sampler, generated tokens and text. Compared by identity."""
+
+    def __init__(self, tracker: _Tracker, index: int, slot: int, engine: Engine, prompt: list[int]) -> None:
+        request = tracker.request
+        self.tracker = tracker
+        self.index = index
+        self.slot = slot
+        seed = request.sampling.seed
+        self.params = request.sampling if seed is None else dataclasses.replace(
+            request.sampling, seed=(seed + index) % SEED_MODULUS
+        )  # fmt: skip
+        self.generator = self.params.generator(engine.device)
+        self.stream = TextStream(engine.tokenizer.decode, request.stop)
+        vocab = engine.vocab_size
+        p = self.params
+        needs_counts = p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
+        self.counts = torch.zeros(vocab, dtype=torch.int32, device=engine.device) if needs_counts else None
+        self.prompt_mask: Tensor | None = None
+        if p.repetition_penalty != 1:
+            self.prompt_mask = torch.zeros(vocab, dtype=torch.bool, device=engine.device)
+            self.prompt_mask[torch.tensor(prompt, device=engine.device)] = True
+        self.tokens: list[int] = []
+        self.last_time = 0.0
+        self.pending_tokens: list[int] = []
+        self.pending_logprobs: list[TokenLogprob] = []
+        self.finished = False
+
+
+class _PrefillUnit:
+    """One prompt being prefilled (possibly over several iterations) for its n sequences."""
+
+    def __init__(self, tracker: _Tracker, prompt_index: int, prompt: list[int], sequences: list[_Sequence]) -> None:
+        self.tracker = tracker
+        self.prompt_index = prompt_index
+        self.tokens = torch.tensor([prompt], dtype=torch.long)  # (1, L), moved to the device per chunk
+        self.position = 0
+        self.state: TnnState | None = None
+        self.sequences = sequences
+        self.prompt_logprobs: list[TokenLogprob | None] | None = (
+            [] if tracker.request.prompt_logprobs is not None else None
+        )
+        self.carry_logprobs: Tensor | None = None  # (V,) log-probs after the last prefilled token
+
+    @property
+    def remaining(self) -> int:
+        return self.tokens.shape[1] - self.position
+
+
+class Engine:
+    """Owns the model on its own thread. `submit` (event loop) -> RequestHandle; `start`/`stop` around serving."""
+
+    def __init__(self, model: TnnLM, tokenizer: ServerTokenizer, *, settings: Settings, metrics: Metrics) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.metrics = metrics
+        self.device = model.device
+        self.vocab_size = model.config.vocab_size
+        self.slots = SlotPool(settings.max_num_seqs)
+        self.capacity = settings.max_num_seqs + settings.max_waiting_requests  # sequences
+        self.state_bytes_per_sequence = model.state_bytes_per_sequence()
+        self.accepting = False
+        self._outstanding = 0  # sequences submitted and not finished
+        self._lock = threading.Lock()
+        self._inbox: deque[RequestHandle] = deque()
+        self._waiting: deque[_Tracker] = deque()
+        self._active: list[_Tracker] = []
+        self._prefilling: list[_PrefillUnit] = []
+        self._batch: RunningBatch[_Sequence] = RunningBatch()
+        self._pending: list[tuple[RequestHandle, Event]] = []
+        self._wake = threading.Event()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._last_stats = (time.monotonic(), 0, 0)  # time, prompt and generated tokens then
+        self._prompt_tokens = 0
+        self._generated_tokens = 0
+        metrics.state_slots_total.set(settings.max_num_seqs)
+
+    # ---- event-loop side ------------------------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="tnn-engine", daemon=True)
+        self._thread.start()
+        self.accepting = True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a request. Raises Overloaded (slots and queue full) or NotAccepting (not serving)."""
+        if not self.accepting or not self.alive:
+            raise NotAccepting("the server is not accepting requests")
+        need = request.n_sequences
+        with self._lock:
+            if self._outstanding + need > self.capacity:
+                raise Overloaded(f"all {self.settings.max_num_seqs} state slots and the queue are in use")
+            self._outstanding += need
+        handle = RequestHandle(request, on_cancel=self._wake.set)
+        self._inbox.append(handle)
+        self._wake.set()
+        return handle
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; requests still running get a 503 error event."""
+        self.accepting = False
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- warm-up ------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def warmup(self) -> float:
+        """Run the largest shapes once (prefill budget, full batch step, sampling) before serving. Seconds taken."""
+        start = time.perf_counter()
+        n = self.settings.max_num_seqs
+        length = min(self.settings.max_prefill_tokens, self.settings.max_prompt_tokens)
+        prompt = torch.full((1, length), self.tokenizer.eos_id or 0, dtype=torch.long, device=self.device)
+        logits, state = self.model.prefill(prompt)
+        state = state.repeat(n)
+        tokens = logits.argmax(dim=-1).expand(n).contiguous()  # (n,)
+        for _ in range(2):
+            logits, state = self.model.step(tokens, state)
+            tokens = logits.argmax(dim=-1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    # ---- engine thread ------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            if not self._has_work():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
+                    self._iteration()
+            except Exception:
+                logger.exception("engine iteration failed; failing the requests in flight")
+                for tracker in list(self._active):
+                    self._fail(tracker, "internal error in the engine")
+                self._batch = RunningBatch()
+                self._prefilling.clear()
+            self._deliver()
+        for tracker in list(self._active):
+            self._fail(tracker, "the server is shutting down", status=503, code="shutting_down")
+        self._deliver()
+        self._update_gauges()
+
+    def _has_work(self) -> bool:
+        return bool(self._inbox or self._waiting or self._prefilling or self._batch.rows)
+
+    def _iteration(self) -> None:
+        while self._inbox:
+            tracker = _Tracker(self._inbox.popleft())
+            self._waiting.append(tracker)
+            self._active.append(tracker)
+        for tracker in [t for t in self._active if t.handle.cancelled]:
+            self._close(tracker, "abort")
+        self._admit()
+        self._prefill()
+        self._deliver()
+        if not self._waiting and not self._prefilling:
+            # Holes are kept while newcomers may fill them: stepping a hole costs 1/B of a step, removing it
+            # and appending a newcomer later ~0.6 of a step (benchmarks/state_layout.py).
+            self._batch.compact()
+        if len(self._batch):
+            self._decode()
+        self._update_gauges()
+        self._log_stats()
+
+    def _admit(self) -> None:
+        now = time.monotonic()
+        while self._waiting:
+            tracker = self._waiting[0]
+            request = tracker.request
+            slots = self.slots.acquire(request.n_sequences)
+            if slots is None:
+                return
+            self._waiting.popleft()
+            tracker.admitted = now
+            self.metrics.request_queue_time.observe(now - request.arrival)
+            for p, prompt in enumerate(request.prompts):
+                sequences = [
+                    _Sequence(tracker, p * request.n + i, slots[p * request.n + i], self, prompt)
+                    for i in range(request.n)
+                ]
+                tracker.sequences.extend(sequences)
+                self._prefilling.append(_PrefillUnit(tracker, p, prompt, sequences))
+                self.metrics.prompt_tokens.inc(len(prompt))
+                self._prompt_tokens += len(prompt)
+
+    def _prefill(self) -> None:
+        if not self._prefilling:
+            return
+        units = list(self._prefilling)
+        remaining = [
+            min(u.remaining, PROMPT_LOGPROBS_CHUNK) if u.prompt_logprobs is not None else u.remaining for u in units
+        ]
+        plan = plan_prefill(remaining, self.settings.max_prefill_tokens)
+        chosen = [(unit, chunk) for unit, chunk in zip(units, plan, strict=True) if chunk > 0]
+        keys = [
+            (chunk, unit.state is None, id(unit) if unit.prompt_logprobs is not None else None)
+            for unit, chunk in chosen
+        ]
+        for group in group_by(keys):
+            members = [chosen[i][0] for i in group if not chosen[i][0].tracker.closed]
+            if not members:
+                continue
+            try:
+                self._prefill_group(members, chosen[group[0]][1])
+            except Exception:
+                logger.exception("prefill failed for %d prompt(s)", len(members))
+                for unit in members:
+                    self._fail(unit.tracker, "internal error during prefill")
+
+    def _prefill_group(self, units: list[_PrefillUnit], chunk: int) -> None:
+        tokens = torch.cat([u.tokens[:, u.position : u.position + chunk] for u in units]).to(self.device)  # (k, C)
+        state = None if units[0].state is None else TnnState.cat([u.state for u in units if u.state is not None])
+        if units[0].prompt_logprobs is not None:  # a group of one (see the keys in _prefill)
+            all_logits, new_state = self.model.recurrent_logits(tokens, state)  # (1, C, V)
+            self._record_prompt_logprobs(units[0], tokens[0], all_logits[0])
+            last_logits = all_logits[:, -1]  # (1, V)
+        else:
+            last_logits, new_state = self.model.prefill(tokens, state)  # (k, V)
+        for i, unit in enumerate(units):
+            unit.position += chunk
+            unit.state = new_state if len(units) == 1 else new_state.gather([i])
+            if unit.remaining == 0:
+                self._prefilling.remove(unit)
+                self._start_decoding(unit, last_logits[i : i + 1])
+
+    def _record_prompt_logprobs(self, unit: _PrefillUnit, tokens: Tensor, logits: Tensor) -> None:
+        """Logprob of each prompt token given the tokens before it. tokens (C,), logits (C, V)."""
+        assert unit.prompt_logprobs is not None
+        k = unit.tracker.request.prompt_logprobs or 0
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (C, V)
+        previous = (
+            logprobs[:-1] if unit.carry_logprobs is None else torch.cat([unit.carry_logprobs[None], logprobs[:-1]])
+        )
+        targets = tokens if unit.carry_logprobs is not None else tokens[1:]
+        if unit.carry_logprobs is None:
+            unit.prompt_logprobs.append(None)  # the first token has no context
+        entries = _logprob_entries(previous, targets, k)
+        unit.prompt_logprobs.extend(entries)
+        unit.carry_logprobs = logprobs[-1]
+
+    def _start_decoding(self, unit: _PrefillUnit, logits: Tensor) -> None:
+        """The prompt is in the state: sample each choice's first token and join the running batch. logits (1, V)."""
+        tracker = unit.tracker
+        request = tracker.request
+        if unit.prompt_logprobs is not None:
+            self._emit(tracker, PromptLogprobs(unit.prompt_index, unit.prompt_logprobs))
+        sequences = unit.sequences
+        assert unit.state is not None
+        if request.max_tokens == 0:  # scoring only (echo): nothing to generate
+            for seq in sequences:
+                self._emit(tracker, ChoiceDelta(seq.index, "", [], finish_reason="length"))
+                self._finish(seq, "length")
+            return
+        n = len(sequences)
+        state = unit.state.repeat(n) if n > 1 else unit.state  # n > 1 completions share the prefill
+        tokens, logprobs, finite = self._sample(sequences, logits.expand(n, -1))
+        now = time.monotonic()
+        if tracker.first_token is None:
+            tracker.first_token = now
+            self.metrics.time_to_first_token.observe(now - request.arrival)
+            self.metrics.request_prefill_time.observe(now - (tracker.admitted or now))
+        if not all(finite):
+            self._fail(tracker, "the model produced non-finite logits", code="non_finite_logits")
+            return
+        for seq, token, logprob in zip(sequences, tokens, logprobs, strict=True):
+            self._accept_token(seq, token, logprob, now)
+        live = [i for i, seq in enumerate(sequences) if not seq.finished]
+        if live:
+            self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))
+
+    def _decode(self) -> None:
+        rows = self._batch.rows
+        live = [i for i, row in enumerate(rows) if row is not None]
+        sequences = [seq for seq in rows if seq is not None]
+        start = time.perf_counter()
+        try:
+            last = [0 if seq is None else seq.tokens[-1] for seq in rows]  # a hole steps a dummy token
+            tokens = torch.tensor(last, dtype=torch.long, device=self.device)  # (B,) holes included
+            assert self._batch.state is not None
+            logits, self._batch.state = self.model.step(tokens, self._batch.state)  # (B, V)
+            if len(live) < len(rows):
+                logits = logits[torch.tensor(live, device=self.device)]  # (B_live, V)
+            sampled, logprobs, finite = self._sample(sequences, logits)
+        except Exception:
+            logger.exception("decode step failed for a batch of %d", len(sequences))
+            for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
+                self._fail(tracker, "internal error during decoding")
+            self._batch = RunningBatch()
+            return
+        self.metrics.decode_step.observe(time.perf_counter() - start)
+        self.metrics.batch_size.observe(len(sequences))
+        now = time.monotonic()
+        for seq, token, logprob, ok in zip(sequences, sampled, logprobs, finite, strict=True):
+            if seq.tracker.closed:
+                continue
+            if not ok:
+                self._fail(seq.tracker, "the model produced non-finite logits", code="non_finite_logits")
+                continue
+            self._accept_token(seq, token, logprob, now)
+
+    def _sample(
+        self, sequences: list[_Sequence], logits: Tensor
+    ) -> tuple[list[int], list[TokenLogprob | None], list[bool]]:
+        """One token per sequence from logits (B, V) with each sequence's parameters and generator."""
+        counts = None
+        if any(seq.counts is not None for seq in sequences):
+            zeros = torch.zeros(self.vocab_size, dtype=torch.int32, device=self.device)
+            counts = torch.stack([zeros if seq.counts is None else seq.counts for seq in sequences])  # (B, V)
+        mask = None
+        if any(seq.prompt_mask is not None for seq in sequences):
+            empty = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+            mask = torch.stack([empty if seq.prompt_mask is None else seq.prompt_mask for seq in sequences])
+        result = sample(
+            logits,
+            [seq.params for seq in sequences],
+            [seq.generator for seq in sequences],
+            output_counts=counts,
+            prompt_mask=mask,
+        )
+        tokens = result.tokens.tolist()
+        logprobs: list[TokenLogprob | None] = [None] * len(sequences)
+        rows = [i for i, seq in enumerate(sequences) if seq.tracker.request.logprobs is not None]
+        if rows:
+            k = max(sequences[i].tracker.request.logprobs or 0 for i in rows)
+            lp = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V): the model's distribution
+            entries = _logprob_entries(lp, result.tokens[rows], k)
+            for i, entry in zip(rows, entries, strict=True):
+                wanted = sequences[i].tracker.request.logprobs or 0
+                logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
+        return tokens, logprobs, result.finite.tolist()
+
+    def _accept_token(self, seq: _Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
+        request = seq.tracker.request
+        if seq.tokens:
+            self.metrics.inter_token_latency.observe(now - seq.last_time)
+        seq.last_time = now
+        seq.tokens.append(token)
+        seq.pending_tokens.append(token)
+        if logprob is not None:
+            seq.pending_logprobs.append(logprob)
+        self.metrics.generation_tokens.inc()
+        self._generated_tokens += 1
+        if seq.counts is not None:
+            seq.counts[token] += 1
+        finish: FinishReason | None = None
+        if token == self.tokenizer.eos_id and not request.ignore_eos:
+            finish = "stop"
+        elif seq.stream.add(token):
+            finish = "stop"
+        elif len(seq.tokens) >= request.max_tokens:
+            finish = "length"
+        if finish is not None:
+            seq.stream.finish()
+        offset = seq.stream.emitted
+        text = seq.stream.take(final=finish is not None)
+        if text or finish is not None:
+            delta = ChoiceDelta(
+                index=seq.index,
+                text=text,
+                tokens=seq.pending_tokens,
+                logprobs=seq.pending_logprobs,
+                finish_reason=finish,
+                stop_reason=seq.stream.stop_reason,
+                text_offset=offset,
+            )
+            seq.pending_tokens, seq.pending_logprobs = [], []
+            self._emit(seq.tracker, delta)
+        if finish is not None:
+            self._finish(seq, finish)
+
+    # ---- finishing ----------------------------------------------------------------------------------------------
+
+    def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+        if seq.finished:
+            return
+        seq.finished = True
+        self.metrics.requests.labels(finish_reason=reason).inc()
+        self.slots.release([seq.slot])
+        if seq in self._batch.rows:
+            self._batch.remove(seq)
+        tracker = seq.tracker
+        tracker.open -= 1
+        if tracker.open == 0:
+            self._retire(tracker, observe_latency=reason != "abort")
+
+    def _close(self, tracker: _Tracker, reason: FinishReason) -> None:
+        """End every unfinished choice of a request with `reason` (abort: cancelled; error: failed)."""
+        if tracker.closed:
+            return
+        if tracker in self._waiting:
+            self._waiting.remove(tracker)
+        self._prefilling = [u for u in self._prefilling if u.tracker is not tracker]
+        unstarted = tracker.request.n_sequences - len(tracker.sequences)  # still queued: no sequences yet
+        if unstarted:
+            self.metrics.requests.labels(finish_reason=reason).inc(unstarted)
+            tracker.open -= unstarted
+        for seq in tracker.sequences:
+            self._finish(seq, reason)
+        if not tracker.closed:  # nothing was open
+            self._retire(tracker, observe_latency=reason != "abort")
+
+    def _fail(self, tracker: _Tracker, message: str, *, status: int = 500, code: str = "generation_error") -> None:
+        if tracker.closed:
+            return
+        self._emit(tracker, RequestError(message, status=status, code=code))
+        self._close(tracker, "error")
+
+    def _retire(self, tracker: _Tracker, *, observe_latency: bool) -> None:
+        tracker.closed = True
+        if observe_latency:
+            self.metrics.e2e_request_latency.observe(time.monotonic() - tracker.request.arrival)
+        if tracker in self._active:
+            self._active.remove(tracker)
+        with self._lock:
+            self._outstanding -= tracker.request.n_sequences
+
+    # ---- delivery and gauges ------------------------------------------------------------------------------------
+
+    def _emit(self, tracker: _Tracker, event: Event) -> None:
+        self._pending.append((tracker.handle, event))
+
+    def _deliver(self) -> None:
+        if not self._pending or self._loop is None:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            self._loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            logger.debug("event loop closed; dropped %d events", len(batch))
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        waiting = len(self._waiting) + len(self._inbox)
+        m.num_requests_waiting.set(waiting)
+        m.num_requests_running.set(len(self._active) - len(self._waiting))
+        m.state_slots_used.set(self.slots.used)
+        prefill_bytes = sum(u.state.nbytes for u in self._prefilling if u.state is not None)
+        m.state_bytes.set(self._batch.state_bytes() + prefill_bytes)
+
+    def _log_stats(self) -> None:
+        """Every STATS_INTERVAL seconds of activity: throughput and occupancy (the human twin of /metrics)."""
+        now = time.monotonic()
+        since, prompt, generated = self._last_stats
+        if now - since < STATS_INTERVAL:
+            return
+        self._last_stats = (now, self._prompt_tokens, self._generated_tokens)
+        logger.info(
+            "prompt %.1f tok/s, generation %.1f tok/s; running %d, waiting %d, slots %d/%d",
+            (self._prompt_tokens - prompt) / (now - since), (self._generated_tokens - generated) / (now - since),
+            len(self._active) - len(self._waiting), len(self._waiting), self.slots.used, self.slots.total,
+        )  # fmt: skip
+
+
+def _put_all(batch: list[tuple[RequestHandle, Event]]) -> None:
+    for handle, event in batch:
+        handle.queue.put_nowait(event)
+
+
+def _logprob_entries(logprobs: Tensor, targets: Tensor, k: int) -> list[TokenLogprob]:
+    """logprobs (R, V), targets (R,) -> per row the target's logprob and the k most likely tokens."""
+    chosen = logprobs.gather(1, targets[:, None].to(logprobs.device))[:, 0].tolist()  # (R,)
+    if k > 0:
+        top_values, top_ids = logprobs.topk(k, dim=-1)  # (R, k) each
+        tops = [
+            list(zip(ids, values, strict=True))
+            for ids, values in zip(top_ids.tolist(), top_values.tolist(), strict=True)
+        ]
+    else:
+        tops = [[] for _ in chosen]
+    return [
+        TokenLogprob(token=int(t), logprob=float(lp), top=top)
+        for t, lp, top in zip(targets.tolist(), chosen, tops, strict=True)
+    ]

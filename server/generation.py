@@ -1,0 +1,122 @@
+"""What the HTTP layer hands the engine (GenerationRequest) and what comes back on each request's queue (events).
+
+A request has one or more prompts, each with `n` choices; choice index = prompt_index * n + i. Every choice
+ends with exactly one ChoiceDelta whose finish_reason is set, unless the request fails (RequestError) or is
+cancelled (nothing more is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tnn.model.sampling import SamplingParams
+
+FinishReason = str  # "stop" (eos or stop string), "length", "abort", "error"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompts: list[list[int]]  # token ids per prompt, each non-empty
+    sampling: SamplingParams  # its seed is choice 0's; choice i uses seed + i
+    max_tokens: int  # per choice; 0 only with prompt logprobs (scoring)
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # top alternatives per generated token; None: no logprobs
+    prompt_logprobs: int | None = None  # same for prompt tokens (echo); None: none
+    arrival: float = 0.0  # time.monotonic() when the HTTP request arrived
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.prompts) * self.n
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # the most likely tokens, best first
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    index: int
+    text: str
+    tokens: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    stop_reason: str | None = None
+    text_offset: int = 0  # characters of this choice's text before `text`
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Logprobs of a prompt's tokens (the first has none): echo with logprobs."""
+
+    prompt_index: int
+    entries: list[TokenLogprob | None]
+
+
+@dataclass(frozen=True)
+class RequestError:
+    message: str
+    status: int = 500
+    code: str = "generation_error"
+
+
+Event = ChoiceDelta | PromptLogprobs | RequestError
+
+
+class RequestHandle:
+    """The HTTP side of a submitted request: an asyncio queue the engine feeds, and a cancel switch."""
+
+    def __init__(self, request: GenerationRequest, on_cancel: Callable[[], None]) -> None:
+        self.request = request
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._on_cancel = on_cancel
+        self._open_choices = request.n_sequences
+        self.done = False  # every choice finished, or the request failed (seen by the event loop)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating (client gone, timeout): the engine frees the slots at its next iteration."""
+        if not self.done and not self._cancelled.is_set():
+            self._cancelled.set()
+            self._on_cancel()
+
+    async def next_event(self, timeout: float) -> Event | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            event = await asyncio.wait_for(self.queue.get(), timeout=timeout)
+        except TimeoutError:
+            return None
+        return self._seen(event)
+
+    async def next_events(self, timeout: float) -> list[Event]:
+        """The next event and every other one already queued (one write for several tokens under load)."""
+        if self.queue.empty():  # only then pay for wait_for's timer
+            first = await self.next_event(timeout)
+            if first is None:
+                return []
+            events = [first]
+        else:
+            events = [self._seen(self.queue.get_nowait())]
+        while not self.done and not self.queue.empty():
+            events.append(self._seen(self.queue.get_nowait()))
+        return events
+
+    def _seen(self, event: Event) -> Event:
+        if isinstance(event, RequestError):
+            self.done = True
+        elif isinstance(event, ChoiceDelta) and event.finish_reason is not None:
+            self._open_choices -= 1
+            self.done = self._open_choices == 0
+        return event

@@ -1,0 +1,1 @@
+"""Thin routers: validate, call Serving or the app state, shape the answer."""

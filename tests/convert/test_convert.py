@@ -1,0 +1,181 @@
+"""`tnn convert` and convert_checkpoint: golden fairseq .pt and native directories, atomic write, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import tnn.convert.convert as convert_module
+from tests.model.decoding import golden_lm, random_tokens
+from tests.model.helpers import relative_error, tiny_model
+from tnn.cli.main import main
+from tnn.convert.convert import ConversionRefused, VerificationFailed, convert_checkpoint
+from tnn.model import load, save_model
+
+
+def tnn_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed entry point in a fresh interpreter (what a user runs)."""
+    command = [sys.executable, "-m", "tnn.cli.main", "--log-level", "WARNING", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def write_tokenizer(directory: Path) -> None:
+    """A minimal Hugging Face tokenizer (word level over the tiny vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(97)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+
+
+@pytest.fixture()
+def native_dir(tmp_path: Path) -> Path:
+    """An unconverted native model directory (float32 weights) with a tokenizer."""
+    directory = tmp_path / "trained"
+    save_model(tiny_model(seed=0, dtype=torch.float32, train_length=32), directory)
+    write_tokenizer(directory)
+    return directory
+
+
+def test_golden_checkpoint_converts_and_decodes_like_the_original(tmp_path: Path) -> None:
+    folder = golden_lm()
+    dst = tmp_path / "golden"
+    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, progress=False)
+    assert report.method == "etsc-tail" and report.length == 16 and report.source_format == "fairseq"
+    assert len(report.kernel_checks) == 2
+    assert all(k.rel_error_modes <= 1e-12 and k.lag_n_rel_error <= 1e-12 for k in report.kernel_checks)
+    assert report.logits_check.float64_rel_error <= 1e-12 and report.logits_check.float32_rel_error <= 1e-4
+    methods = {(row.method, row.length) for row in report.past_n}
+    assert methods == {(m, size) for m in ("etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+
+    on_disk = json.loads((dst / "conversion.json").read_text())
+    for key in ("method", "length", "modes", "full_state", "kernel_checks", "logits_check", "past_n", "timings_s"):
+        assert key in on_disk
+    assert set(on_disk["versions"]) == {"tnn-serve", "torch", "python"}
+    assert {"load", "convert", "verify_kernels", "verify_logits", "past_n", "write"} <= set(on_disk["timings_s"])
+
+    model = load(dst, dtype=torch.float64)  # weights from model.safetensors, SSM from ssm.safetensors
+    assert model.config.ssm is not None and model.config.ssm.method == "etsc-tail"
+    tokens = load_file(folder / "inputs.safetensors")["tokens"][:, :16]
+    expected = load_file(folder / "expected.safetensors")["logits"][:, :16]
+    logits, state = model.prefill(tokens[:, :8])
+    got = [logits]
+    for i in range(8, 16):
+        logits, state = model.step(tokens[:, i], state)
+        got.append(logits)
+    assert relative_error(torch.stack(got, dim=1), expected[:, 7:]) <= 1e-9
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_the_golden_checkpoint(tmp_path: Path) -> None:
+    folder = golden_lm()
+    dst = tmp_path / "out"
+    result = tnn_cli("convert", str(folder / "checkpoint.pt"), str(dst), "--length", "16", "--method", "etsc")
+    assert result.returncode == 0, result.stderr
+    assert "kernel err" in result.stdout and "etsc-inclusive" in result.stdout  # table with the past-n rows
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "config.json",
+        "conversion.json",
+        "model.safetensors",
+        "ssm.safetensors",
+    ]
+    assert json.loads((dst / "config.json").read_text())["ssm"] == {
+        "method": "etsc",
+        "length": 16,
+        "modes": 8,
+        "full_state": False,
+    }
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_cli_native_directory_force_and_tokenizer(
+    tmp_path: Path, native_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dst = tmp_path / "served"
+    result = tnn_cli("convert", str(native_dir), str(dst), "--full-state")
+    assert result.returncode == 0, result.stderr
+    assert (dst / "tokenizer.json").exists() and (dst / "tokenizer_config.json").exists()
+    config = json.loads((dst / "config.json").read_text())
+    assert config["ssm"] == {"method": "etsc-tail", "length": 32, "modes": 33, "full_state": True}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: the server may run as another user
+    before = (dst / "conversion.json").read_text()
+
+    assert main(["convert", str(native_dir), str(dst)]) == 1  # in-process: one interpreter start less
+    assert "--force" in capsys.readouterr().err
+    assert (dst / "conversion.json").read_text() == before
+
+    forced = tnn_cli("convert", str(native_dir), str(dst), "--force", "--method", "etsc-inclusive", "--no-past-n")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads((dst / "config.json").read_text())["ssm"]["method"] == "etsc-inclusive"
+    assert leftovers(tmp_path) == []
+
+    model = load(dst, dtype=torch.float64)
+    tokens = random_tokens(1, 20)
+    got, _ = model.recurrent_logits(tokens)
+    assert relative_error(got, model(tokens)) <= 1e-9
+
+
+def test_bidirectional_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "blm"
+    save_model(tiny_model(seed=0, dtype=torch.float32, causal=False), src)
+    dst = tmp_path / "out"
+    with pytest.raises(ConversionRefused, match="bidirectional"):
+        convert_checkpoint(src=src, dst=dst, progress=False)
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_corrupt_inputs_name_the_file_and_key(
+    tmp_path: Path, native_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["convert", str(garbage), str(tmp_path / "a")]) == 1
+    assert str(garbage) in capsys.readouterr().err
+
+    weights = native_dir / "model.safetensors"
+    state = load_file(weights)
+    del state["layers.1.gtu.tno.rpe.pos_proj.weight"]
+    save_file(state, str(weights))
+    assert main(["convert", str(native_dir), str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert str(weights) in err and "layers.1.gtu.tno.rpe.pos_proj.weight" in err
+
+    (native_dir / "config.json").write_text("{not json")
+    assert main(["convert", str(native_dir), str(tmp_path / "c")]) == 1
+    assert "config.json" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "d")]) == 1
+    assert not any((tmp_path / name).exists() for name in "abcd") and leftovers(tmp_path) == []
+
+
+def test_failed_verification_writes_nothing(tmp_path: Path, native_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_module, "KERNEL_TOLERANCE", 0.0)
+    dst = tmp_path / "out"
+    with pytest.raises(VerificationFailed, match="kernel error"):
+        convert_checkpoint(src=native_dir, dst=dst, progress=False, compare_past_n=False)
+    assert not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_bad_arguments(tmp_path: Path, native_dir: Path) -> None:
+    with pytest.raises(ValueError, match="conversion length"):
+        convert_checkpoint(src=native_dir, dst=tmp_path / "x", length=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        convert_checkpoint(src=native_dir, dst=tmp_path / "y", tokenizer=tmp_path, progress=False)

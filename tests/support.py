@@ -1,0 +1,229 @@
+"""Test support shared by the server and client suites: a tiny model directory and a real `tnn serve` process.
+
+    from tests.support import ServerProcess, make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path / "tiny")           # seconds: random TNN + byte-level BPE
+    with ServerProcess(model_dir, env={"TNN_API_KEY": "k"}) as server:
+        httpx.get(server.url + "/health")                        # server.url = "http://127.0.0.1:<port>"
+
+The model is a random TNN (d_model 32, 2 layers, train length 64, ETSC-converted); its text is gibberish, but it
+exercises every code path. Special tokens follow the shipped tokenizer: id 0 `<|endoftext|>` (bos and eos),
+id 1 `<pad>`, plus a chat template in tokenizer_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}:\n{{ message['content'] | trim }}\n\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:\n{% endif %}"
+)
+# Mixed scripts so that byte-level BPE produces tokens that end inside a multi-byte UTF-8 character.
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. ",
+    "To be, or not to be, that is the question. ",
+    "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. ",
+    "Café, naïve, façade, résumé, jalapeño, Straße, smörgåsbord. ",
+    "日本語のテキスト、中文文本、한국어 텍스트. ",
+    "Emoji: 🙂 🚀 🎉 ✨ 🐍 — and dashes – too. ",
+    "0123456789 + - * / = ( ) [ ] { } < > ! ? ; : , . ",
+    "User:\nHello there\n\nAssistant:\nHi! How can I help?\n\n",
+]
+
+
+def make_tiny_model_dir(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 384,
+    converted: bool = True,
+    chat_template: bool = True,
+) -> Path:
+    """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tnn.model import TnnConfig, TnnLM, attach_ssm, save_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer.save(str(path / "tokenizer.json"))
+    tokenizer_config: dict[str, object] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000,
+    }
+    if chat_template:
+        tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+    config = TnnConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        d_model=32,
+        n_layers=2,
+        expand_ratio=2.0,
+        d_glu=32,
+        d_rpe=16,
+        n_rpe_layers=2,
+        padding_idx=1,
+        dropout=0.0,
+        train_length=64,
+    )
+    torch.manual_seed(seed)
+    model = TnnLM(config).eval()
+    if converted:
+        attach_ssm(model)
+    save_model(model, path)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`tnn serve MODEL_DIR` as a real subprocess on 127.0.0.1; the context manager waits for /ready.
+
+    On exit it sends SIGTERM and waits (the server drains), killing the process after `stop_timeout` seconds.
+    `args` are extra command-line flags, `env` extra environment variables (e.g. TNN_API_KEY). TNN_THREADS
+    defaults to 1: on a shared CI machine, several intra-op threads make small decode batches 50x slower.
+    The server's combined output goes to `log_path` (read it with `log()` when a test fails).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        args: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 90.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = list(args or [])
+        self.env = dict(env or {})
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="tnn-serve-", suffix=".log")[1])
+        self.returncode: int | None = None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "tnn.cli.main",
+            "serve",
+            str(self.model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TNN_THREADS": "1", **self.env}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tnn serve exited with {self.process.returncode} before ready:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"tnn serve not ready after {self.ready_timeout}s:\n{self.log()}")
+
+    def terminate(self) -> None:
+        """Send SIGTERM (start draining) without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait up to `stop_timeout` seconds, then SIGKILL. Returns the exit status."""
+        if self.process is None:
+            return None
+        self.terminate()
+        try:
+            self.returncode = self.process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.returncode = self.process.wait(timeout=10)
+        return self.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def scrape_metrics(
+    url: str, *, headers: Mapping[str, str] | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET {url}/metrics parsed: (sample name, labels) -> value; read one with `metric_value`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", headers=dict(headers or {}), timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric_value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """One sample (0.0 if absent), e.g. metric_value(s, "tnn_requests_total", finish_reason="length")."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
