@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import ServerProcess, make_tiny_model_dir
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/tnn-base:bookworm"
 STARTUP_TIMEOUT_S = 180  # model load on a busy 2-core machine, torch import included
@@ -88,20 +90,13 @@ def complete(base_url: str, prompt: str = "Hello", max_tokens: int = 4) -> dict:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`tnn serve` (the shipped default model) from this checkout, on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("served") / "tnn-serve.log"
-    env = {**os.environ, "TNN_HOST": "127.0.0.1", "TNN_PORT": str(port), "TNN_DEVICE": "cpu"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tnn.cli.main", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_http_ok(f"{base_url}/ready", proc, log)
-        yield base_url
-    finally:
-        stop(proc)
+    """`tnn serve` on 127.0.0.1 with a tiny random model (seconds to load); yields its base URL.
+
+    What Prometheus scrapes needs the real server and its metrics, not a trained model.
+    """
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("model") / "tiny")
+    with ServerProcess(model_dir) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import tnn.model
+from tests.support import make_tiny_model_dir
 
 from .conftest import (
     buildah_run,
@@ -131,8 +130,7 @@ def test_entrypoint_serves_health_and_completion_then_drains_on_sigterm(image: s
 
 def test_mounted_model_dir_replaces_the_shipped_model(image: str, tmp_path: Path) -> None:
     """An operator's model, mounted read-only and named by TNN_MODEL_DIR, is the one served."""
-    model_dir = tmp_path / "operator-model"
-    shutil.copytree(tnn.model.default_model_dir(), model_dir)
+    model_dir = make_tiny_model_dir(tmp_path / "operator-model")
     model_dir.chmod(0o755)  # as an operator must: the container's user (uid 1000) reads the mount
     for path in model_dir.iterdir():
         path.chmod(0o644)
