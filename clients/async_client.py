@@ -17,21 +17,22 @@ from tnn.clients.protocol import (
     DEFAULT_TIMEOUT,
     GenerationParams,
     StreamAccumulator,
+    StreamView,
     build_body,
     decode_json,
     map_transport_error,
-    resolve_api_key,
+    request_headers,
     resolve_base_url,
 )
 from tnn.clients.retry import RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, parse_retry_after
-from tnn.clients.types import Completion, Message, ModelInfo, Usage
+from tnn.clients.types import Completion, Message, ModelInfo
 
 __all__ = ["AsyncClient", "AsyncCompletionStream"]
 
 logger = logging.getLogger(__name__)
 
 
-class AsyncCompletionStream(AsyncIterator[str]):
+class AsyncCompletionStream(StreamView, AsyncIterator[str]):
     """Text deltas of a streamed completion, yielded as the server sends them.
 
     The request is sent on the first `anext()`; errors (typed `TnnError`s) are raised from there. After the loop,
@@ -74,26 +75,6 @@ class AsyncCompletionStream(AsyncIterator[str]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return self._accumulator.text
-
-    @property
-    def finish_reason(self) -> str | None:
-        """`stop`, `length`, ... once the server sent it."""
-        return self._accumulator.finish_reason
-
-    @property
-    def usage(self) -> Usage | None:
-        """Token counts, once the server sent them (at the end of the stream)."""
-        return self._accumulator.usage
-
-    @property
-    def completion(self) -> Completion:
-        """Everything received so far as a `Completion`."""
-        return self._accumulator.completion()
-
 
 class AsyncClient:
     """Asyncio client: OpenAI routes (`complete`, `chat`, `models`) work with any OpenAI-compatible server;
@@ -124,9 +105,7 @@ class AsyncClient:
         self.base_url = resolve_base_url(base_url)
         self.model = model
         self.retry = retry or RetryPolicy()
-        key = resolve_api_key(api_key)
-        all_headers = {"Authorization": f"Bearer {key}"} if key else {}
-        all_headers.update(headers or {})
+        all_headers = request_headers(api_key, headers)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=all_headers, transport=transport
         )

@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_URL",
     "GenerationParams",
     "StreamAccumulator",
+    "StreamView",
+    "request_headers",
     "build_body",
     "decode_json",
     "map_transport_error",
@@ -164,3 +166,37 @@ class StreamAccumulator:
         return Completion(
             text=self.text, finish_reason=self.finish_reason, usage=self.usage, id=self.id, model=self.model
         )
+
+
+class StreamView:
+    """What a stream has received so far; shared by the sync and async stream classes."""
+
+    _accumulator: StreamAccumulator
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return self._accumulator.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        """`stop`, `length`, ... once the server sent it."""
+        return self._accumulator.finish_reason
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token counts, once the server sent them (at the end of the stream)."""
+        return self._accumulator.usage
+
+    @property
+    def completion(self) -> Completion:
+        """Everything received so far as a `Completion`."""
+        return self._accumulator.completion()
+
+
+def request_headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers sent with every request: the bearer key (argument or $TNN_API_KEY) and any extras."""
+    key = resolve_api_key(api_key)
+    all_headers = {"Authorization": f"Bearer {key}"} if key else {}
+    all_headers.update(headers or {})
+    return all_headers

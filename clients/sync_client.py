@@ -16,21 +16,22 @@ from tnn.clients.protocol import (
     DEFAULT_TIMEOUT,
     GenerationParams,
     StreamAccumulator,
+    StreamView,
     build_body,
     decode_json,
     map_transport_error,
-    resolve_api_key,
+    request_headers,
     resolve_base_url,
 )
 from tnn.clients.retry import RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, parse_retry_after
-from tnn.clients.types import Completion, Message, ModelInfo, Usage
+from tnn.clients.types import Completion, Message, ModelInfo
 
 __all__ = ["Client", "CompletionStream"]
 
 logger = logging.getLogger(__name__)
 
 
-class CompletionStream(Iterator[str]):
+class CompletionStream(StreamView, Iterator[str]):
     """Text deltas of a streamed completion, yielded as the server sends them.
 
     The request is sent on the first `next()`; errors (typed `TnnError`s) are raised from there. After the loop,
@@ -73,26 +74,6 @@ class CompletionStream(Iterator[str]):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return self._accumulator.text
-
-    @property
-    def finish_reason(self) -> str | None:
-        """`stop`, `length`, ... once the server sent it."""
-        return self._accumulator.finish_reason
-
-    @property
-    def usage(self) -> Usage | None:
-        """Token counts, once the server sent them (at the end of the stream)."""
-        return self._accumulator.usage
-
-    @property
-    def completion(self) -> Completion:
-        """Everything received so far as a `Completion`."""
-        return self._accumulator.completion()
-
 
 class Client:
     """Synchronous client: OpenAI routes (`complete`, `chat`, `models`) work with any OpenAI-compatible server;
@@ -123,9 +104,7 @@ class Client:
         self.base_url = resolve_base_url(base_url)
         self.model = model
         self.retry = retry or RetryPolicy()
-        key = resolve_api_key(api_key)
-        all_headers = {"Authorization": f"Bearer {key}"} if key else {}
-        all_headers.update(headers or {})
+        all_headers = request_headers(api_key, headers)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=all_headers, transport=transport)
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from tnn.convert.verify import (
     probe_tokens,
 )
 from tnn.model.config import SsmMethod
-from tnn.model.conversion import DEFAULT_LENGTH, DEFAULT_METHOD, attach_ssm, conversion_refusal
+from tnn.model.conversion import DEFAULT_METHOD, attach_ssm, conversion_length, conversion_refusal
 from tnn.model.loading import copy_tokenizer, load, save_model
 from tnn.model.tnn import TnnLM
 
@@ -150,9 +150,7 @@ def convert_checkpoint(
     refusal = conversion_refusal(model)
     if refusal is not None:
         raise ConversionRefused(f"{src}: cannot convert: {refusal}")
-    n = length or model.config.train_length or DEFAULT_LENGTH
-    if n < 2:
-        raise ValueError(f"conversion length must be >= 2, got {n}")
+    n = conversion_length(model, length)
 
     start = time.perf_counter()
     attach_ssm(model, length=n, method=method, full_state=full_state)

@@ -35,6 +35,14 @@ def layer_ssm(tno: Tno, length: int, method: SsmMethod, full_state: bool) -> Ssm
     return etsc(t, gamma, method=method, full_state=full_state)
 
 
+def conversion_length(model: TnnLM, length: int | None) -> int:
+    """The conversion length n: as asked, else the training length in the config, else 512."""
+    n = length or model.config.train_length or DEFAULT_LENGTH
+    if n < 2:
+        raise ValueError(f"conversion length must be >= 2, got {n}")
+    return n
+
+
 def attach_ssm(
     model: TnnLM,
     *,
@@ -46,9 +54,7 @@ def attach_ssm(
     refusal = conversion_refusal(model)
     if refusal is not None:
         raise ValueError(f"cannot convert this model: {refusal}")
-    n = length or model.config.train_length or DEFAULT_LENGTH
-    if n < 1:
-        raise ValueError(f"conversion length must be >= 1, got {n}")
+    n = conversion_length(model, length)
     real_dtype = fft_dtype(model.dtype)
     for layer in model.layers:
         params = layer_ssm(layer.gtu.tno, n, method, full_state)

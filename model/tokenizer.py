@@ -1,0 +1,88 @@
+"""Byte-level BPE for the Shakespeare corpus, saved in the Hugging Face layout (tokenizer.json + tokenizer_config.json).
+
+Byte-level means every UTF-8 string round-trips exactly and nothing is ever unknown. The default vocabulary is
+4096: the corpus is ~4.8 MB (~1.3M tokens at this size), so a larger vocabulary leaves many rare merges seen only a
+handful of times, and on a CPU the output projection (d_model x V per token) would cost more than a layer.
+Special tokens: id 0 `<|endoftext|>` (bos and eos: every scored text starts with it) and id 1 `<pad>`
+(TnnConfig.padding_idx = 1). A chat template renders turns like a play: "User:\\n...\\n\\nAssistant:\\n".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+DEFAULT_VOCAB_SIZE = 4096
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1, in this order
+MODEL_MAX_LENGTH = 1_000_000  # a TNN has no positional limit; transformers warns above this
+
+# Speakers' names in a play are followed by a colon and a newline; so are the chat roles.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}:\n{{ message['content'] | trim }}\n\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:\n{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
+    """Train a byte-level BPE on `texts` (the training split only)."""
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}"
+        )
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json (PreTrainedTokenizerFast, special tokens, chat template)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": MODEL_MAX_LENGTH,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """The raw `tokenizers.Tokenizer` of a saved directory (what training and eval use: no transformers import)."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no tokenizer.json in {directory}")
+    return Tokenizer.from_file(str(path))
+
+
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of `text`, no special tokens added."""
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def eos_id(tokenizer: Tokenizer) -> int:
+    token_id = tokenizer.token_to_id(EOS_TOKEN)
+    if token_id is None:
+        raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token")
+    return token_id
