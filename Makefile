@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint serve clean
+.PHONY: venv test lint serve clean deploy-tools test-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test: lint
 
 serve: venv
 	$(BIN)/tnn serve
+
+# The tools tests/deploy drives (buildah, debootstrap, prometheus, docker-compose, hadolint); root for apt-get
+deploy-tools: venv
+	scripts/install-deploy-tools.sh $(BIN)/pip
+
+# Only the deploy tests: image build and run, compose, Prometheus scrape, dashboard
+test-deploy: venv
+	$(BIN)/pytest -m deploy tests/deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
