@@ -184,8 +184,10 @@ def ssm_kernel_from_modes(params: SsmParams, length: int) -> Tensor:
 
 def ssm_step(v: Tensor, state: Tensor, params: SsmParams) -> tuple[Tensor, Tensor]:
     """One token: S <- lambda S + b v, o = Re sum_j S_j.  v: (B, D) real, state: (B, N, D) complex."""
-    state = params.poles * state + params.weights * v[:, None, :].to(state.dtype)  # (B, N, D)
-    return state.real.sum(1).to(v.dtype), state  # (B, D)
+    # one new (B, N, D) buffer per step instead of three: the state is the largest tensor a decode step touches
+    new_state = params.poles * state  # (B, N, D)
+    new_state.addcmul_(params.weights, v[:, None, :].to(state.dtype))
+    return new_state.real.sum(1).to(v.dtype), new_state  # (B, D)
 
 
 def ssm_scan(v: Tensor, state: Tensor, params: SsmParams) -> tuple[Tensor, Tensor]:
