@@ -49,8 +49,9 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = DEFAULT_VOCAB_SIZ
     return tokenizer
 
 
-def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> None:
-    """Write tokenizer.json and tokenizer_config.json (PreTrainedTokenizerFast, special tokens, chat template)."""
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path, *, chat_template: str | None = CHAT_TEMPLATE) -> None:
+    """Write tokenizer.json and tokenizer_config.json (PreTrainedTokenizerFast, special tokens, chat template;
+    `chat_template=None` leaves it out, and servers fall back to their own)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -63,8 +64,9 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> None:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": MODEL_MAX_LENGTH,
-        "chat_template": CHAT_TEMPLATE,
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 

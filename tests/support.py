@@ -13,7 +13,6 @@ id 1 `<pad>`, plus a chat template in tokenizer_config.json.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -27,14 +26,6 @@ from types import TracebackType
 
 import httpx
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<pad>"
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}:\n{{ message['content'] | trim }}\n\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:\n{% endif %}"
-)
 # Mixed scripts so that byte-level BPE produces tokens that end inside a multi-byte UTF-8 character.
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. ",
@@ -58,36 +49,14 @@ def make_tiny_model_dir(
 ) -> Path:
     """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from tnn.model import TnnConfig, TnnLM, attach_ssm, save_model
+    from tnn.model.tokenizer import CHAT_TEMPLATE, save_tokenizer, train_tokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
-    tokenizer.save(str(path / "tokenizer.json"))
-    tokenizer_config: dict[str, object] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": EOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "pad_token": PAD_TOKEN,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000,
-    }
-    if chat_template:
-        tokenizer_config["chat_template"] = CHAT_TEMPLATE
-    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    tokenizer = train_tokenizer(CORPUS * 4, vocab_size=vocab_size)
+    save_tokenizer(tokenizer, path, chat_template=CHAT_TEMPLATE if chat_template else None)
 
     config = TnnConfig(
         vocab_size=tokenizer.get_vocab_size(),
