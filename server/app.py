@@ -20,7 +20,8 @@ import tnn.model
 from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
-from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
+from tnn.server.middleware import OPEN_PATHS, ApiKeyMiddleware, RequestLimitMiddleware, UnexpectedErrorMiddleware
+from tnn.server.openapi import install_openapi
 from tnn.server.routes import health, openai, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
@@ -109,6 +110,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="tnn-serve", version="0.1.0", lifespan=lifespan)
     app.state.tnn = state
     install_error_handlers(app, metrics)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)
@@ -117,10 +119,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         limit=settings.max_body_bytes,
         max_headers=MAX_HEADERS,
         max_header_bytes=MAX_HEADER_BYTES,
+        body_timeout=settings.body_timeout,
         metrics=metrics,
     )
     if settings.api_key is not None:
+        logger.info("authentication is on: every route but %s needs 'Authorization: Bearer <key>'",
+                    ", ".join(sorted(OPEN_PATHS)))  # fmt: skip
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
+    else:
+        logger.warning("authentication is off (%s): anyone who reaches the port can use the model",
+                       "--no-auth" if settings.auth is False else "no api_key / TNN_API_KEY set")  # fmt: skip
+    app.add_middleware(UnexpectedErrorMiddleware, metrics=metrics)  # outside the others: their faults too
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip

@@ -14,6 +14,7 @@ from pydantic_settings import CliSettingsSource
 
 import tnn.model
 from tnn.server.app import MAX_HEADER_BYTES, create_app
+from tnn.server.connections import guarded_protocol
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
 
@@ -86,8 +87,13 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        http="h11",
+        http=guarded_protocol(
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+            metrics=app.state.tnn.metrics,
+        ),  # fmt: skip
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  (a float works)
         timeout_graceful_shutdown=round(settings.drain_timeout),
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
         access_log=False,

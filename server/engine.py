@@ -233,7 +233,7 @@ class Engine:
             self._waiting.append(tracker)
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
-            self._close(tracker, "abort")
+            self._close(tracker, tracker.handle.cancel_reason)
         self._admit()
         self._prefill()
         self._deliver()

@@ -121,9 +121,13 @@ def test_an_empty_api_key_refuses_to_start(tiny_model_dir: Path, args: list[str]
     assert "api_key" in result.stderr and "--no-auth" in result.stderr
 
 
-def test_no_auth_with_a_key_is_contradictory(tiny_model_dir: Path) -> None:
-    result = serve_exit(tiny_model_dir, ["--no-auth"], {"TNN_API_KEY": KEY})
-    assert result.returncode == 2 and "--no-auth" in result.stderr
+@pytest.mark.parametrize(("args", "env", "says"), [(["--no-auth"], {"TNN_API_KEY": KEY}, "--no-auth contradicts"),
+                                                   (["--auth"], {}, "--auth (TNN_AUTH=true) needs an api_key")])  # fmt: skip
+def test_contradictory_auth_settings_refuse_to_start(
+    tiny_model_dir: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    result = serve_exit(tiny_model_dir, args, env)
+    assert result.returncode == 2 and says in result.stderr
 
 
 def test_explicit_no_auth_serves_openly_and_says_so(tiny_model_dir: Path) -> None:
