@@ -38,6 +38,7 @@ from tnn.model.config import SsmMethod
 from tnn.model.conversion import DEFAULT_METHOD, attach_ssm, conversion_length, conversion_refusal
 from tnn.model.loading import copy_tokenizer, load, save_model
 from tnn.model.tnn import TnnLM
+from tnn.model.tokenizer import check_tokenizer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ def convert_checkpoint(
     start = time.perf_counter()
     model = load(src, dtype=torch.float64)  # conversion and checks in float64; weights are cast on save
     timings["load"] = time.perf_counter() - start
+    tokenizer_source = Path(tokenizer) if tokenizer is not None else src if (src / "tokenizer.json").exists() else None
+    if tokenizer_source is not None:  # before the conversion: a tokenizer that cannot serve this model stops it
+        check_tokenizer_dir(tokenizer_source, vocab_size=model.config.vocab_size)
     refusal = conversion_refusal(model)
     if refusal is not None:
         raise ConversionRefused(f"{src}: cannot convert: {refusal}")

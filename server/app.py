@@ -21,6 +21,7 @@ from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import OPEN_PATHS, ApiKeyMiddleware, RequestLimitMiddleware, UnexpectedErrorMiddleware
+from tnn.server.model_check import check_servable
 from tnn.server.openapi import install_openapi
 from tnn.server.routes import health, openai, tokenize
 from tnn.server.serving import Serving
@@ -53,10 +54,7 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
                     settings.model_dir)  # fmt: skip
         tnn.model.attach_ssm(model)
     tokenizer = ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
-        )
+    check_servable(model, tokenizer, settings.model_dir)
     return Engine(model, tokenizer, settings=settings, metrics=metrics)
 
 
@@ -82,11 +80,18 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
         if state.phase == "loading":
             state.phase = "ready"
             logger.info("ready: serving %r on the OpenAI API", state.model_name)
+    except (ValueError, FileNotFoundError) as exc:  # a broken model: the message names the file, field or layer
+        logger.error("cannot serve %s: %s; shutting down", settings.model_dir, exc)
+        _fail(state)
     except Exception:
         logger.exception("failed to load %s; shutting down", settings.model_dir)
-        state.phase = "failed"  # /health answers 503
-        if state.request_shutdown is not None:
-            state.request_shutdown()  # `tnn serve` exits with status 1
+        _fail(state)
+
+
+def _fail(state: AppState) -> None:
+    state.phase = "failed"  # /health answers 503
+    if state.request_shutdown is not None:
+        state.request_shutdown()  # `tnn serve` exits with status 1
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
