@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -48,8 +49,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(_cli_settings_source=CliSettingsSource(Settings)(parsed_args=flags))
 
 
+DRAIN_GRACE = 5.0  # seconds uvicorn waits past the drain timeout before cancelling what is left (a backstop)
+
+
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, plus: the first SIGTERM/SIGINT marks the app draining (/ready 503, new requests 503)."""
+    """uvicorn's server, plus: the first SIGTERM/SIGINT marks the app draining (/ready 503, new requests 503), and
+    when the drain timeout is over, the requests still running end with a `shutting_down` error (an SSE error event
+    then [DONE] for streams, a 503 otherwise) instead of being cancelled mid-chunk by uvicorn."""
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
@@ -57,11 +63,22 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
-            logger.info(
-                "signal %d: draining running requests (at most %gs)", sig, self.app_state.settings.drain_timeout
-            )
+            timeout = self.app_state.settings.drain_timeout
+            logger.info("signal %d: draining running requests (at most %gs)", sig, timeout)
+            try:  # the handler runs on the event loop's thread, between its callbacks
+                asyncio.get_running_loop().call_later(timeout, self._end_running_requests)
+            except RuntimeError:  # no loop yet: nothing runs
+                pass
         self.app_state.begin_drain()
         super().handle_exit(sig, frame)
+
+    def _end_running_requests(self) -> None:
+        engine = self.app_state.engine
+        if engine is None or not engine.alive or not self.server_state.tasks:
+            return
+        logger.warning("ending %d running request(s): the drain timeout (%gs) is over",
+                       len(self.server_state.tasks), self.app_state.settings.drain_timeout)  # fmt: skip
+        asyncio.get_running_loop().run_in_executor(None, engine.stop)  # fails what runs with shutting_down
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         ),  # fmt: skip
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  (a float works)
-        timeout_graceful_shutdown=round(settings.drain_timeout),
+        timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE,  # type: ignore[arg-type]  (a float works)
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
         access_log=False,
         server_header=False,
