@@ -17,7 +17,10 @@ from tnn.server.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(reject_invalid_text)])
-SSE = {"text/event-stream": {"schema": {"type": "string"}}}  # with "stream": true
+# with "stream": true; each event's data is a JSON chunk, an error envelope, or [DONE]
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"},
+             "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}  # fmt: skip
+SSE = {"text/event-stream": {"schema": SSE_EVENT}}
 
 
 @router.post(

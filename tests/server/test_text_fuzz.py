@@ -5,6 +5,7 @@ values. Whatever the input, the answer is a 2xx or a 4xx error envelope (never a
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from tests.support import ServerProcess
 
 pytestmark = pytest.mark.timeout(600)
 
-EXAMPLES = 60
+EXAMPLES = int(os.environ.get("TNN_FUZZ_EXAMPLES", "60"))  # per test; `make fuzz` runs more
 
 # Text with what JSON can carry but UTF-8 cannot (surrogates), NUL, controls, non-characters, RTL marks, emoji.
 nasty_text = st.text(
