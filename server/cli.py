@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (_, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="warm up before ready")
+    parser.add_argument("--playground", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve the browser playground at / and /playground (default on)")  # fmt: skip
 
 
 def default_model_dir() -> Path | None:
@@ -64,8 +66,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.model_dir is not None:
         overrides["model_dir"] = args.model_dir
-    if args.warmup is not None:
-        overrides["warmup"] = args.warmup
+    for flag in ("warmup", "playground"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
     return Settings(**overrides)
 
 

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # env: comma list or JSON
     log_level: LogLevel = "INFO"
     warmup: bool = True
+    playground: bool = True  # the browser page at / and /playground (tnn.server.routes.playground)
 
     @field_validator("api_key")
     @classmethod
