@@ -113,6 +113,7 @@ async function loadModel() {
     $("model").textContent = card.id;
     $("model").title = `prompts up to ${card.max_model_len} tokens`;
     $("srv-state-seq").textContent = formatBytes(ui.stateBytes);
+    showDefaults(card.generation_defaults ?? {});
     if (ui.stateBytes == null) setTimeout(loadModel, 1000); // still loading: the figure comes with the engine
   } catch (error) {
     $("model").textContent = error.status === 401 ? "API key needed" : `unavailable: ${error.message}`;
@@ -120,12 +121,12 @@ async function loadModel() {
   }
 }
 
-// Prometheus text -> {name: value} for unlabelled samples
+// Prometheus text -> {name: value}, the samples of a labelled metric summed (e.g. bytes over cache tiers)
 function parseMetrics(text) {
   const values = {};
   for (const line of text.split("\n")) {
-    const match = line.match(/^([a-zA-Z_:][\w:]*)\s+(\S+)$/);
-    if (match) values[match[1]] = Number(match[2]);
+    const match = line.match(/^([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)$/);
+    if (match) values[match[1]] = (values[match[1]] ?? 0) + Number(match[3]);
   }
   return values;
 }
@@ -140,6 +141,13 @@ async function pollMetrics() {
     $("srv-waiting").textContent = m.tnn_num_requests_waiting ?? "–";
     $("srv-slots").textContent = `${m.tnn_state_slots_used ?? "–"} / ${m.tnn_state_slots_total ?? "–"}`;
     $("srv-state").textContent = formatBytes(m.tnn_state_bytes);
+    const queried = m.tnn_prefix_cache_queries_total;
+    $("srv-cache-box").hidden = queried === undefined; // a server without the prefix-state cache
+    if (queried !== undefined) {
+      const hits = m.tnn_prefix_cache_hits_total ?? 0;
+      const share = queried > 0 ? ` (${Math.round((100 * hits) / queried)}%)` : "";
+      $("srv-cache").textContent = `${hits} / ${queried} tokens${share} · ${formatBytes(m.tnn_prefix_cache_bytes)}`;
+    }
     panel.classList.remove("stale");
     panel.title = "";
   } catch (error) {
@@ -174,28 +182,58 @@ function onKeyDialogClose() {
 // ---- request parameters ---------------------------------------------------------------------------------------------
 
 const NUMBER_FIELDS = ["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed"];
-const OFF_WHEN_ZERO = new Set(["top_k", "min_p"]); // 0 is the server's default: not sent
+// what an omitted field means on a server without a generation config (OpenAI's defaults; 0 = off)
+const API_DEFAULTS = { temperature: 1, top_p: 1, top_k: "off", min_p: "off", max_tokens: "server's" };
+const EXAMPLE_SCHEMA = {
+  type: "object",
+  properties: {
+    speaker: { type: "string", maxLength: 24 },
+    mood: { enum: ["merry", "sad", "wrathful"] },
+    line: { type: "string", maxLength: 120 },
+  },
+  required: ["speaker", "mood", "line"],
+  additionalProperties: false,
+};
 
-function unescape(text) {
+function fromEscapes(text) {
   return text.replace(/\\(n|t|\\)/g, (_, c) => ({ n: "\n", t: "\t", "\\": "\\" })[c]);
 }
 
-// Values as typed (the server validates ranges and names the field); throws on unreadable numbers
-function samplingParams() {
+function toEscapes(text) {
+  return text.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll("\t", "\\t");
+}
+
+// Grey placeholders: what an empty field gets (the model's generation config from /v1/models, else the API's)
+function showDefaults(defaults) {
+  for (const name of NUMBER_FIELDS.filter((n) => n !== "seed")) {
+    $(name).placeholder = String(defaults[name] ?? API_DEFAULTS[name]);
+  }
+  $("stop").placeholder = defaults.stop?.length ? defaults.stop.map(toEscapes).join("\n") : "none";
+}
+
+// Values as typed (the server validates ranges and names the field); an empty field is left out (the default).
+// Throws on what cannot be sent: an unreadable number, a schema that is not JSON.
+function requestParams() {
   const params = {};
   for (const name of NUMBER_FIELDS) {
     const input = $(name);
     if (input.validity.badInput) throw new Error(`${name}: not a number`);
-    if (input.value === "") continue;
-    const value = Number(input.value);
-    if (OFF_WHEN_ZERO.has(name) && value === 0) continue;
-    params[name] = value;
+    if (input.value !== "") params[name] = Number(input.value);
   }
   const stop = $("stop")
     .value.split("\n")
     .filter((line) => line !== "")
-    .map(unescape);
+    .map(fromEscapes);
   if (stop.length) params.stop = stop;
+  if ($("json-mode").checked) {
+    let schema;
+    try {
+      schema = JSON.parse($("schema").value);
+    } catch (error) {
+      throw new Error(`schema: not JSON (${error.message})`);
+    }
+    params.response_format = { type: "json_schema", json_schema: { name: "playground", schema, strict: true } };
+  }
   return params;
 }
 
@@ -263,11 +301,21 @@ function showFigures(entry, figures) {
   }
 }
 
+function isJson(text) {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 // ---- one streamed reply -------------------------------------------------------------------------------------------
 
 class Reply {
-  constructor(entry, textTarget) {
+  constructor(entry, textTarget, structured) {
     this.entry = entry;
+    this.structured = structured; // a JSON-schema reply: say whether the text parses
     this.target = textTarget;
     this.controller = new AbortController();
     this.t0 = performance.now();
@@ -298,7 +346,7 @@ class Reply {
     const rate = span > 0 && tokens > 1 ? (tokens - 1) / span : null;
     const cached = usage?.prompt_tokens_details?.cached_tokens;
     const exact = usage ? "" : "≈";
-    return {
+    const figures = {
       ttft: ["TTFT", ttft === null ? "–" : formatMs(ttft), ttft, "time to first token, as this page saw it"],
       rate: ["", rate === null ? "– tok/s" : `${exact}${rate.toFixed(0)} tok/s`, rate,
         "generated tokens per second after the first"],
@@ -311,6 +359,11 @@ class Reply {
       finish: ["finish", this.stopped ? "stopped" : this.finish ?? "…", this.stopped ? "stopped" : this.finish,
         "finish reason"],
     };
+    if (this.structured && (this.finish || this.stopped)) {
+      const valid = isJson(this.text);
+      figures.json = ["JSON", valid ? "valid" : "invalid", String(valid), "whether the reply parses as JSON"];
+    }
+    return figures;
   }
 
   async stream(path, body, pieceOf) {
@@ -358,7 +411,7 @@ async function send() {
   if (!text.trim()) return;
   let params;
   try {
-    params = samplingParams();
+    params = requestParams();
   } catch (error) {
     showError(addEntry("assistant"), { message: error.message, info: { type: "this page" } });
     return;
@@ -379,7 +432,7 @@ async function send() {
     const system = $("system").value.trim();
     const messages = system ? [{ role: "system", content: system }, ...ui.history] : [...ui.history];
     entry = addEntry("assistant");
-    reply = new Reply(entry, entry.querySelector(".text"));
+    reply = new Reply(entry, entry.querySelector(".text"), "response_format" in params);
     path = "/v1/chat/completions";
     body = { ...common, messages };
   } else {
@@ -390,7 +443,7 @@ async function send() {
     const generated = document.createElement("span");
     generated.className = "generated";
     entry.querySelector(".text").append(prompt, generated);
-    reply = new Reply(entry, generated);
+    reply = new Reply(entry, generated, "response_format" in params);
     path = "/v1/completions";
     body = { ...common, prompt: text };
   }
@@ -475,6 +528,11 @@ function init() {
   $("key-button").addEventListener("click", () => askForKey(apiKey() ? "Change or forget the key." : ""));
   $("key-dialog").addEventListener("close", onKeyDialogClose);
   if (window.matchMedia(PHONE_WIDTH).matches) $("settings").open = false;
+  $("schema").value = JSON.stringify(EXAMPLE_SCHEMA, null, 2);
+  $("json-mode").addEventListener("change", () => {
+    document.body.classList.toggle("json", $("json-mode").checked);
+  });
+  showDefaults({});
 
   setMode("chat");
   loadModel();
