@@ -23,7 +23,7 @@ from tnn.server.metrics import Metrics
 from tnn.server.middleware import OPEN_PATHS, ApiKeyMiddleware, RequestLimitMiddleware, UnexpectedErrorMiddleware
 from tnn.server.model_check import check_servable
 from tnn.server.openapi import install_openapi
-from tnn.server.routes import health, openai, tokenize
+from tnn.server.routes import health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -119,6 +119,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)
+    if settings.playground:
+        playground.mount(app)
     app.add_middleware(
         RequestLimitMiddleware,
         limit=settings.max_body_bytes,
@@ -130,7 +132,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     if settings.api_key is not None:
         logger.info("authentication is on: every route but %s needs 'Authorization: Bearer <key>'",
                     ", ".join(sorted(OPEN_PATHS)))  # fmt: skip
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics,
+                           is_public=playground.is_public if settings.playground else lambda path: False)  # fmt: skip
     else:
         logger.warning("authentication is off (%s): anyone who reaches the port can use the model",
                        "--no-auth" if settings.auth is False else "no api_key / TNN_API_KEY set")  # fmt: skip

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,17 +29,22 @@ async def _send_error(send: Send, status: int, message: str, code: str, headers:
 
 
 class ApiKeyMiddleware:
-    """`Authorization: Bearer <key>` on every route but OPEN_PATHS: the scheme case-insensitive (RFC 7235), the key
-    compared exactly in constant time. Two Authorization headers are refused (400), never first- or last-wins: a
-    proxy that appends its own must not decide which one counts."""
+    """`Authorization: Bearer <key>` on every route but OPEN_PATHS and the paths `is_public` accepts (the
+    playground page): the scheme case-insensitive (RFC 7235), the key compared exactly in constant time. Two
+    Authorization headers are refused (400), never first- or last-wins: a proxy that appends its own must not
+    decide which one counts."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_key: str, metrics: Metrics, is_public: Callable[[str], bool] = lambda path: False
+    ) -> None:
         self.app = app
         self.expected = api_key.encode()
         self.metrics = metrics
+        self.is_public = is_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or self.is_public(path) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         given = [value for name, value in scope["headers"] if name == b"authorization"]
