@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -25,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.server.fuzzing import fuzz_settings
 from tests.support import ServerProcess
 from tnn.server.app import create_app
 from tnn.server.settings import Settings
@@ -32,7 +32,6 @@ from tnn.server.settings import Settings
 pytestmark = pytest.mark.timeout(900)
 
 EXAMPLES = int(os.environ.get("TNN_FUZZ_EXAMPLES", "40"))
-DERANDOMIZE = "TNN_FUZZ_EXAMPLES" not in os.environ  # CI: the same cases every run; `make fuzz`: new ones
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]  # fmt: skip
 TALLY: Counter[str] = Counter()  # "POST /v1/completions 400" -> cases
@@ -64,13 +63,7 @@ def test_the_served_schema_is_the_fuzzed_one(fuzz_server: ServerProcess) -> None
 
 
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-    derandomize=DERANDOMIZE,
-)
+@fuzz_settings(ci_examples=EXAMPLES)
 def test_the_api_conforms_to_its_schema(fuzz_server: ServerProcess, case: schemathesis.Case) -> None:
     response = case.call_and_validate(base_url=fuzz_server.url, checks=CHECKS, timeout=60)
     TALLY[f"{case.method} {case.path} {response.status_code}"] += 1

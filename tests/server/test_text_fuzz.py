@@ -5,20 +5,19 @@ values. Whatever the input, the answer is a 2xx or a 4xx error envelope (never a
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.server.fuzzing import fuzz_settings
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.timeout(600)
 
-EXAMPLES = int(os.environ.get("TNN_FUZZ_EXAMPLES", "60"))  # per test; `make fuzz` runs more
-DERANDOMIZE = "TNN_FUZZ_EXAMPLES" not in os.environ  # CI: the same cases every run; `make fuzz`: new ones
+FUZZ = fuzz_settings(ci_examples=60)  # per test
 
 # Text with what JSON can carry but UTF-8 cannot (surrogates), NUL, controls, non-characters, RTL marks, emoji.
 nasty_text = st.text(
@@ -93,13 +92,7 @@ def http(server: ServerProcess) -> httpx.Client:
         yield client
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-    derandomize=DERANDOMIZE,
-)
+@FUZZ
 @given(field=st.sampled_from(TEXT_FIELDS), text=nasty_text)
 def test_nasty_text_in_every_text_field(http: httpx.Client, field: tuple[str, tuple], text: str) -> None:
     endpoint, path = field
@@ -108,13 +101,7 @@ def test_nasty_text_in_every_text_field(http: httpx.Client, field: tuple[str, tu
     assert_clean(http.post(endpoint, content=json.dumps(body).encode(), headers={"content-type": "application/json"}))
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-    derandomize=DERANDOMIZE,
-)
+@FUZZ
 @given(field=st.sampled_from(TEXT_FIELDS), raw=st.binary(min_size=1, max_size=16))
 def test_invalid_utf8_bytes_in_every_text_field(http: httpx.Client, field: tuple[str, tuple], raw: bytes) -> None:
     endpoint, path = field
@@ -124,13 +111,7 @@ def test_invalid_utf8_bytes_in_every_text_field(http: httpx.Client, field: tuple
     assert_clean(http.post(endpoint, content=body, headers={"content-type": "application/json"}))
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    database=None,
-    derandomize=DERANDOMIZE,
-)
+@FUZZ
 @given(endpoint=st.sampled_from(sorted(base_bodies())), key=st.sampled_from(
     ["max_tokens", "n", "temperature", "top_p", "top_k", "seed", "logprobs", "prompt", "messages", "tokens",
      "stop", "stream_options", "logit_bias", "best_of", "presence_penalty"]), value=nested)  # fmt: skip
