@@ -9,6 +9,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
+from tnn.server.textstream import IncrementalDetokenizer
+
 logger = logging.getLogger(__name__)
 
 # Used when tokenizer_config.json has no chat_template: plain "Role: text" turns, which any base LM can continue.
@@ -48,6 +50,10 @@ class ServerTokenizer:
     def decode(self, tokens: Sequence[int]) -> str:
         """Text of generated tokens (special tokens such as eos are not text)."""
         return self._backend.decode(list(tokens), skip_special_tokens=True)
+
+    def detokenizer(self) -> IncrementalDetokenizer:
+        """A fresh incremental detokenizer for one generated sequence."""
+        return IncrementalDetokenizer(self._backend)
 
     def token_text(self, token: int) -> str:
         """One token as text for logprobs (special tokens by name; a partial character decodes to U+FFFD)."""
