@@ -90,8 +90,8 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; with `engine` given (tests), its model, tokenizer and metrics are used instead of loading."""
-    metrics = engine.metrics if engine is not None else Metrics()
     name = settings.served_model_name or (settings.model_dir.name if settings.model_dir else "tnn")
+    metrics = engine.metrics if engine is not None else Metrics(name)
     state = AppState(settings=settings, metrics=metrics, model_name=name)
 
     @asynccontextmanager

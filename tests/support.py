@@ -194,5 +194,9 @@ def scrape_metrics(
 
 
 def metric_value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """One sample (0.0 if absent), e.g. metric_value(s, "tnn_requests_total", finish_reason="length")."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of the samples `name` whose labels include `labels` (0.0 if none), e.g.
+    metric_value(s, "tnn_requests_total", finish_reason="length"): over every `model_name` (a server has one)."""
+    wanted = set(labels.items())
+    return sum(
+        value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels
+    )
