@@ -25,7 +25,7 @@ from tnn.server.routes import health, openai, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
-from tnn.server.tokenizer import ServerTokenizer
+from tnn.server.tokenizer import ServerTokenizer, TokenIdTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
         logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
                     settings.model_dir)  # fmt: skip
         tnn.model.attach_ssm(model)
-    tokenizer = ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
+    tokenizer = (
+        TokenIdTokenizer() if settings.skip_tokenizer else ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
+    )
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"

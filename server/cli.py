@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s is not a model directory (no config.json)%s", model_dir,
                      "" if settings.model_dir else ": the default model is not installed yet")  # fmt: skip
         return 2
+    if not settings.skip_tokenizer and not (model_dir / "tokenizer.json").is_file():
+        logger.error("%s has no tokenizer (no tokenizer.json): attach one with `tnn attach-tokenizer %s TOKENIZER_DIR`, "
+                     "or serve token ids with --skip-tokenizer", model_dir, model_dir)  # fmt: skip
+        return 2
     settings = settings.model_copy(update={"model_dir": model_dir})
     app = create_app(settings)
     config = uvicorn.Config(
