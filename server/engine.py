@@ -157,6 +157,11 @@ class Engine:
         self.accepting = True
 
     @property
+    def outstanding(self) -> int:
+        """Sequences submitted and not finished (running or queued)."""
+        return self._outstanding
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
