@@ -27,7 +27,7 @@ from tnn.server.routes import health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
-from tnn.server.tokenizer import ServerTokenizer
+from tnn.server.tokenizer import ServerTokenizer, TokenIdTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
         logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
                     settings.model_dir)  # fmt: skip
         tnn.model.attach_ssm(model)
-    tokenizer = ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
-    check_servable(model, tokenizer, settings.model_dir)
+    tokenizer = (
+        TokenIdTokenizer() if settings.skip_tokenizer else ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
+    )
+    check_servable(model, tokenizer if isinstance(tokenizer, ServerTokenizer) else None, settings.model_dir)
     return Engine(model, tokenizer, settings=settings, metrics=metrics)
 
 
@@ -96,8 +98,8 @@ def _fail(state: AppState) -> None:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; with `engine` given (tests), its model, tokenizer and metrics are used instead of loading."""
-    metrics = engine.metrics if engine is not None else Metrics()
     name = settings.served_model_name or (settings.model_dir.name if settings.model_dir else "tnn")
+    metrics = engine.metrics if engine is not None else Metrics(name)
     state = AppState(settings=settings, metrics=metrics, model_name=name)
 
     @asynccontextmanager

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -20,6 +21,8 @@ from tnn.server.settings import Settings
 from tnn.server.state import AppState
 
 logger = logging.getLogger(__name__)
+
+DRAIN_POLL_SECONDS = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,32 +56,38 @@ DRAIN_GRACE = 5.0  # seconds uvicorn waits past the drain timeout before cancell
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, plus: the first SIGTERM/SIGINT marks the app draining (/ready 503, new requests 503), and
-    when the drain timeout is over, the requests still running end with a `shutting_down` error (an SSE error event
-    then [DONE] for streams, a 503 otherwise) instead of being cancelled mid-chunk by uvicorn."""
+    """uvicorn's server, plus a drain before uvicorn's shutdown: the first SIGTERM/SIGINT marks the app draining
+    while the port stays open (/ready 503, new requests 503, running ones finish); once none is left, or after
+    --drain-timeout, uvicorn shuts down. Requests still running at the drain timeout end with a `shutting_down`
+    error (an SSE error event then [DONE] for streams, a 503 otherwise) rather than being cancelled mid-chunk. A
+    second signal, or one before the model is ready, goes straight to uvicorn's shutdown."""
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
         self.app_state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            timeout = self.app_state.settings.drain_timeout
-            logger.info("signal %d: draining running requests (at most %gs)", sig, timeout)
-            try:  # the handler runs on the event loop's thread, between its callbacks
-                asyncio.get_running_loop().call_later(timeout, self._end_running_requests)
-            except RuntimeError:  # no loop yet: nothing runs
-                pass
-        self.app_state.begin_drain()
-        super().handle_exit(sig, frame)
-
-    def _end_running_requests(self) -> None:
-        engine = self.app_state.engine
-        if engine is None or not engine.alive or not self.server_state.tasks:
+        state = self.app_state
+        if state.phase != "ready" or self.should_exit:
+            state.begin_drain()
+            super().handle_exit(sig, frame)
             return
-        logger.warning("ending %d running request(s): the drain timeout (%gs) is over",
-                       len(self.server_state.tasks), self.app_state.settings.drain_timeout)  # fmt: skip
-        asyncio.get_running_loop().run_in_executor(None, engine.stop)  # fails what runs with shutting_down
+        logger.info("signal %d: draining running requests (at most %gs); /ready answers 503",
+                    sig, state.settings.drain_timeout)  # fmt: skip
+        state.begin_drain()
+        threading.Thread(target=self._exit_when_drained, args=(sig, frame), name="tnn-drain", daemon=True).start()
+
+    def _exit_when_drained(self, sig: int, frame: FrameType | None) -> None:
+        deadline = time.monotonic() + self.app_state.settings.drain_timeout
+        engine = self.app_state.engine
+        while engine is not None and engine.outstanding > 0 and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_SECONDS)
+        if engine is not None and engine.outstanding > 0:
+            logger.warning("ending %d running sequence(s): the drain timeout (%gs) is over", engine.outstanding,
+                           self.app_state.settings.drain_timeout)  # fmt: skip
+            engine.stop()  # what still runs gets a shutting_down error event (503), then [DONE]
+        self.config.timeout_graceful_shutdown = DRAIN_GRACE  # time to write those last events
+        super().handle_exit(sig, frame)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         logger.error("%s is not a model directory (no config.json)%s", model_dir,
                      "" if settings.model_dir else ": the default model is not installed yet")  # fmt: skip
+        return 2
+    if not settings.skip_tokenizer and not (model_dir / "tokenizer.json").is_file():
+        logger.error("%s has no tokenizer (no tokenizer.json): attach one with `tnn attach-tokenizer %s TOKENIZER_DIR`, "
+                     "or serve token ids with --skip-tokenizer", model_dir, model_dir)  # fmt: skip
         return 2
     settings = settings.model_copy(update={"model_dir": model_dir})
     app = create_app(settings)

@@ -18,9 +18,14 @@ PROBE_TEXT = "Hello! How are you today?"
 PROBE_STEPS = 2
 
 
-def check_servable(model: TnnLM, tokenizer: ServerTokenizer, model_dir: Path) -> None:
-    check_tokenizer_dir(model_dir, vocab_size=model.config.vocab_size)
-    check_finite_logits(model, tokenizer.encode(PROBE_TEXT, add_bos=True), model_dir)
+def check_servable(model: TnnLM, tokenizer: ServerTokenizer | None, model_dir: Path) -> None:
+    """`tokenizer` None: the server runs without one (--skip-tokenizer), the probe is token ids."""
+    if tokenizer is None:
+        probe = [i % model.config.vocab_size for i in range(2, 2 + len(PROBE_TEXT) // 4)]
+    else:
+        check_tokenizer_dir(model_dir, vocab_size=model.config.vocab_size)
+        probe = tokenizer.encode(PROBE_TEXT, add_bos=True)
+    check_finite_logits(model, probe, model_dir)
 
 
 @torch.inference_mode()
