@@ -162,7 +162,8 @@ def convert_checkpoint(
     model = load(src, dtype=torch.float64)  # conversion and checks in float64; weights are cast on save
     timings["load"] = time.perf_counter() - start
     tokenizer_source = Path(tokenizer) if tokenizer is not None else src if (src / "tokenizer.json").exists() else None
-    if tokenizer_source is not None:  # before the conversion: a tokenizer that cannot serve this model stops it
+    if tokenizer_source is not None and fairseq_dict is None:  # early: a tokenizer that cannot serve this model
+        # stops the conversion (with a dict.txt the GPT-2 ids are remapped to fit, later)
         check_tokenizer_dir(tokenizer_source, vocab_size=model.config.vocab_size)
     stages.update()
     refusal = conversion_refusal(model)

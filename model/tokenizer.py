@@ -89,13 +89,8 @@ def check_tokenizer_dir(directory: str | Path, *, vocab_size: int) -> Tokenizer:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
     except Exception as exc:  # tokenizers raises its own Exception type for unparsable files
         raise ValueError(f"{tokenizer_file}: not a readable tokenizer: {exc}") from exc
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
-    if size > vocab_size:
-        raise ValueError(
-            f"{tokenizer_file}: the tokenizer has {size} tokens but the model's embedding only {vocab_size} "
-            "(config.json vocab_size): ids past the embedding would fail at request time"
-        )
     config_file = directory / "tokenizer_config.json"
+    config: dict = {}
     if config_file.exists():
         try:
             config = json.loads(config_file.read_text())
@@ -103,6 +98,13 @@ def check_tokenizer_dir(directory: str | Path, *, vocab_size: int) -> Tokenizer:
             raise ValueError(f"{config_file}: not valid JSON: {exc}") from exc
         if not isinstance(config, dict):
             raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    size = min(size, config.get("fairseq_vocab_size") or size)  # a remapped fairseq tokenizer maps the rest to <unk>
+    if size > vocab_size:
+        raise ValueError(
+            f"{tokenizer_file}: the tokenizer has {size} tokens but the model's embedding only {vocab_size} "
+            "(config.json vocab_size): ids past the embedding would fail at request time"
+        )
     return tokenizer
 
 
