@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tnn.server.metrics import Metrics
-from tnn.server.schemas import ErrorInfo, ErrorResponse
+from tnn.server.schemas import EXTENSIONS, ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,21 @@ ERROR_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+# pydantic error types meaning "wrong JSON type" (strict bodies do not coerce)
+STRICT_TYPE_ERRORS = frozenset(
+    {
+        "int_type",
+        "float_type",
+        "bool_type",
+        "string_type",
+        "list_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+    }
+)
 
 
 class BodyTooLarge(Exception):
@@ -101,8 +116,15 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
             break
         fields.append(part)
     param = ".".join(fields) or None
+    if first.get("type") == "extra_forbidden":
+        extensions = f"; supported extensions: {', '.join(EXTENSIONS)}" if len(fields) == 1 else ""
+        return ApiError(400, f"Unknown parameter: {param!r}{extensions}", param=param, code="unknown_parameter")
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    return ApiError(400, message, param=param, code="invalid_value")
+    if first.get("type") in STRICT_TYPE_ERRORS:  # strict bodies: say what arrived ("5" is a string, not 5)
+        message += f", got {type(first.get('input')).__name__} {json.dumps(first.get('input'), default=str)[:80]}"
+    return ApiError(
+        400, message, param=param, code="invalid_type" if first.get("type") in STRICT_TYPE_ERRORS else "invalid_value"
+    )
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
