@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import tnn.model
 from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
+from tnn.server.generation_config import GenerationDefaults, load_generation_defaults
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
 from tnn.server.routes import health, openai, tokenize
@@ -72,12 +73,18 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
             state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
             settings.max_num_seqs, per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
         )  # fmt: skip
+        defaults = GenerationDefaults()
+        if settings.model_dir is not None:
+            defaults = load_generation_defaults(settings.model_dir, settings.generation_config)
+        if any(token >= engine.vocab_size for token in defaults.eos_token_ids):
+            raise ValueError(f"{defaults.source}: eos_token_id {list(defaults.eos_token_ids)} outside the vocabulary "
+                             f"(ids 0..{engine.vocab_size - 1})")  # fmt: skip
         if settings.warmup:
             seconds = await asyncio.to_thread(engine.warmup)
             logger.info("warm-up done in %.2fs", seconds)
         engine.start(asyncio.get_running_loop())
         state.engine = engine
-        state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name)
+        state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name, defaults)
         if state.phase == "loading":
             state.phase = "ready"
             logger.info("ready: serving %r on the OpenAI API", state.model_name)
@@ -123,5 +130,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+                           allow_headers=settings.cors_allow_headers)  # fmt: skip
     return app

@@ -36,6 +36,12 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--drain-timeout": ("drain_timeout", float, "seconds SIGTERM waits for running requests (30)"),
     "--api-key": ("api_key", str, "require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"),
     "--cors-origins": ("cors_origins", str, "comma-separated allowed CORS origins"),
+    "--cors-allow-headers": ("cors_allow_headers", str, "comma-separated request headers CORS allows (default *: any)"),
+    "--generation-config": (
+        "generation_config",
+        str,
+        "request defaults: auto (the model's generation_config.json), none, or a file/dir",
+    ),
 }
 
 

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_stop: int = Field(default=4, ge=0, le=64)
     max_stop_length: int = Field(default=64, ge=1, le=1024)
     add_bos: bool = True  # prepend the tokenizer's bos token to text prompts (how the shipped model was trained)
+    # request defaults from the model's generation_config.json ("auto"), none ("none"), or that file / directory
+    generation_config: str = "auto"
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0)  # seconds from arrival to the last token
@@ -48,6 +50,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     api_key: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # env: comma list or JSON
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])  # "*": any header
     log_level: LogLevel = "INFO"
     warmup: bool = True
 
@@ -56,7 +59,7 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "cors_allow_headers", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -27,6 +27,7 @@ def _card(state: StateDep) -> ModelCard:
         created=state.created,
         root=str(state.settings.model_dir),
         max_model_len=state.settings.max_prompt_tokens,
+        generation_defaults=state.serving.defaults.shown() if state.serving is not None else {},
     )
 
 
