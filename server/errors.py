@@ -35,6 +35,9 @@ ERROR_TYPES = {
 }
 
 
+# the tags pydantic gives plain-typed union members (`stop: str | list[str]` -> loc stop.str); they are not fields
+UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
 # pydantic error types meaning "wrong JSON type" (strict bodies do not coerce)
 STRICT_TYPE_ERRORS = frozenset(
     {
@@ -112,7 +115,7 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     # a union adds its member's tag to the path (prompt.constrained-str.0): the path ends at the first such tag
     fields: list[str] = []
     for part in loc:
-        if not (part.isidentifier() or part.isdigit()):
+        if not (part.isidentifier() or part.isdigit()) or part in UNION_TAGS:
             break
         fields.append(part)
     param = ".".join(fields) or None
