@@ -41,9 +41,7 @@ PROMPTS = (
 
 def converse(client: openai.OpenAI, prompt: str, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
-    reply = client.chat.completions.create(
-        model="default", messages=[{"role": "user", "content": prompt}], seed=seed
-    )
+    reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}], seed=seed)
     seconds = time.perf_counter() - start
     choice = reply.choices[0]
     return {

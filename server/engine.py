@@ -407,20 +407,12 @@ class Engine:
     ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
         """One token per sequence from logits (B, V) with each sequence's parameters, generator and grammar;
         per row None, or why its token is meaningless (the caller fails that request)."""
-        counts = None
-        if any(seq.counts is not None for seq in sequences):
-            zeros = torch.zeros(self.vocab_size, dtype=torch.int32, device=self.device)
-            counts = torch.stack([zeros if seq.counts is None else seq.counts for seq in sequences])  # (B, V)
-        mask = None
-        if any(seq.prompt_mask is not None for seq in sequences):
-            empty = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-            mask = torch.stack([empty if seq.prompt_mask is None else seq.prompt_mask for seq in sequences])
         result = sample(
             logits,
             [seq.params for seq in sequences],
             [seq.generator for seq in sequences],
-            output_counts=counts,
-            prompt_mask=mask,
+            output_counts=[seq.counts for seq in sequences],  # None for the rows without penalties
+            prompt_mask=[seq.prompt_mask for seq in sequences],
             allowed=self._allowed(sequences),
         )
         tokens = result.tokens.tolist()
