@@ -202,8 +202,9 @@ def test_guided_regex_and_choice(sdk: openai.OpenAI) -> None:
         )
         assert re.fullmatch(r"[A-C][0-9]{2}-(yes|no)", text), text
         choices = ["Macbeth", "Banquo", 'the "Porter"']
-        reply = complete(sdk, seed=seed, max_tokens=20, extra_body={"guided_choice": choices})
-        assert reply.choices[0].text in choices and reply.choices[0].finish_reason == "stop"
+        reply = complete(sdk, seed=seed, max_tokens=20, n=3, extra_body={"guided_choice": choices})
+        assert len(reply.choices) == 3  # n > 1: every choice has its own matcher
+        assert all(c.text in choices and c.finish_reason == "stop" for c in reply.choices)
 
 
 @pytest.mark.parametrize(
