@@ -322,6 +322,7 @@ class ModelCard(BaseModel):
     root: str
     max_model_len: int
     generation_defaults: dict[str, Any] = Field(default_factory=dict)  # what a request that omits a field gets
+    state_bytes_per_sequence: int | None = None  # extension: the fixed recurrent state of one sequence (once loaded)
 
 
 class ModelList(BaseModel):

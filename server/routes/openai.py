@@ -28,6 +28,7 @@ def _card(state: StateDep) -> ModelCard:
         root=str(state.settings.model_dir),
         max_model_len=state.settings.max_prompt_tokens,
         generation_defaults=state.serving.defaults.shown() if state.serving is not None else {},
+        state_bytes_per_sequence=state.engine.state_bytes_per_sequence if state.engine is not None else None,
     )
 
 
