@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     costs = asyncio.run(step_costs(args))
     print(json.dumps(costs, indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"step_cost": costs, "validity": None}, indent=2) + "\n")  # kept if part 2 fails
     server_args = ["--served-model-name", "default", "--threads", "1", "--max-num-seqs", str(args.concurrency)]
     with ServerProcess(default_model_dir(), args=server_args, ready_timeout=300) as server:
         valid = asyncio.run(validity(server.url, args.samples, args.concurrency))
