@@ -36,6 +36,15 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--drain-timeout": ("drain_timeout", float, "seconds SIGTERM waits for running requests (30)"),
     "--api-key": ("api_key", str, "require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"),
     "--cors-origins": ("cors_origins", str, "comma-separated allowed CORS origins"),
+    "--admin-key": ("admin_key", str, "key for /admin/* routes (default: the API key; prefer TNN_ADMIN_KEY)"),
+    "--state-cache-memory": (
+        "state_cache_memory",
+        str,
+        "prefix-state cache budget: bytes or 512MiB, 2GB; 0 disables (5%% of RAM, <= 2 GiB)",
+    ),
+    "--state-cache-interval": ("state_cache_interval", int, "also cache a prompt's state every K tokens (512; 0: off)"),
+    "--state-cache-dir": ("state_cache_dir", Path, "disk tier: evicted and shutdown-time states, reloaded on start"),
+    "--state-cache-disk": ("state_cache_disk", str, "bytes the disk tier may use (4GiB)"),
 }
 
 
@@ -45,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (_, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="warm up before ready")
+    parser.add_argument("--state-cache-on-device", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep cached prefix states on the model's device (default: host memory)")  # fmt: skip
 
 
 def default_model_dir() -> Path | None:
@@ -66,6 +77,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides["model_dir"] = args.model_dir
     if args.warmup is not None:
         overrides["warmup"] = args.warmup
+    if args.state_cache_on_device is not None:
+        overrides["state_cache_on_device"] = args.state_cache_on_device
     return Settings(**overrides)
 
 

@@ -6,7 +6,12 @@ sub-10 ms buckets for GPU decode steps. Counting rules (tests assert them exactl
 - per choice: requests_total{finish_reason} (a request with n=2 counts twice), one inter_token_latency
   observation per generated token after a choice's first, generation_tokens (every sampled token, eos included);
 - per engine step: decode_step_seconds and batch_size (running sequences in that step);
-- errors_total{code}: HTTP error answers by status code ("400", "401", "429", "500", "503", ...).
+- errors_total{code}: HTTP error answers by status code ("400", "401", "429", "500", "503", ...);
+- prefix cache (vLLM's names): prefix_cache_queries_total counts the prompt tokens looked up (prompts that opt
+  out or ask for prompt logprobs are not looked up), prefix_cache_hits_total those served from the cache (the
+  sum of usage.prompt_tokens_details.cached_tokens); prefill_tokens_total{kind} the tokens actually prefilled:
+  "prompt" (prompt tokens minus cached ones) and "cache_fill" (extending a finished chat answer's state to the
+  boundary where the next turn continues).
 """
 
 from __future__ import annotations
@@ -65,5 +70,31 @@ class Metrics:
         self.state_slots_used = Gauge("tnn_state_slots_used", "State slots in use.", registry=r)
         self.state_slots_total = Gauge("tnn_state_slots_total", "State slots (max concurrent sequences).", registry=r)
         self.state_bytes = Gauge("tnn_state_bytes", "Bytes of recurrent state held by sequences now.", registry=r)
+        self.prefill_tokens = Counter(
+            "tnn_prefill_tokens", "Tokens run through prefill, by kind: prompt (uncached part) or cache_fill.",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.prefix_cache_queries = Counter(
+            "tnn_prefix_cache_queries", "Prompt tokens looked up in the prefix-state cache.", registry=r
+        )
+        self.prefix_cache_hits = Counter(
+            "tnn_prefix_cache_hits", "Prompt tokens served from the prefix-state cache.", registry=r
+        )
+        self.prefix_cache_entries = Gauge(
+            "tnn_prefix_cache_entries", "Cached prefix states, by tier (memory, disk).", ["tier"], registry=r
+        )
+        self.prefix_cache_bytes = Gauge(
+            "tnn_prefix_cache_bytes", "Bytes of cached prefix states, by tier (memory, disk).", ["tier"], registry=r
+        )
+        self.prefix_cache_evictions = Counter(
+            "tnn_prefix_cache_evictions", "Prefix states evicted, by tier (memory: spilled or dropped; disk).",
+            ["tier"], registry=r,
+        )  # fmt: skip
+        for tier in ("memory", "disk"):
+            self.prefix_cache_entries.labels(tier=tier)
+            self.prefix_cache_bytes.labels(tier=tier)
+            self.prefix_cache_evictions.labels(tier=tier)
+        for kind in ("prompt", "cache_fill"):
+            self.prefill_tokens.labels(kind=kind)
         for reason in ("stop", "length", "abort", "error"):
             self.requests.labels(finish_reason=reason)

@@ -12,6 +12,7 @@ from tnn.server.errors import BodyTooLarge, error_body
 from tnn.server.metrics import Metrics
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scraping never need the key
+SELF_AUTHENTICATED = "/admin/"  # admin routes check the admin key themselves (tnn.server.routes.admin)
 
 
 async def _send_error(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -30,7 +31,13 @@ class ApiKeyMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in OPEN_PATHS
+            or path.startswith(SELF_AUTHENTICATED)
+            or scope["method"] == "OPTIONS"
+        ):
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DType = Literal["float32", "bfloat16", "float16", "float64"]
@@ -42,16 +42,25 @@ class Settings(BaseSettings):
     max_stop_length: int = Field(default=64, ge=1, le=1024)
     add_bos: bool = True  # prepend the tokenizer's bos token to text prompts (how the shipped model was trained)
 
+    # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
+    # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.
+    state_cache_memory: ByteSize | None = None  # bytes or "512MiB"; None: 5% of RAM, at most 2 GiB; 0: off
+    state_cache_on_device: bool = False  # keep cached states on the model's device instead of host memory
+    state_cache_interval: int = Field(default=512, ge=0)  # also store every K prompt tokens (0: only at ends)
+    state_cache_dir: Path | None = None  # disk tier: evicted and shutdown-time states, reloaded on start
+    state_cache_disk: ByteSize = ByteSize(4 * 2**30)  # bytes the disk tier may use
+
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0)  # seconds from arrival to the last token
     drain_timeout: float = Field(default=30.0, ge=0)  # seconds SIGTERM waits for running requests
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None  # for /admin/* routes; unset: the api_key; neither: admin routes off
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # env: comma list or JSON
     log_level: LogLevel = "INFO"
     warmup: bool = True
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None
