@@ -256,6 +256,7 @@ class Engine:
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
             self._close(tracker, "abort")
+        self._prefill(fills_only=True)  # first: a chat's next turn, if already here, finds its previous answer's state
         self._admit()
         self._prefill()
         self._deliver()
@@ -307,10 +308,10 @@ class Engine:
         extra = request.cache_boundaries if request is not None else ()
         unit.stops = cache_boundaries(unit.position, len(unit.prompt), self.settings.state_cache_interval, extra)
 
-    def _prefill(self) -> None:
-        if not self._prefilling:
+    def _prefill(self, *, fills_only: bool = False) -> None:
+        units = [u for u in self._prefilling if u.tracker is None or not fills_only]
+        if not units:
             return
-        units = list(self._prefilling)
         remaining = [
             min(u.until_stop, PROMPT_LOGPROBS_CHUNK) if u.prompt_logprobs is not None else u.until_stop for u in units
         ]
