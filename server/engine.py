@@ -201,6 +201,8 @@ class Engine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.prefix_cache is not None:
+            self.prefix_cache.close()  # the disk tier keeps what is in memory (not bounded by `timeout`)
 
     # ---- warm-up ------------------------------------------------------------------------------------------------
 
@@ -243,8 +245,6 @@ class Engine:
             self._fail(tracker, "the server is shutting down", status=503, code="shutting_down")
         self._deliver()
         self._update_gauges()
-        if self.prefix_cache is not None:
-            self.prefix_cache.close()
 
     def _has_work(self) -> bool:
         return bool(self._inbox or self._waiting or self._prefilling or self._batch.rows)

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_FRACTION = 0.05  # of host RAM (or of device memory with --state-cache-on-device) ...
 DEFAULT_MEMORY_CAP = 2 * 2**30  # ... at most this many bytes, when --state-cache-memory is not given
+FILE_OVERHEAD = 4096  # bytes of a state file beyond the state and its tokens (header, metadata), at most
 IDENTITY_PROBE = 16  # tokens prefilled to fingerprint the recurrent form (conversion method and code)
 
 
@@ -239,14 +240,21 @@ class PrefixCache:
         return {"memory_entries": memory, "disk_entries": disk}
 
     def close(self) -> None:
-        """Write the states still only in memory to disk (least recently used first, so the freshest survive
-        the disk budget)."""
+        """Write the states still only in memory to disk, most recently used first, as many as the disk budget
+        holds (older files make room first)."""
         if self.disk is None:
             return
         with self._lock:
-            pending = [e for e in self._memory.values() if e.disk is None]
+            pending = [e for e in reversed(self._memory.values()) if e.disk is None]
+            written = 0
             for entry in pending:
+                if written + self.entry_bytes + 8 * len(entry.tokens) + FILE_OVERHEAD > self.disk.budget:
+                    break
                 self._spill(entry)
+                written += entry.disk.nbytes if entry.disk is not None else 0
+            for entry in self._memory.values():  # file times in use order: a restart evicts the stalest first
+                if entry.disk is not None:
+                    self.disk.touch(entry.disk)
             self._update_gauges()
         logger.info("prefix cache: %d state(s) written to %s at shutdown (%d files, %.1f MiB)", len(pending),
                     self.disk.directory, len(self.disk.records), self.disk.nbytes / 2**20)  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class StateDisk:
         self.budget = budget
         self.records: OrderedDict[Path, DiskRecord] = OrderedDict()  # oldest use first
         self.nbytes = 0
+        self._clock = 0.0
 
     def scan(self) -> tuple[list[DiskRecord], list[DiskRecord]]:
         """Index this model's files, oldest use first. Returns (kept, deleted to fit the budget)."""
@@ -117,9 +119,14 @@ class StateDisk:
             logger.warning("prefix cache: skipping corrupt file %s: %s", record.path, problem)
             self._drop(record)
             return None
-        self.records.move_to_end(record.path)
-        os.utime(record.path)
+        self.touch(record)
         return tensors
+
+    def touch(self, record: DiskRecord) -> None:
+        """Mark `record` as the most recently used (also in its file time, for the next scan)."""
+        self.records.move_to_end(record.path)
+        self._clock = max(time.time(), self._clock + 1e-3)  # strictly increasing, even within a clock tick
+        os.utime(record.path, (self._clock, self._clock))
 
     def delete(self, record: DiskRecord) -> None:
         self._drop(record)
