@@ -4,6 +4,7 @@ and exactness of a restored state against prefilling everything."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from pathlib import Path
@@ -225,3 +226,25 @@ def test_disk_tier_stays_within_its_budget_oldest_first(model: TnnLM, tmp_path: 
     assert disk.nbytes <= disk.budget and len(list(tmp_path.glob("*.safetensors"))) == 2
     disk.budget = 1000
     assert disk.write([9], tensors) == (None, [])  # can never fit: not written, nothing deleted
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("on_device", [False, True])
+def test_cuda_model_with_a_host_or_device_cache(model: TnnLM, on_device: bool) -> None:
+    gpu_model = copy.deepcopy(model).cuda()
+    cuda = gpu_model.device
+    template = gpu_model.empty_state(1)
+    cache = PrefixCache(template=template, device=cuda if on_device else CPU, budget=10 * template.nbytes,
+                        metrics=Metrics())  # fmt: skip
+    prompt = tokens_of(40, 70)
+    with torch.inference_mode():
+        expected, _ = gpu_model.prefill(torch.tensor([prompt], device=cuda))
+        _, state = gpu_model.prefill(torch.tensor([prompt[:40]], device=cuda))
+    cache.store(prompt[:40], state)
+    with cache.lookup(prompt) as hit:
+        assert hit is not None and hit.state.layers[0].device.type == ("cuda" if on_device else "cpu")
+        restored = cache.copy_out(hit, cuda)
+    with torch.inference_mode():
+        got, _ = gpu_model.prefill(torch.tensor([prompt[40:]], device=cuda), restored)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
