@@ -10,8 +10,9 @@ only its first token (TTFT does not depend on how many tokens follow). TTFT = re
 content. Scenarios:
 - chat: one conversation of `--turns` turns, each a ~50-token user message and a ~100-token answer, repeated
   `--repeats` times (median per turn);
-- shared system prompt: `--users` users at once, each a conversation of `--shared-turns` turns after the same
-  ~1,000-token system prompt (median over users per turn);
+- shared system prompt: `--users` users, each a conversation of `--shared-turns` turns after the same
+  ~1,000-token system prompt (median over users per turn); the first user's first turn goes alone (the system
+  prompt is then known, as on a server that has seen it before), then all users at once;
 - restart: a server with --state-cache-dir answers a few turns, is stopped and started again, and the next turn
   is served from the states it wrote to disk (hit counter and TTFT against a cold server).
 Prefill tokens come from each server's tnn_prefill_tokens_total; memory per entry and entries under the default
@@ -88,10 +89,21 @@ async def ask(client: httpx.AsyncClient, url: str, messages: list[dict[str, str]
 
 
 async def conversation(
-    client: httpx.AsyncClient, on: str, off: str, messages: list[dict[str, str]], questions: list[str], answer: int
+    client: httpx.AsyncClient,
+    on: str,
+    off: str,
+    messages: list[dict[str, str]],
+    questions: list[str],
+    answer: int,
+    *,
+    wait: asyncio.Event | None = None,
+    first_done: asyncio.Event | None = None,
 ) -> list[dict[str, Any]]:
     """Ask `questions` in turn on both servers (alternating which goes first); the cached server's answers form
-    the history. Per turn: TTFT on and off, prompt and cached tokens."""
+    the history. Per turn: TTFT on and off, prompt and cached tokens. `wait`: start once it is set; `first_done`:
+    set after the first turn."""
+    if wait is not None:
+        await wait.wait()
     turns = []
     history = list(messages)
     for i, question in enumerate(questions):
@@ -105,6 +117,8 @@ async def conversation(
         history.append({"role": "assistant", "content": cached["answer"]})
         turns.append({"ttft_on": cached["ttft"], "ttft_off": plain["ttft"], "prompt_tokens": cached["prompt_tokens"],
                       "cached_tokens": cached["cached_tokens"]})  # fmt: skip
+        if first_done is not None:
+            first_done.set()
     return turns
 
 
@@ -145,13 +159,16 @@ async def shared_scenario(on: str, off: str, args: argparse.Namespace) -> dict[s
     system = [{"role": "system", "content": text_of(1000, 7, on)}]
     system_tokens = httpx.post(on + "/tokenize", json={"messages": system}, timeout=30).json()["count"]
     before = {url: counters(url) for url in (on, off)}
+    questions = [[text_of(50, 100 * u + t, on) for t in range(args.shared_turns)] for u in range(args.users)]
+    first = asyncio.Event()  # the first user's first turn goes alone: the system prompt is then known
     async with httpx.AsyncClient(timeout=1200, limits=httpx.Limits(max_connections=4 * args.users)) as client:
         runs = await asyncio.gather(*(
-            conversation(client, on, off, system, [text_of(50, 100 * u + t, on) for t in range(args.shared_turns)],
-                         args.answer_tokens)
+            conversation(client, on, off, system, questions[u], args.answer_tokens,
+                         first_done=first if u == 0 else None, wait=first if u > 0 else None)
             for u in range(args.users)
         ))  # fmt: skip
     return {"turns": per_turn(list(runs)), "users": args.users, "system_prompt_tokens": system_tokens,
+            "arrival": "user 0's first turn alone, then the other users at once",
             "on": difference(counters(on), before[on]), "off": difference(counters(off), before[off])}  # fmt: skip
 
 
@@ -189,8 +206,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, title in ((axes[0], "chat", "one conversation"), (axes[1], "shared", "shared system prompt")):
+    keys = [key for key in ("chat", "shared") if result[key] is not None]
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        title = "one conversation" if key == "chat" else "shared system prompt"
         turns = result[key]["turns"]
         x = range(1, len(turns) + 1)
         ax.plot(x, [1000 * t["ttft_off"] for t in turns], "o-", label="cache off")
@@ -217,6 +236,7 @@ def main() -> None:
     parser.add_argument("--shared-turns", type=int, default=4)
     parser.add_argument("--answer-tokens", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="5 turns, 1 repeat, 4 users, 2 shared turns")
+    parser.add_argument("--scenarios", default="chat,shared,restart", help="comma list of chat, shared, restart")
     parser.add_argument("--out", type=Path, default=RESULTS / "prefix_cache_chat.json")
     args = parser.parse_args()
     if args.quick:
@@ -226,11 +246,12 @@ def main() -> None:
     started = time.time()
     with ServerProcess(model_dir, env=env, ready_timeout=300) as on, \
             ServerProcess(model_dir, env={**env, "TNN_STATE_CACHE_MEMORY": "0"}, ready_timeout=300) as off:  # fmt: skip
-        chat = asyncio.run(chat_scenario(on.url, off.url, args))
-        shared = asyncio.run(shared_scenario(on.url, off.url, args))
+        scenarios = args.scenarios.split(",")
+        chat = asyncio.run(chat_scenario(on.url, off.url, args)) if "chat" in scenarios else None
+        shared = asyncio.run(shared_scenario(on.url, off.url, args)) if "shared" in scenarios else None
         samples = scrape_metrics(on.url)
         budget_line = next((line for line in on.log().splitlines() if "prefix cache:" in line), "")
-    restart = asyncio.run(restart_scenario(model_dir, args))
+    restart = asyncio.run(restart_scenario(model_dir, args)) if "restart" in scenarios else None
     entries = metric_value(samples, "tnn_prefix_cache_entries", tier="memory")
     entry_bytes = metric_value(samples, "tnn_prefix_cache_bytes", tier="memory") / max(1.0, entries)
     budget = re.search(r"([\d.]+) MiB on \S+ = (\d+) states", budget_line)
@@ -248,6 +269,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out.with_suffix(".png"))
     for key in ("chat", "shared"):
+        if result[key] is None:
+            continue
         turns = result[key]["turns"]
         print(f"{key}: TTFT turn 2 on/off {turns[1]['ttft_on'] * 1000:.0f}/{turns[1]['ttft_off'] * 1000:.0f} ms, "
               f"last turn on/off {turns[-1]['ttft_on'] * 1000:.0f}/{turns[-1]['ttft_off'] * 1000:.0f} ms; "
