@@ -11,8 +11,9 @@ content. Scenarios:
 - chat: one conversation of `--turns` turns, each a ~50-token user message and a ~100-token answer, repeated
   `--repeats` times (median per turn);
 - shared system prompt: `--users` users, each a conversation of `--shared-turns` turns after the same
-  ~1,000-token system prompt (median over users per turn); the first user's first turn goes alone (the system
-  prompt is then known, as on a server that has seen it before), then all users at once;
+  ~1,000-token system prompt (median over users per turn), all users at once (`--arrival together`) or the
+  first user's first turn alone before the others (`--arrival first-alone`: the system prompt is then known, as
+  on a server that has seen it before);
 - restart: a server with --state-cache-dir answers a few turns, is stopped and started again, and the next turn
   is served from the states it wrote to disk (hit counter and TTFT against a cold server).
 Prefill tokens come from each server's tnn_prefill_tokens_total; memory per entry and entries under the default
@@ -160,7 +161,7 @@ async def shared_scenario(on: str, off: str, args: argparse.Namespace) -> dict[s
     system_tokens = httpx.post(on + "/tokenize", json={"messages": system}, timeout=30).json()["count"]
     before = {url: counters(url) for url in (on, off)}
     questions = [[text_of(50, 100 * u + t, on) for t in range(args.shared_turns)] for u in range(args.users)]
-    first = asyncio.Event()  # the first user's first turn goes alone: the system prompt is then known
+    first = asyncio.Event() if args.arrival == "first-alone" else None
     async with httpx.AsyncClient(timeout=1200, limits=httpx.Limits(max_connections=4 * args.users)) as client:
         runs = await asyncio.gather(*(
             conversation(client, on, off, system, questions[u], args.answer_tokens,
@@ -168,7 +169,7 @@ async def shared_scenario(on: str, off: str, args: argparse.Namespace) -> dict[s
             for u in range(args.users)
         ))  # fmt: skip
     return {"turns": per_turn(list(runs)), "users": args.users, "system_prompt_tokens": system_tokens,
-            "arrival": "user 0's first turn alone, then the other users at once",
+            "arrival": args.arrival,
             "on": difference(counters(on), before[on]), "off": difference(counters(off), before[off])}  # fmt: skip
 
 
@@ -236,6 +237,12 @@ def main() -> None:
     parser.add_argument("--shared-turns", type=int, default=4)
     parser.add_argument("--answer-tokens", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="5 turns, 1 repeat, 4 users, 2 shared turns")
+    parser.add_argument(
+        "--arrival",
+        choices=["together", "first-alone"],
+        default="together",
+        help="shared system prompt: all users at once, or the first user's first turn alone first",
+    )
     parser.add_argument("--scenarios", default="chat,shared,restart", help="comma list of chat, shared, restart")
     parser.add_argument("--out", type=Path, default=RESULTS / "prefix_cache_chat.json")
     args = parser.parse_args()
