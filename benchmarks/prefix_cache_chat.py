@@ -216,8 +216,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.plot(x, [1000 * t["ttft_off"] for t in turns], "o-", label="cache off")
         ax.plot(x, [1000 * t["ttft_on"] for t in turns], "o-", label="cache on")
         ax.set_xlabel("turn")
-        ax.set_ylabel("TTFT (ms, median)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylabel("TTFT (ms, median; log scale)")
+        ax.set_yscale("log")  # a shared, busy CPU stalls a request now and then: keep the rest readable
         extra = f", {result[key]['users']} users, {result[key]['system_prompt_tokens']}-token system prompt" \
             if key == "shared" else ""  # fmt: skip
         ax.set_title(f"{title}{extra}", fontsize=10)
