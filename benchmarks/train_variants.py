@@ -6,7 +6,7 @@ a free core, too much three times over on a shared machine, so every variant get
 (warm-up scaled with it). Runs one after the other in this process, on `--threads` threads; each run's
 validation/test bits/byte and training tokens/s come from its training.json.
 
-    python benchmarks/train_variants.py --steps 60 --threads 1
+    python benchmarks/train_variants.py --steps 30 --threads 1
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def shipped_config() -> TrainConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "train_variants.json")
     args = parser.parse_args()

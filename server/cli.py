@@ -32,6 +32,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-prefill-tokens": ("max_prefill_tokens", int, "prompt tokens prefilled per engine iteration (2048)"),
     "--max-prompt-tokens": ("max_prompt_tokens", int, "longest prompt accepted, else 400 (4096)"),
     "--max-tokens": ("max_tokens", int, "ceiling on max_tokens per choice (2048)"),
+    "--embedding-pooling": ("embedding_pooling", str, "/v1/embeddings pooling: mean (default) or last token"),
     "--request-timeout": ("request_timeout", float, "seconds from arrival to the last token (600)"),
     "--drain-timeout": ("drain_timeout", float, "seconds SIGTERM waits for running requests (30)"),
     "--api-key": ("api_key", str, "require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"),

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_stop: int = Field(default=4, ge=0, le=64)
     max_stop_length: int = Field(default=64, ge=1, le=1024)
     add_bos: bool = True  # prepend the tokenizer's bos token to text prompts (how the shipped model was trained)
+    embedding_pooling: Literal["mean", "last"] = "mean"  # /v1/embeddings: mean of the final hidden states, or last
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0)  # seconds from arrival to the last token

@@ -1,0 +1,114 @@
+"""OpenAI /v1/embeddings: inputs to token ids, the parallel forward on the engine thread, pooled and normalized.
+
+Inputs of equal length share one forward (no padding, so a bidirectional model sees exactly its input), at most
+`max_prefill_tokens` tokens per forward; each forward is one engine call, so generation interleaves with them.
+Pooling over the final hidden states: mean (default) or last token (`embedding_pooling`); vectors have unit
+L2 norm. Works for every model: causal LMs and bidirectional encoders alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tnn.model.tnn import TnnLM
+from tnn.server.engine import Engine, NotAccepting
+from tnn.server.errors import ApiError
+from tnn.server.schemas import Embedding, EmbeddingInfo, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from tnn.server.serving import Serving
+from tnn.server.settings import Settings
+
+MAX_INPUTS = 2048  # OpenAI's limit on the number of inputs per request
+
+
+def embedding_info(model: TnnLM, settings: Settings) -> EmbeddingInfo:
+    return EmbeddingInfo(pooling=settings.embedding_pooling, dimensions=model.config.d_model)
+
+
+class Embeddings:
+    """The /v1/embeddings logic on top of the engine and the completions' input checks."""
+
+    def __init__(self, engine: Engine, serving: Serving, settings: Settings) -> None:
+        self.engine = engine
+        self.serving = serving
+        self.settings = settings
+        self.info = embedding_info(engine.model, settings)
+
+    async def create(self, body: EmbeddingRequest) -> EmbeddingResponse:
+        self.serving.check_model(body.model)
+        if body.dimensions is not None and body.dimensions != self.info.dimensions:
+            raise ApiError(400, f"dimensions is not supported: this model's embeddings have {self.info.dimensions} "
+                           "dimensions", param="dimensions", code="unsupported")  # fmt: skip
+        prompts = await self._token_ids(body.input)
+        vectors = await self._embed(prompts)  # (n_inputs, d) float32, unit norm
+        data = [Embedding(index=i, embedding=_encode(vector, body.encoding_format)) for i, vector in enumerate(vectors)]
+        tokens = sum(len(p) for p in prompts)
+        return EmbeddingResponse(
+            data=data, model=self.serving.model_name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+        )
+
+    async def _token_ids(self, inputs: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not inputs:
+            raise ApiError(400, "input must not be empty", param="input", code="invalid_value")
+        if len(inputs) > MAX_INPUTS and not isinstance(inputs[0], int):
+            raise ApiError(400, f"at most {MAX_INPUTS} inputs per request, got {len(inputs)}", param="input",
+                           code="invalid_value")  # fmt: skip
+        if isinstance(inputs[0], int):
+            prompts = [list(inputs)]
+        elif isinstance(inputs[0], str):
+            texts = [str(text) for text in inputs]
+            if any(not text for text in texts):
+                raise ApiError(400, "input strings must not be empty", param="input", code="invalid_value")
+            add_bos = self.settings.add_bos
+            prompts = await asyncio.to_thread(
+                lambda: [self.serving.tokenizer.encode(t, add_bos=add_bos) for t in texts]
+            )
+        else:
+            prompts = [list(ids) for ids in inputs]  # type: ignore[arg-type]
+        for ids in prompts:
+            if ids and min(ids) < 0:
+                raise ApiError(400, "token ids must be >= 0", param="input", code="invalid_value")
+            self.serving._check_prompt(ids, "input")
+        return prompts
+
+    async def _embed(self, prompts: list[list[int]]) -> Tensor:
+        """One engine call per batch of equal-length inputs; (n_inputs, d) float32 in input order."""
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for index, ids in enumerate(prompts):
+            by_length[len(ids)].append(index)
+        batches = []
+        for length, indices in by_length.items():
+            rows = max(1, self.settings.max_prefill_tokens // length)
+            batches += [indices[i : i + rows] for i in range(0, len(indices), rows)]
+        try:
+            futures = [self.engine.run_in_engine(self._forward_fn([prompts[i] for i in batch])) for batch in batches]
+        except NotAccepting as exc:
+            raise ApiError(503, str(exc), code="server_not_ready", headers={"Retry-After": "1"}) from exc
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        out = torch.empty(len(prompts), self.info.dimensions)
+        for batch, vectors in zip(batches, results, strict=True):
+            out[batch] = vectors
+        return out
+
+    def _forward_fn(self, batch: list[list[int]]):  # noqa: ANN202 (a closure for the engine thread)
+        model, pooling = self.engine.model, self.info.pooling
+
+        def forward() -> Tensor:
+            tokens = torch.tensor(batch, dtype=torch.long, device=model.device)  # (b, L), all of one length
+            pooled = model.pooled_features(tokens, pooling).float()  # (b, d)
+            return torch.nn.functional.normalize(pooled, dim=-1).cpu()
+
+        return forward
+
+
+def _encode(vector: Tensor, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode("ascii")
+    return np.asarray(vector, dtype=np.float64).tolist()
