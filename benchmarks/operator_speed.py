@@ -37,6 +37,7 @@ def build(operator: str, causal: bool, d_model: int) -> ToeplitzMixer:
         operator=operator,  # type: ignore[arg-type]
         decay="none" if operator == "fd" else "fixed",
         train_length=None,  # the kernel follows each call's length, as in training
+        padding_idx=None,
     )
     torch.manual_seed(0)
     return token_mixer(config).eval()

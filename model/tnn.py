@@ -292,13 +292,22 @@ class TnnLM(nn.Module):
         return F.linear(x, self.embed.weight)  # tied output projection: (..., d) -> (..., V)
 
     @torch.inference_mode()
-    def pooled_features(self, tokens: Tensor, pooling: Pooling = "mean") -> Tensor:
+    def pooled_features(self, tokens: Tensor, pooling: Pooling = "mean", lengths: Tensor | None = None) -> Tensor:
         """One vector per sequence (B, d) from the parallel path: the mean over positions of the final
-        features, or the last position's. tokens (B, L): every row is a whole sequence (no padding)."""
+        features, or the last position's. tokens (B, L); `lengths` (B,) marks right padding, which only a
+        causal model may have (a bidirectional one would see the padding): positions >= length are ignored."""
         if tokens.shape[1] == 0:
             raise ValueError("an embedding needs at least one token")
+        if lengths is not None and not self.config.causal:
+            raise ValueError("a bidirectional model sees padding: batch only sequences of one length")
         features = self._features(self.hidden_states(tokens)[-1])  # (B, L, d)
-        return features.mean(dim=1) if pooling == "mean" else features[:, -1]
+        if lengths is None:
+            return features.mean(dim=1) if pooling == "mean" else features[:, -1]
+        lengths = lengths.to(features.device)
+        if pooling == "last":
+            return features[torch.arange(features.shape[0], device=features.device), lengths - 1]
+        mask = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]  # (B, L)
+        return (features * mask[..., None]).sum(dim=1) / lengths[:, None].to(features.dtype)
 
     def hidden_states(self, tokens: Tensor) -> list[Tensor]:
         """[embeddings, output of layer 0, ..., output of the last layer], each (B, L, d)."""

@@ -1,7 +1,8 @@
 """OpenAI /v1/embeddings: inputs to token ids, the parallel forward on the engine thread, pooled and normalized.
 
-Inputs of equal length share one forward (no padding, so a bidirectional model sees exactly its input), at most
-`max_prefill_tokens` tokens per forward; each forward is one engine call, so generation interleaves with them.
+Inputs are batched, sorted by length, at most `max_prefill_tokens` tokens per forward; each forward is one engine
+call, so generation interleaves with them. A causal model pads on the right (exact: no position sees a later one);
+a bidirectional model only batches inputs of equal length, so that it sees exactly its input.
 Pooling over the final hidden states: mean (default) or last token (`embedding_pooling`); vectors have unit
 L2 norm. Works for every model: causal LMs and bidirectional encoders alike.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -79,14 +80,18 @@ class Embeddings:
         return prompts
 
     async def _embed(self, prompts: list[list[int]]) -> Tensor:
-        """One engine call per batch of equal-length inputs; (n_inputs, d) float32 in input order."""
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for index, ids in enumerate(prompts):
-            by_length[len(ids)].append(index)
-        batches = []
-        for length, indices in by_length.items():
-            rows = max(1, self.settings.max_prefill_tokens // length)
-            batches += [indices[i : i + rows] for i in range(0, len(indices), rows)]
+        """Engine calls of at most `max_prefill_tokens` tokens each; (n_inputs, d) float32 in input order.
+        A causal model batches inputs of any length (right padding cannot reach earlier positions); a
+        bidirectional one only inputs of equal length."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        batches: list[list[int]] = []
+        for index in order:
+            batch = batches[-1] if batches else None
+            fits = batch is not None and (len(batch) + 1) * len(prompts[index]) <= self.settings.max_prefill_tokens
+            if batch is not None and fits and (self.engine.generative or len(prompts[batch[0]]) == len(prompts[index])):
+                batch.append(index)
+            else:
+                batches.append([index])
         try:
             futures = [self.engine.run_in_engine(self._forward_fn([prompts[i] for i in batch])) for batch in batches]
         except NotAccepting as exc:
@@ -97,12 +102,15 @@ class Embeddings:
             out[batch] = vectors
         return out
 
-    def _forward_fn(self, batch: list[list[int]]):  # noqa: ANN202 (a closure for the engine thread)
+    def _forward_fn(self, batch: list[list[int]]) -> Callable[[], Tensor]:
         model, pooling = self.engine.model, self.info.pooling
+        pad = model.config.padding_idx or 0
+        width = max(len(ids) for ids in batch)
 
         def forward() -> Tensor:
-            tokens = torch.tensor(batch, dtype=torch.long, device=model.device)  # (b, L), all of one length
-            pooled = model.pooled_features(tokens, pooling).float()  # (b, d)
+            tokens = torch.tensor([ids + [pad] * (width - len(ids)) for ids in batch], device=model.device)  # (b, L)
+            lengths = torch.tensor([len(ids) for ids in batch]) if model.config.causal else None
+            pooled = model.pooled_features(tokens, pooling, lengths).float()  # (b, d)
             return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
         return forward

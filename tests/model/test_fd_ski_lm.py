@@ -81,3 +81,19 @@ def test_pooling_of_a_causal_model() -> None:
 def test_config_refuses_inconsistent_operators(changes, message) -> None:
     with pytest.raises(ValueError, match=message):
         TnnConfig(vocab_size=10, **changes)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_right_padded_causal_pooling_equals_each_sequence_alone(pooling) -> None:
+    model = tiny_model(seed=6, **VARIANTS["fd"])
+    first, second = random_tokens(1, 9, seed=1), random_tokens(1, 4, seed=2)
+    padded = torch.cat([first, torch.cat([second, torch.ones(1, 5, dtype=torch.long)], dim=1)])  # (2, 9)
+    pooled = model.pooled_features(padded, pooling, torch.tensor([9, 4]))
+    assert relative_error(pooled[0], model.pooled_features(first, pooling)[0]) <= 1e-12
+    assert relative_error(pooled[1], model.pooled_features(second, pooling)[0]) <= 1e-12
+
+
+def test_bidirectional_pooling_refuses_padding() -> None:
+    model = tiny_model(seed=6, causal=False, **VARIANTS["ski"])
+    with pytest.raises(ValueError, match="one length"):
+        model.pooled_features(random_tokens(2, 5), "mean", torch.tensor([5, 3]))

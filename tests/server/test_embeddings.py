@@ -4,6 +4,9 @@ encoder (embeddings only), and causal FD-TNN / SKI-TNN LMs that convert on load,
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 import torch
 
 import tnn.model
+from tests.clients.helpers import run_tnn
 from tests.support import ServerProcess, make_tiny_model_dir
 from tnn.server.tokenizer import ServerTokenizer
 
@@ -111,3 +115,20 @@ def test_causal_variant_converts_streams_text_and_embeds(tmp_path: Path, variant
     vectors = np.array([item.embedding for item in result.data])
     assert np.abs(vectors - expected_vectors(model_dir, ["To be", "or not"], "last")).max() < 1e-5
     assert card["operator"] == variant["operator"] and card["embedding"]["pooling"] == "last"
+
+
+def test_tnn_embed_cli(encoder: ServerProcess, encoder_dir: Path) -> None:
+    plain = run_tnn("embed", "To be, or not to be", "Café", "--url", encoder.url)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("0\tdim=32\tnorm=1.0000") and "prompt_tokens=" in plain.stderr
+    as_json = run_tnn("embed", "To be, or not to be", "--json", "--url", encoder.url)
+    vector = np.array(json.loads(as_json.stdout)["data"][0]["embedding"])
+    assert np.abs(vector - expected_vectors(encoder_dir, ["To be, or not to be"])[0]).max() < 1e-5
+    refused = run_tnn("embed", "x", "--url", encoder.url, "--model", "other")
+    assert refused.returncode == 1 and "tnn embed: error: 404" in refused.stderr
+
+
+def test_embed_cli_never_imports_torch() -> None:
+    code = "import sys, tnn.clients.cli_embed; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
