@@ -1,4 +1,5 @@
-"""`tnn embed TEXT...`: embeddings of one or more texts from a running server (/v1/embeddings, `openai` SDK).
+"""`tnn embed TEXT...`: embeddings of one or more texts from a running server (/v1/embeddings, via the SDK's
+`Client.embeddings.create`).
 
 Prints one line per text: its index, dimension, L2 norm and first values; --json prints the OpenAI response
 (vectors included) instead. Exit status: 0 ok, 1 server error (message on stderr), 2 usage error, 130 interrupted.
@@ -20,10 +21,12 @@ from tnn.clients.cli_common import (
     EXIT_USAGE,
     UsageError,
     add_connection_arguments,
+    describe_error,
+    make_client,
+    model_name,
     report_error,
     resolve_prompt,
 )
-from tnn.clients.protocol import resolve_api_key, resolve_base_url
 
 PREVIEW = 4  # values shown per vector without --json
 
@@ -37,22 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         texts = [resolve_prompt(text) for text in args.texts]
-        client = openai.OpenAI(
-            base_url=resolve_base_url(args.url) + "/v1",
-            api_key=resolve_api_key(args.api_key) or "EMPTY",  # the SDK insists on a key; a keyless server ignores it
-            timeout=args.timeout,
-            max_retries=2,
-        )
-        model = args.model or client.models.list().data[0].id
-        result = client.embeddings.create(model=model, input=texts, encoding_format="float")
+        client = make_client(args)
+        result = client.embeddings.create(model=model_name(client, args), input=texts, encoding_format="float")
     except UsageError as exc:
         report_error("embed", exc)
         return EXIT_USAGE
-    except openai.APIStatusError as exc:
-        report_error("embed", f"{exc.status_code} {exc.message}")
-        return EXIT_SERVER_ERROR
     except openai.OpenAIError as exc:
-        report_error("embed", f"cannot reach the server: {exc}")
+        report_error("embed", describe_error(exc))
         return EXIT_SERVER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
