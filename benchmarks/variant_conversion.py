@@ -35,13 +35,15 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=256, help="train_length = conversion length n")
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=list(OPERATORS))
     parser.add_argument("--out", type=Path, default=RESULTS / "variant_conversion.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n = args.length
     tokens = probe_tokens(args.vocab, 4 * n, seed=1)
     rows = []
-    for operator, extra in OPERATORS.items():
+    for operator in args.operators:
+        extra = OPERATORS[operator]
         config = TnnConfig(
             vocab_size=args.vocab, d_model=args.d_model, n_layers=args.n_layers, d_glu=args.d_model, dropout=0.0,
             train_length=n, operator=operator, **extra,  # type: ignore[arg-type]

@@ -58,6 +58,14 @@ class FdTno(ToeplitzMixer):
     def channels(self) -> int:
         return self.d_inner
 
+    def decay_rate(self, dtype: torch.dtype) -> Tensor:
+        """FD-TNN has no decay, but conversion must put every pole strictly inside the unit circle: report
+        gamma = 2^(-1/n_ref), half over the reference length. ETSC stays exact up to n (it folds a_k = gamma^k
+        (a_k / gamma^k), amplifying the kernel by at most 2), and its periodic copies past n fade."""
+        if self.reference_length is None:
+            return super().decay_rate(dtype)
+        return torch.full((self.d_inner,), 0.5 ** (1 / self.reference_length), dtype=dtype, device=self._device())
+
     @classmethod
     def from_original(
         cls, constructor_args: dict[str, Any], state_dict: dict[str, Tensor], *, grid_dtype: torch.dtype = torch.float64

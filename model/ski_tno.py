@@ -61,6 +61,12 @@ class SkiTno(ToeplitzMixer):
     def channels(self) -> int:
         return self.alphas.shape[1]
 
+    def decay_rate(self, dtype: torch.dtype) -> Tensor:
+        """The warp's gamma for every channel: past the first inducing value the kernel interpolates towards the
+        pinned 0 at s = 0, so its far tail is r alphas_0 gamma^k, an exact exponential that ETSC folds into the poles
+        (its periodic copies past n then fade as gamma^m, and etsc-tail's tail mode follows the tail)."""
+        return self.gamma.to(dtype).expand(self.channels)
+
     @classmethod
     def from_original(cls, constructor_args: dict[str, Any], state_dict: dict[str, Tensor]) -> SkiTno:
         """The module `SKITnoInvTime(**constructor_args)` of jonathanmei/ski-tnn with its state dict, in float64.

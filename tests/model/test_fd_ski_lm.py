@@ -97,3 +97,12 @@ def test_bidirectional_pooling_refuses_padding() -> None:
     model = tiny_model(seed=6, causal=False, **VARIANTS["ski"])
     with pytest.raises(ValueError, match="one length"):
         model.pooled_features(random_tokens(2, 5), "mean", torch.tensor([5, 3]))
+
+
+@pytest.mark.parametrize("operator", sorted(VARIANTS))
+@pytest.mark.parametrize("method", ["etsc", "etsc-inclusive", "etsc-tail"])
+def test_every_pole_lies_inside_the_unit_circle(operator: str, method: str) -> None:
+    """FD-TNN has no decay and SKI-TNN only a warp; conversion still writes no pole with |lambda| >= 1."""
+    model = attach_ssm(tiny_model(seed=9, **VARIANTS[operator]), method=method)
+    for layer in model.layers:
+        assert layer.gtu.tno.ssm.poles.abs().max() < 1.0
