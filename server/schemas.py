@@ -225,6 +225,7 @@ class ModelCard(BaseModel):
     owned_by: str = "tnn-serve"
     root: str
     max_model_len: int
+    state_bytes_per_sequence: int | None = None  # extension: the fixed recurrent state of one sequence (once loaded)
     operator: str = "tnn"  # the token mixer: tnn, fd (FD-TNN) or ski (SKI-TNN)
     causal: bool = True  # False: a bidirectional encoder, which serves /v1/embeddings only
     embedding: EmbeddingInfo | None = None

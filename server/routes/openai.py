@@ -29,6 +29,7 @@ def _card(state: StateDep) -> ModelCard:
         created=state.created,
         root=str(state.settings.model_dir),
         max_model_len=state.settings.max_prompt_tokens,
+        state_bytes_per_sequence=state.engine.state_bytes_per_sequence if state.engine is not None else None,
         operator=model.config.operator if model is not None else "tnn",
         causal=model.config.causal if model is not None else True,
         embedding=embedding_info(model, state.settings) if model is not None else None,
