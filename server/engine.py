@@ -84,7 +84,7 @@ class _Sequence:
             request.sampling, seed=(seed + index) % SEED_MODULUS
         )  # fmt: skip
         self.generator = self.params.generator(engine.device)
-        self.stream = TextStream(engine.tokenizer.decode, request.stop)
+        self.stream = TextStream(engine.tokenizer.detokenizer(), request.stop)
         vocab = engine.vocab_size
         p = self.params
         needs_counts = p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
@@ -161,6 +161,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="tnn-engine", daemon=True)
         self._thread.start()
         self.accepting = True
+
+    @property
+    def outstanding(self) -> int:
+        """Sequences submitted and not finished (running or queued)."""
+        return self._outstanding
 
     @property
     def alive(self) -> bool:

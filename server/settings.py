@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     max_logprobs: int = Field(default=20, ge=0, le=100, description="largest logprobs / top_logprobs")
     max_stop: int = Field(default=4, ge=0, le=64, description="most stop strings per request")
     max_stop_length: int = Field(default=64, ge=1, le=1024, description="longest stop string (characters)")
+    skip_tokenizer: bool = Field(
+        default=False,
+        description="serve without the model's tokenizer (vLLM's --skip-tokenizer-init): token-id prompts only; "
+        "generated ids come back as logprobs tokens 'token_id:N', the text is empty",
+    )
     add_bos: bool = Field(
         default=True,
         description="prepend the tokenizer's bos token to text prompts (how the shipped model was trained)",
