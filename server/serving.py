@@ -112,6 +112,9 @@ class Serving:
     def _common_checks(self, body: ApiRequest) -> None:
         s = self.settings
         self.check_model(body.model)
+        if not self.engine.generative:
+            raise ApiError(400, f"model {self.model_name!r} is bidirectional (an encoder): it cannot generate text; "
+                           "use /v1/embeddings", param="model", code="model_not_generative")  # fmt: skip
         if body.n > s.max_n:
             raise ApiError(400, f"n must be at most {s.max_n}, got {body.n}", param="n", code="invalid_value")
         if body.stream_options is not None and not body.stream:

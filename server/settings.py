@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         description="request defaults: auto (the model directory's generation_config.json), none, "
         "or a generation_config.json file or directory",
     )
+    embedding_pooling: Literal["mean", "last"] = Field(
+        default="mean", description="/v1/embeddings: mean of the final hidden states, or the last token's"
+    )
 
     # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
     # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.
