@@ -1,15 +1,18 @@
-"""`tnn serve [MODEL_DIR]`: flags override TNN_* environment variables; runs uvicorn with a bounded drain."""
+"""`tnn serve [MODEL_DIR]`: flags (generated from Settings) override TNN_* variables; uvicorn with a bounded drain."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliSettingsSource
 
 import tnn.model
 from tnn.server.app import MAX_HEADER_BYTES, create_app
@@ -18,33 +21,15 @@ from tnn.server.state import AppState
 
 logger = logging.getLogger(__name__)
 
-
-# flag -> (Settings field, type, help)
-FLAGS: dict[str, tuple[str, type, str]] = {
-    "--host": ("host", str, "bind address (default 127.0.0.1; 0.0.0.0 in containers)"),
-    "--port": ("port", int, "port (default 8000)"),
-    "--device": ("device", str, "auto (cuda if available), cpu, cuda, cuda:N"),
-    "--dtype": ("dtype", str, "weights dtype: float32 (default), bfloat16, float16, float64"),
-    "--threads": ("threads", int, "torch CPU threads (default: torch's; 1 is best on a shared, busy CPU)"),
-    "--served-model-name": ("served_model_name", str, "model id clients send (default: directory name)"),
-    "--max-num-seqs": ("max_num_seqs", int, "state slots = concurrent sequences (default 32)"),
-    "--max-waiting-requests": ("max_waiting_requests", int, "queued sequences beyond the slots before 429 (128)"),
-    "--max-prefill-tokens": ("max_prefill_tokens", int, "prompt tokens prefilled per engine iteration (2048)"),
-    "--max-prompt-tokens": ("max_prompt_tokens", int, "longest prompt accepted, else 400 (4096)"),
-    "--max-tokens": ("max_tokens", int, "ceiling on max_tokens per choice (2048)"),
-    "--request-timeout": ("request_timeout", float, "seconds from arrival to the last token (600)"),
-    "--drain-timeout": ("drain_timeout", float, "seconds SIGTERM waits for running requests (30)"),
-    "--api-key": ("api_key", str, "require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"),
-    "--cors-origins": ("cors_origins", str, "comma-separated allowed CORS origins"),
-}
+DRAIN_POLL_SECONDS = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_DIR",
-                        help="model directory (default: TNN_MODEL_DIR, else the shipped model)")  # fmt: skip
-    for flag, (_, kind, help_text) in FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=help_text)
-    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="warm up before ready")
+    """Every Settings field becomes a flag (`max_num_seqs` -> `--max-num-seqs`); its description is the help."""
+    CliSettingsSource(Settings, root_parser=parser)
+    for action in parser._actions:  # argparse has no public way to rename a positional's metavar
+        if action.dest == "model_dir":
+            action.metavar = "MODEL_DIR"
 
 
 def default_model_dir() -> Path | None:
@@ -60,28 +45,39 @@ def default_model_dir() -> Path | None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in FLAGS.items()}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.model_dir is not None:
-        overrides["model_dir"] = args.model_dir
-    if args.warmup is not None:
-        overrides["warmup"] = args.warmup
-    return Settings(**overrides)
+    """Settings from flags (those given), then TNN_* variables, then defaults."""
+    # `tnn --log-level` belongs to the dispatcher (it always has a value); TNN_LOG_LEVEL, when set, overrides it below
+    flags = {name: value for name, value in vars(args).items() if name != "log_level"}
+    return Settings(_cli_settings_source=CliSettingsSource(Settings)(parsed_args=flags))
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, plus: the first SIGTERM/SIGINT marks the app draining (/ready 503, new requests 503)."""
+    """uvicorn's server, plus a drain before uvicorn's shutdown: the first SIGTERM/SIGINT marks the app draining
+    while the port stays open (/ready 503, new requests 503, running ones finish); once none is left, or after
+    --drain-timeout, uvicorn shuts down (it stops listening, then waits for open connections for what is left of
+    the timeout). A second signal, or one before the model is ready, goes straight to uvicorn's shutdown."""
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
         self.app_state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            logger.info(
-                "signal %d: draining running requests (at most %gs)", sig, self.app_state.settings.drain_timeout
-            )
-        self.app_state.begin_drain()
+        state = self.app_state
+        if state.phase != "ready" or self.should_exit:
+            state.begin_drain()
+            super().handle_exit(sig, frame)
+            return
+        logger.info("signal %d: draining running requests (at most %gs); /ready answers 503",
+                    sig, state.settings.drain_timeout)  # fmt: skip
+        state.begin_drain()
+        threading.Thread(target=self._exit_when_drained, args=(sig, frame), name="tnn-drain", daemon=True).start()
+
+    def _exit_when_drained(self, sig: int, frame: FrameType | None) -> None:
+        deadline = time.monotonic() + self.app_state.settings.drain_timeout
+        engine = self.app_state.engine
+        while engine is not None and engine.outstanding > 0 and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_SECONDS)
+        self.config.timeout_graceful_shutdown = max(1, round(deadline - time.monotonic()))
         super().handle_exit(sig, frame)
 
 
@@ -101,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         logger.error("%s is not a model directory (no config.json)%s", model_dir,
                      "" if settings.model_dir else ": the default model is not installed yet")  # fmt: skip
+        return 2
+    if not settings.skip_tokenizer and not (model_dir / "tokenizer.json").is_file():
+        logger.error("%s has no tokenizer (no tokenizer.json): attach one with `tnn attach-tokenizer %s TOKENIZER_DIR`, "
+                     "or serve token ids with --skip-tokenizer", model_dir, model_dir)  # fmt: skip
         return 2
     settings = settings.model_copy(update={"model_dir": model_dir})
     app = create_app(settings)

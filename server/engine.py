@@ -81,7 +81,7 @@ class _Sequence:
             request.sampling, seed=(seed + index) % SEED_MODULUS
         )  # fmt: skip
         self.generator = self.params.generator(engine.device)
-        self.stream = TextStream(engine.tokenizer.decode, request.stop)
+        self.stream = TextStream(engine.tokenizer.detokenizer(), request.stop)
         vocab = engine.vocab_size
         p = self.params
         needs_counts = p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
@@ -155,6 +155,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="tnn-engine", daemon=True)
         self._thread.start()
         self.accepting = True
+
+    @property
+    def outstanding(self) -> int:
+        """Sequences submitted and not finished (running or queued)."""
+        return self._outstanding
 
     @property
     def alive(self) -> bool:
@@ -386,20 +391,12 @@ class Engine:
         self, sequences: list[_Sequence], logits: Tensor
     ) -> tuple[list[int], list[TokenLogprob | None], list[bool]]:
         """One token per sequence from logits (B, V) with each sequence's parameters and generator."""
-        counts = None
-        if any(seq.counts is not None for seq in sequences):
-            zeros = torch.zeros(self.vocab_size, dtype=torch.int32, device=self.device)
-            counts = torch.stack([zeros if seq.counts is None else seq.counts for seq in sequences])  # (B, V)
-        mask = None
-        if any(seq.prompt_mask is not None for seq in sequences):
-            empty = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-            mask = torch.stack([empty if seq.prompt_mask is None else seq.prompt_mask for seq in sequences])
         result = sample(
             logits,
             [seq.params for seq in sequences],
             [seq.generator for seq in sequences],
-            output_counts=counts,
-            prompt_mask=mask,
+            output_counts=[seq.counts for seq in sequences],  # None for the rows without penalties
+            prompt_mask=[seq.prompt_mask for seq in sequences],
         )
         tokens = result.tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(sequences)

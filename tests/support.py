@@ -78,6 +78,50 @@ def make_tiny_model_dir(
     return path
 
 
+# native name -> fairseq-evo name (the inverse of tnn.model.fairseq's key map), for synthetic .pt checkpoints
+FAIRSEQ_NAMES = [
+    (r"^embed\.weight$", "decoder.embed_tokens.weight"),
+    (r"^final_norm\.(weight|bias)$", r"decoder.layer_norm.\1"),
+    (r"^layers\.(\d+)\.gtu\.out_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.o.\2"),
+    (r"^layers\.(\d+)\.gtu\.([uv]_proj)\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.\2.\3"),
+    (r"^layers\.(\d+)\.gtu\.tno\.gamma$", r"decoder.layers.\1.self_attn.gtu.toep.gamma"),
+    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.pos_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.toep.rpe.pos_proj.\2"),
+    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.layers\.(\d+)\.linear\.(weight|bias)$",
+     r"decoder.layers.\1.self_attn.gtu.toep.rpe.layers.\2.2.\3"),
+    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.out\.linear\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.toep.rpe.out.2.\2"),
+    (r"^layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"decoder.layers.\1.glu.\2.\3"),
+]  # fmt: skip
+
+
+def make_fairseq_checkpoint(path: str | Path, *, vocab_size: int, seed: int = 0) -> Path:
+    """Write a tiny random TNN as an original fairseq-evo checkpoint (`tnn_v2_decay_99_pre` layout, d_model 32,
+    2 layers, tokens_per_sample 64) with `vocab_size` embedding rows; returns the path. Every key is checked to map
+    back to its native name, so the file is what tnn.model's fairseq loader reads."""
+    import re
+
+    import torch
+
+    from tnn.model import TnnConfig, TnnLM
+    from tnn.model.fairseq import native_key
+
+    config = TnnConfig(vocab_size=vocab_size, d_model=32, n_layers=2, expand_ratio=3.0, d_glu=32, d_rpe=16,
+                       n_rpe_layers=1, padding_idx=1, dropout=0.0, train_length=64)  # fmt: skip
+    torch.manual_seed(seed)
+    state = {}
+    for name, tensor in TnnLM(config).state_dict().items():
+        pattern, template = next((p, t) for p, t in FAIRSEQ_NAMES if re.match(p, name))
+        key = re.sub(pattern, template, name)
+        assert native_key(key) == name, (key, name)
+        state[key] = tensor.reshape(config.n_heads, 1, -1) if name.endswith("tno.gamma") else tensor
+    state["decoder.version"] = torch.tensor([3.0])
+    model_args = {"arch": "tnn_v2_decay_99_pre", "decoder_embed_dim": 32, "decoder_layers": 2, "glu_dim": 32,
+                  "rpe_embedding": 16, "rpe_layers": 1, "decoder_attention_heads": 1, "expand_ratio": 3}  # fmt: skip
+    checkpoint = {"args": None, "cfg": {"model": model_args, "task": {"tokens_per_sample": 64}}, "model": state}
+    path = Path(path)
+    torch.save(checkpoint, path)
+    return path
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -198,5 +242,9 @@ def scrape_metrics(
 
 
 def metric_value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """One sample (0.0 if absent), e.g. metric_value(s, "tnn_requests_total", finish_reason="length")."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of the samples `name` whose labels include `labels` (0.0 if none), e.g.
+    metric_value(s, "tnn_requests_total", finish_reason="length"): over every `model_name` (a server has one)."""
+    wanted = set(labels.items())
+    return sum(
+        value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels
+    )
