@@ -323,7 +323,9 @@ def test_session_affinity_hits_the_cache_and_fails_over(cluster, record_property
             body = {"model": model, "prompt": "Hi", "max_tokens": 2, "user": "alice"}
             users.add(client.post(balancer.url + "/v1/completions", json=body).headers["x-served-by"])
         assert len(users) == 1
-    record_property("affinity", {"home": home, "cached_tokens_per_turn": cached, "failover_to": new_home})
+    figures = {"home": home, "cached_tokens_per_turn": cached, "failover_to": new_home}
+    record_property("affinity", figures)
+    print("affinity figures:", figures)
 
 
 def test_balancer_errors_use_the_openai_error_format(tmp_path: Path) -> None:
