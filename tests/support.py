@@ -183,11 +183,15 @@ class ServerProcess:
             *self.args,
         ]
 
-    def start(self) -> ServerProcess:
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for /ready (start several, then `wait_ready` each)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TNN_THREADS": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.wait_ready()
+        return self
+
+    def start(self) -> ServerProcess:
+        self.launch().wait_ready()
         return self
 
     def wait_ready(self) -> None:
