@@ -5,6 +5,9 @@ into free state slots (FIFO, all of a request's sequences at once); prefill unde
 (equal-length chunks share one `prefill` call, long prompts continue next iteration from the carried state);
 prefilled sequences sample their first token and join the running batch (n > 1 copies the prompt's state);
 then one batched `step` for every running sequence, per-row sampling, detokenization and stop checks.
+With the prefix-state cache (tnn.server.prefix_cache), admission restores the longest cached prefix of each
+prompt, prefill stops at the cache's boundaries to store states, and a finished sequence stores its final state
+(and, for chat, a "fill" unit extends it to where the next turn continues: a prefill with no sequences).
 Events reach each request's asyncio queue through `loop.call_soon_threadsafe`, once per phase.
 The event loop never runs model code; nothing here blocks it.
 """
@@ -12,11 +15,15 @@ The event loop never runs model code; nothing here blocks it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +32,7 @@ from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
 from tnn.server.generation import (
+    CachedPrompt,
     ChoiceDelta,
     Event,
     FinishReason,
@@ -35,8 +43,10 @@ from tnn.server.generation import (
     TokenLogprob,
 )
 from tnn.server.metrics import Metrics
+from tnn.server.prefix_cache import PrefixCache, build_prefix_cache, cache_boundaries
 from tnn.server.scheduler import SlotPool, group_by, plan_prefill
 from tnn.server.settings import Settings
+from tnn.server.structured import Grammars, TokenMatcher, allowed_rows
 from tnn.server.textstream import TextStream
 from tnn.server.tokenizer import ServerTokenizer
 
@@ -45,6 +55,16 @@ logger = logging.getLogger(__name__)
 STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
 PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
 SEED_MODULUS = 2**64
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    message: str
+    code: str
+
+
+NON_FINITE = RowFailure("the model produced non-finite logits", "non_finite_logits")
+NO_TOKEN_ALLOWED = RowFailure("the grammar allows no token here", "grammar_error")
 
 
 class Overloaded(Exception):
@@ -90,6 +110,7 @@ class _Sequence:
         if p.repetition_penalty != 1:
             self.prompt_mask = torch.zeros(vocab, dtype=torch.bool, device=engine.device)
             self.prompt_mask[torch.tensor(prompt, device=engine.device)] = True
+        self.matcher = None if request.grammar is None else engine.grammar_matcher(request.grammar)
         self.tokens: list[int] = []
         self.last_time = 0.0
         self.pending_tokens: list[int] = []
@@ -98,23 +119,37 @@ class _Sequence:
 
 
 class _PrefillUnit:
-    """One prompt being prefilled (possibly over several iterations) for its n sequences."""
+    """One prompt being prefilled (possibly over several iterations) for its n sequences; without a tracker, a
+    cache fill (tokens prefilled only to store their state)."""
 
-    def __init__(self, tracker: _Tracker, prompt_index: int, prompt: list[int], sequences: list[_Sequence]) -> None:
+    def __init__(
+        self, tracker: _Tracker | None, prompt_index: int, prompt: list[int], sequences: list[_Sequence]
+    ) -> None:
         self.tracker = tracker
         self.prompt_index = prompt_index
+        self.prompt = prompt
         self.tokens = torch.tensor([prompt], dtype=torch.long)  # (1, L), moved to the device per chunk
         self.position = 0
         self.state: TnnState | None = None
         self.sequences = sequences
         self.prompt_logprobs: list[TokenLogprob | None] | None = (
-            [] if tracker.request.prompt_logprobs is not None else None
+            [] if tracker is not None and tracker.request.prompt_logprobs is not None else None
         )
         self.carry_logprobs: Tensor | None = None  # (V,) log-probs after the last prefilled token
+        self.stops: list[int] = []  # positions where the prefix cache stores the state (ascending)
 
     @property
     def remaining(self) -> int:
         return self.tokens.shape[1] - self.position
+
+    @property
+    def until_stop(self) -> int:
+        """Tokens to prefill before the next cache boundary (or the end)."""
+        return next((p for p in self.stops if p > self.position), self.tokens.shape[1]) - self.position
+
+    @property
+    def closed(self) -> bool:
+        return self.tracker is not None and self.tracker.closed
 
 
 class Engine:
@@ -127,9 +162,16 @@ class Engine:
         self.metrics = metrics
         self.device = model.device
         self.vocab_size = model.config.vocab_size
+        # structured output: llguidance's view of the vocabulary (needs an eos token to end constrained output)
+        self.grammars = None if tokenizer.eos_id is None else Grammars(tokenizer.hf, self.vocab_size, tokenizer.eos_id)
         self.slots = SlotPool(settings.max_num_seqs)
         self.capacity = settings.max_num_seqs + settings.max_waiting_requests  # sequences
-        self.state_bytes_per_sequence = model.state_bytes_per_sequence()
+        # a bidirectional model (an encoder) has no recurrent state: it serves embeddings only
+        self.generative = model.config.causal
+        self.state_bytes_per_sequence = model.state_bytes_per_sequence() if self.generative else 0
+        self.prefix_cache: PrefixCache | None = (
+            build_prefix_cache(model, settings, metrics) if self.generative else None
+        )
         self.accepting = False
         self._outstanding = 0  # sequences submitted and not finished
         self._lock = threading.Lock()
@@ -139,6 +181,7 @@ class Engine:
         self._prefilling: list[_PrefillUnit] = []
         self._batch: RunningBatch[_Sequence] = RunningBatch()
         self._pending: list[tuple[RequestHandle, Event]] = []
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,6 +222,16 @@ class Engine:
         self._wake.set()
         return handle
 
+    def run_in_engine(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run `fn` (model work of another route, e.g. embeddings) on the engine thread between iterations.
+        Raises NotAccepting when not serving; await the result with asyncio.wrap_future."""
+        if not self.accepting or not self.alive:
+            raise NotAccepting("the server is not accepting requests")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._calls.append((fn, future))
+        self._wake.set()
+        return future
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread; requests still running get a 503 error event."""
         self.accepting = False
@@ -186,6 +239,12 @@ class Engine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.prefix_cache is not None:
+            self.prefix_cache.close()  # the disk tier keeps what is in memory (not bounded by `timeout`)
+
+    def grammar_matcher(self, grammar: str) -> TokenMatcher:
+        assert self.grammars is not None, "grammars are compiled by Serving only when the engine has them"
+        return self.grammars.matcher(grammar)
 
     # ---- warm-up ------------------------------------------------------------------------------------------------
 
@@ -196,6 +255,9 @@ class Engine:
         n = self.settings.max_num_seqs
         length = min(self.settings.max_prefill_tokens, self.settings.max_prompt_tokens)
         prompt = torch.full((1, length), self.tokenizer.eos_id or 0, dtype=torch.long, device=self.device)
+        if not self.generative:
+            self.model.pooled_features(prompt)
+            return time.perf_counter() - start
         logits, state = self.model.prefill(prompt)
         state = state.repeat(n)
         tokens = logits.argmax(dim=-1).expand(n).contiguous()  # (n,)
@@ -214,6 +276,7 @@ class Engine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            self._run_calls()
             try:
                 with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
                     self._iteration()
@@ -224,13 +287,27 @@ class Engine:
                 self._batch = RunningBatch()
                 self._prefilling.clear()
             self._deliver()
+        while self._calls:
+            self._calls.popleft()[1].set_exception(NotAccepting("the server is shutting down"))
         for tracker in list(self._active):
             self._fail(tracker, "the server is shutting down", status=503, code="shutting_down")
         self._deliver()
         self._update_gauges()
 
     def _has_work(self) -> bool:
-        return bool(self._inbox or self._waiting or self._prefilling or self._batch.rows)
+        return bool(self._calls or self._inbox or self._waiting or self._prefilling or self._batch.rows)
+
+    def _run_calls(self) -> None:
+        """The queued `run_in_engine` calls, each result or exception into its future."""
+        while self._calls:
+            fn, future = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                with torch.inference_mode():
+                    future.set_result(fn())
+            except Exception as exc:  # delivered to the awaiting route, which maps it to an HTTP error
+                future.set_exception(exc)
 
     def _iteration(self) -> None:
         while self._inbox:
@@ -239,6 +316,7 @@ class Engine:
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
             self._close(tracker, tracker.handle.cancel_reason)
+        self._prefill(fills_only=True)  # first: a chat's next turn, if already here, finds its previous answer's state
         self._admit()
         self._prefill()
         self._deliver()
@@ -268,16 +346,34 @@ class Engine:
                     for i in range(request.n)
                 ]
                 tracker.sequences.extend(sequences)
-                self._prefilling.append(_PrefillUnit(tracker, p, prompt, sequences))
+                unit = _PrefillUnit(tracker, p, prompt, sequences)
+                if self.prefix_cache is not None and request.cache_prompt:
+                    self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
+                self._prefilling.append(unit)
                 self.metrics.prompt_tokens.inc(len(prompt))
+                self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
                 self._prompt_tokens += len(prompt)
 
-    def _prefill(self) -> None:
-        if not self._prefilling:
+    def _restore(self, unit: _PrefillUnit, *, lookup: bool = True) -> None:
+        """Start `unit` from the longest cached prefix of its prompt and plan where it stores states."""
+        assert self.prefix_cache is not None
+        request = unit.tracker.request if unit.tracker is not None else None
+        if lookup:
+            with self.prefix_cache.lookup(unit.prompt, count=unit.tracker is not None) as hit:
+                if hit is not None:
+                    unit.position = hit.length
+                    unit.state = self.prefix_cache.copy_out(hit, self.device)
+            if unit.position and unit.tracker is not None:
+                self._emit(unit.tracker, CachedPrompt(unit.prompt_index, unit.position))
+        extra = request.cache_boundaries if request is not None else ()
+        unit.stops = cache_boundaries(unit.position, len(unit.prompt), self.settings.state_cache_interval, extra)
+
+    def _prefill(self, *, fills_only: bool = False) -> None:
+        units = [u for u in self._prefilling if u.tracker is None or not fills_only]
+        if not units:
             return
-        units = list(self._prefilling)
         remaining = [
-            min(u.remaining, PROMPT_LOGPROBS_CHUNK) if u.prompt_logprobs is not None else u.remaining for u in units
+            min(u.until_stop, PROMPT_LOGPROBS_CHUNK) if u.prompt_logprobs is not None else u.until_stop for u in units
         ]
         plan = plan_prefill(remaining, self.settings.max_prefill_tokens)
         chosen = [(unit, chunk) for unit, chunk in zip(units, plan, strict=True) if chunk > 0]
@@ -286,7 +382,7 @@ class Engine:
             for unit, chunk in chosen
         ]
         for group in group_by(keys):
-            members = [chosen[i][0] for i in group if not chosen[i][0].tracker.closed]
+            members = [chosen[i][0] for i in group if not chosen[i][0].closed]
             if not members:
                 continue
             try:
@@ -294,7 +390,10 @@ class Engine:
             except Exception:
                 logger.exception("prefill failed for %d prompt(s)", len(members))
                 for unit in members:
-                    self._fail(unit.tracker, "internal error during prefill")
+                    if unit.tracker is None:
+                        self._prefilling.remove(unit)
+                    else:
+                        self._fail(unit.tracker, "internal error during prefill")
 
     def _prefill_group(self, units: list[_PrefillUnit], chunk: int) -> None:
         tokens = torch.cat([u.tokens[:, u.position : u.position + chunk] for u in units]).to(self.device)  # (k, C)
@@ -308,9 +407,12 @@ class Engine:
         for i, unit in enumerate(units):
             unit.position += chunk
             unit.state = new_state if len(units) == 1 else new_state.gather([i])
+            if self.prefix_cache is not None and unit.position in unit.stops:
+                self.prefix_cache.store(unit.prompt[: unit.position], unit.state)
             if unit.remaining == 0:
                 self._prefilling.remove(unit)
-                self._start_decoding(unit, last_logits[i : i + 1])
+                if unit.tracker is not None:
+                    self._start_decoding(unit, last_logits[i : i + 1])
 
     def _record_prompt_logprobs(self, unit: _PrefillUnit, tokens: Tensor, logits: Tensor) -> None:
         """Logprob of each prompt token given the tokens before it. tokens (C,), logits (C, V)."""
@@ -330,6 +432,7 @@ class Engine:
     def _start_decoding(self, unit: _PrefillUnit, logits: Tensor) -> None:
         """The prompt is in the state: sample each choice's first token and join the running batch. logits (1, V)."""
         tracker = unit.tracker
+        assert tracker is not None
         request = tracker.request
         if unit.prompt_logprobs is not None:
             self._emit(tracker, PromptLogprobs(unit.prompt_index, unit.prompt_logprobs))
@@ -342,14 +445,15 @@ class Engine:
             return
         n = len(sequences)
         state = unit.state.repeat(n) if n > 1 else unit.state  # n > 1 completions share the prefill
-        tokens, logprobs, finite = self._sample(sequences, logits.expand(n, -1))
+        tokens, logprobs, failures = self._sample(sequences, logits.expand(n, -1))
         now = time.monotonic()
         if tracker.first_token is None:
             tracker.first_token = now
             self.metrics.time_to_first_token.observe(now - request.arrival)
             self.metrics.request_prefill_time.observe(now - (tracker.admitted or now))
-        if not all(finite):
-            self._fail(tracker, "the model produced non-finite logits", code="non_finite_logits")
+        failure = next((f for f in failures if f is not None), None)
+        if failure is not None:
+            self._fail(tracker, failure.message, code=failure.code)
             return
         for seq, token, logprob in zip(sequences, tokens, logprobs, strict=True):
             self._accept_token(seq, token, logprob, now)
@@ -369,7 +473,7 @@ class Engine:
             logits, self._batch.state = self.model.step(tokens, self._batch.state)  # (B, V)
             if len(live) < len(rows):
                 logits = logits[torch.tensor(live, device=self.device)]  # (B_live, V)
-            sampled, logprobs, finite = self._sample(sequences, logits)
+            sampled, logprobs, failures = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
             for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
@@ -379,24 +483,26 @@ class Engine:
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(sequences))
         now = time.monotonic()
-        for seq, token, logprob, ok in zip(sequences, sampled, logprobs, finite, strict=True):
+        for seq, token, logprob, failure in zip(sequences, sampled, logprobs, failures, strict=True):
             if seq.tracker.closed:
                 continue
-            if not ok:
-                self._fail(seq.tracker, "the model produced non-finite logits", code="non_finite_logits")
+            if failure is not None:
+                self._fail(seq.tracker, failure.message, code=failure.code)
                 continue
             self._accept_token(seq, token, logprob, now)
 
     def _sample(
         self, sequences: list[_Sequence], logits: Tensor
-    ) -> tuple[list[int], list[TokenLogprob | None], list[bool]]:
-        """One token per sequence from logits (B, V) with each sequence's parameters and generator."""
+    ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
+        """One token per sequence from logits (B, V) with each sequence's parameters, generator and grammar;
+        per row None, or why its token is meaningless (the caller fails that request)."""
         result = sample(
             logits,
             [seq.params for seq in sequences],
             [seq.generator for seq in sequences],
             output_counts=[seq.counts for seq in sequences],  # None for the rows without penalties
             prompt_mask=[seq.prompt_mask for seq in sequences],
+            allowed=self._allowed(sequences),
         )
         tokens = result.tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(sequences)
@@ -408,7 +514,18 @@ class Engine:
             for i, entry in zip(rows, entries, strict=True):
                 wanted = sequences[i].tracker.request.logprobs or 0
                 logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
-        return tokens, logprobs, result.finite.tolist()
+        failures = [
+            None if ok else NON_FINITE if not finite else NO_TOKEN_ALLOWED
+            for finite, allowed in zip(result.finite.tolist(), result.any_allowed.tolist(), strict=True)
+            for ok in [finite and allowed]
+        ]
+        return tokens, logprobs, failures
+
+    def _allowed(self, sequences: list[_Sequence]) -> list[Tensor | None] | None:
+        """The constrained rows' allowed tokens (V,) bool, None for free rows; None when no row is constrained."""
+        if all(seq.matcher is None for seq in sequences):
+            return None
+        return allowed_rows([seq.matcher for seq in sequences], self.vocab_size, self.device)
 
     def _accept_token(self, seq: _Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         request = seq.tracker.request
@@ -424,10 +541,16 @@ class Engine:
         if seq.counts is not None:
             seq.counts[token] += 1
         finish: FinishReason | None = None
-        if token == self.tokenizer.eos_id and not request.ignore_eos:
-            finish = "stop"
+        if seq.matcher is not None and not seq.matcher.consume(token):
+            self._fail(seq.tracker, f"the grammar refused token {token}: {seq.matcher.error}", code="grammar_error")
+            return
+        eos = token == self.tokenizer.eos_id or token in request.eos_token_ids
+        if token in request.stop_token_ids or (eos and not request.ignore_eos):
+            finish = "stop"  # the stop token's text is not part of the output
         elif seq.stream.add(token):
             finish = "stop"
+        elif seq.matcher is not None and seq.matcher.finished:
+            finish = "stop"  # the grammar is complete and allows nothing more
         elif len(seq.tokens) >= request.max_tokens:
             finish = "length"
         if finish is not None:
@@ -458,11 +581,34 @@ class Engine:
         self.metrics.requests.labels(finish_reason=reason).inc()
         self.slots.release([seq.slot])
         if seq in self._batch.rows:
+            if reason in ("stop", "length"):
+                self._store_finished(seq)
             self._batch.remove(seq)
         tracker = seq.tracker
         tracker.open -= 1
         if tracker.open == 0:
             self._retire(tracker, observe_latency=reason != "abort")
+
+    def _store_finished(self, seq: _Sequence) -> None:
+        """Cache a finished sequence's state (prompt + every generated token but the last, which was sampled and
+        never fed) and, for chat, queue a fill to the boundary where the conversation's next turn continues."""
+        request = seq.tracker.request
+        if self.prefix_cache is None or not request.cache_prompt:
+            return
+        assert self._batch.state is not None
+        prompt = request.prompts[seq.index // request.n]
+        fed = prompt + seq.tokens[:-1]
+        self.prefix_cache.store(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
+        if request.continuation is None:
+            return
+        target = request.continuation(seq.stream.text)  # (chat template + tokenizer: about a millisecond)
+        if len(target) <= len(prompt) or self.prefix_cache.contains(target):
+            return
+        fill = _PrefillUnit(None, 0, target, [])
+        self._restore(fill)
+        if fill.remaining > 0:
+            self._prefilling.append(fill)
+            self.metrics.prefill_tokens.labels(kind="cache_fill").inc(fill.remaining)
 
     def _close(self, tracker: _Tracker, reason: FinishReason) -> None:
         """End every unfinished choice of a request with `reason` (abort: cancelled; error: failed)."""

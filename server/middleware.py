@@ -19,6 +19,7 @@ from tnn.server.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scraping never need the key
+SELF_AUTHENTICATED = "/admin/"  # admin routes check the admin key themselves (tnn.server.routes.admin)
 
 
 async def _send_error(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -44,7 +45,8 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS or self.is_public(path) or scope["method"] == "OPTIONS":
+        exempt = path in OPEN_PATHS or path.startswith(SELF_AUTHENTICATED) or self.is_public(path)
+        if scope["type"] != "http" or exempt or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         given = [value for name, value in scope["headers"] if name == b"authorization"]

@@ -13,6 +13,7 @@ from tnn.server.schemas import ErrorResponse
 ERROR_DESCRIPTIONS = {
     400: "invalid request: `param` names the field",
     401: "missing or wrong API key (only when the server has one)",
+    403: "admin routes are off (no admin or API key configured)",
     404: "the model named in the request is not served here",
     408: "the request body was not complete in time",
     413: "request body too large",

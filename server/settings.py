@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
 DType = Literal["float32", "bfloat16", "float16", "float64"]
@@ -72,6 +72,30 @@ class Settings(BaseSettings):
         default=True,
         description="prepend the tokenizer's bos token to text prompts (how the shipped model was trained)",
     )
+    generation_config: str = Field(
+        default="auto",
+        description="request defaults: auto (the model directory's generation_config.json), none, "
+        "or a generation_config.json file or directory",
+    )
+    embedding_pooling: Literal["mean", "last"] = Field(
+        default="mean", description="/v1/embeddings: mean of the final hidden states, or the last token's"
+    )
+
+    # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
+    # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.
+    state_cache_memory: ByteSize | None = Field(
+        default=None, description="prefix-state cache budget: bytes or 512MiB, 2GB; 0: off; none: 5% of RAM, <= 2 GiB"
+    )
+    state_cache_on_device: bool = Field(
+        default=False, description="keep cached prefix states on the model's device instead of host memory"
+    )
+    state_cache_interval: int = Field(
+        default=512, ge=0, description="also cache a prompt's state every K tokens (0: only at prompt ends)"
+    )
+    state_cache_dir: Path | None = Field(
+        default=None, description="disk tier for cached states: evicted and shutdown-time ones, reloaded on start"
+    )
+    state_cache_disk: ByteSize = Field(default=ByteSize(4 * 2**30), description="bytes the disk tier may use")
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0, description="seconds from arrival to the last token")
@@ -99,8 +123,15 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=1024, ge=1, le=1_000_000, description="open connections beyond this are answered 503 and closed"
     )
+    admin_key: SecretStr | None = Field(
+        default=None, description="key for /admin/* routes; none: the API key (prefer TNN_ADMIN_KEY: flags show in ps)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins: comma-separated (or a JSON list)"
+    )
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(
+        default=["*"],
+        description="request headers CORS preflights may ask for: comma-separated; * (default): any",
     )
     log_level: CliSuppress[LogLevel] = "INFO"  # the flag is `tnn --log-level`, before the subcommand
     warmup: bool = Field(default=True, description="warm up before /ready")
@@ -123,7 +154,12 @@ class Settings(BaseSettings):
             self.api_key = None
         return self
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("admin_key")
+    @classmethod
+    def _empty_admin_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @field_validator("cors_origins", "cors_allow_headers", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
