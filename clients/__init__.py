@@ -1,59 +1,17 @@
-"""tnn.clients: HTTP clients for tnn-serve (and any OpenAI-compatible server), and `tnn generate` / `tnn chat`.
+"""tnn.clients: the `openai` SDK's clients set up for tnn-serve, and `tnn generate` / `tnn chat`.
 
-Depends on httpx only (never torch). Quick use::
+Never imports torch. Quick use::
 
     from tnn.clients import Client
 
-    with Client("http://127.0.0.1:8000") as client:
-        print(client.complete("Once upon a time", max_tokens=32, seed=0).text)
-        for delta in client.stream_complete("Once upon a time", max_tokens=32):
-            print(delta, end="", flush=True)
+    client = Client()  # $TNN_URL (default http://127.0.0.1:8000) and $TNN_API_KEY
+    model = client.models.list().data[0].id
+    print(client.completions.create(model=model, prompt="Once upon a time", max_tokens=32).choices[0].text)
+    print(client.tokenize("Once upon a time"), client.ready())
+
+Errors are the SDK's (`openai.BadRequestError`, `openai.RateLimitError`, `openai.APIConnectionError`, ...).
 """
 
-from tnn.clients.async_client import AsyncClient, AsyncCompletionStream
-from tnn.clients.errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    InvalidResponseError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    ServiceUnavailableError,
-    StreamError,
-    TnnError,
-)
-from tnn.clients.protocol import GenerationParams
-from tnn.clients.retry import RetryPolicy
-from tnn.clients.sync_client import Client, CompletionStream
-from tnn.clients.types import ChatMessage, Completion, Message, ModelInfo, Usage
+from tnn.clients.client import AsyncClient, Client
 
-__all__ = [
-    "APIConnectionError",
-    "APIError",
-    "APITimeoutError",
-    "AsyncClient",
-    "AsyncCompletionStream",
-    "AuthenticationError",
-    "BadRequestError",
-    "ChatMessage",
-    "Client",
-    "Completion",
-    "CompletionStream",
-    "GenerationParams",
-    "InvalidResponseError",
-    "Message",
-    "ModelInfo",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "RetryPolicy",
-    "ServerError",
-    "ServiceUnavailableError",
-    "StreamError",
-    "TnnError",
-    "Usage",
-]
+__all__ = ["AsyncClient", "Client"]

@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+import openai
 
 from tnn.clients.cli_common import (
     EXIT_OK,
     EXIT_SERVER_ERROR,
     EXIT_USAGE,
+    IncompleteStreamError,
     UsageError,
     add_connection_arguments,
     add_sampling_arguments,
+    describe_error,
     make_client,
+    model_name,
     report_error,
     resolve_prompt,
     sampling_params,
 )
-from tnn.clients.errors import TnnError
-from tnn.clients.protocol import GenerationParams
-from tnn.clients.sync_client import Client
-from tnn.clients.types import ChatMessage
+from tnn.clients.client import Client
+
+Message = dict[str, str]  # {"role": ..., "content": ...}
 
 PROMPT = "> "
 
@@ -41,9 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    history: list[ChatMessage] = [ChatMessage("system", args.system)] if args.system else []
-    params = sampling_params(args)
+    history: list[Message] = [{"role": "system", "content": args.system}] if args.system else []
     with make_client(args) as client:
+        try:
+            params = {"model": model_name(client, args), **sampling_params(args)}
+        except openai.OpenAIError as exc:
+            report_error("chat", describe_error(exc))
+            return EXIT_SERVER_ERROR
         if args.message is not None:
             try:
                 message = resolve_prompt(args.message)
@@ -54,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return loop(client, history, params)
 
 
-def loop(client: Client, history: list[ChatMessage], params: GenerationParams) -> int:
+def loop(client: Client, history: list[Message], params: dict[str, Any]) -> int:
     """Read user turns until end of input; return the exit status."""
     interactive = sys.stdin.isatty()
     failed = False
@@ -72,27 +81,34 @@ def loop(client: Client, history: list[ChatMessage], params: GenerationParams) -
             failed |= not answer(client, history, line, params)
 
 
-def answer(client: Client, history: list[ChatMessage], message: str, params: GenerationParams) -> bool:
+def answer(client: Client, history: list[Message], message: str, params: dict[str, Any]) -> bool:
     """Stream the answer to `message` to stdout and extend `history` with both turns; False if the server failed."""
-    history.append(ChatMessage("user", message))
-    stream = client.stream_chat(history, **params)
+    history.append({"role": "user", "content": message})
+    parts: list[str] = []
     interrupted = False
     try:
-        for delta in stream:
-            sys.stdout.write(delta)
-            sys.stdout.flush()
+        stream = client.chat.completions.create(messages=history, stream=True, **params)
+        with stream:  # leaving early closes the connection, and the server stops generating
+            finish_reason = None
+            for chunk in stream:
+                for choice in chunk.choices[:1]:
+                    finish_reason = choice.finish_reason or finish_reason
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+                        sys.stdout.write(choice.delta.content)
+                        sys.stdout.flush()
+            if finish_reason is None:
+                raise IncompleteStreamError("the server closed the stream before the answer finished")
     except KeyboardInterrupt:
         interrupted = True
-    except TnnError as exc:
-        sys.stdout.write("\n" if stream.text else "")
-        report_error("chat", exc)
+    except openai.OpenAIError as exc:
+        sys.stdout.write("\n" if parts else "")
+        report_error("chat", describe_error(exc))
         history.pop()
         return False
-    finally:
-        stream.close()  # closing the connection makes the server stop generating
     sys.stdout.write("\n")
     sys.stdout.flush()
     if interrupted:
         sys.stderr.write("[interrupted]\n")
-    history.append(ChatMessage("assistant", stream.text))
+    history.append({"role": "assistant", "content": "".join(parts)})
     return True

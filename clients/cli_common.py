@@ -1,13 +1,16 @@
-"""Pieces shared by `tnn generate` and `tnn chat`: common flags, the client they build, exit codes, stdin prompts."""
+"""Pieces shared by `tnn generate` and `tnn chat`: common flags, the client they build, exit codes, stdin prompts,
+and one-line messages for the SDK's errors."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
 
-from tnn.clients.protocol import DEFAULT_URL, GenerationParams
-from tnn.clients.sync_client import Client
+import openai
+
+from tnn.clients.client import DEFAULT_URL, Client
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1  # the server answered with an error, or could not be reached
@@ -17,6 +20,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 class UsageError(Exception):
     """The command line or its input cannot be used; reported with exit status 2."""
+
+
+class IncompleteStreamError(openai.OpenAIError):
+    """The stream ended without a finish reason: the connection closed before the answer was complete."""
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,29 +47,55 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_params(args: argparse.Namespace) -> GenerationParams:
-    """The `GenerationParams` named on the command line."""
-    params = GenerationParams()
-    if args.model is not None:
-        params["model"] = args.model
-    if args.max_tokens is not None:
-        params["max_tokens"] = args.max_tokens
-    if args.temperature is not None:
-        params["temperature"] = args.temperature
-    if args.top_p is not None:
-        params["top_p"] = args.top_p
-    if args.seed is not None:
-        params["seed"] = args.seed
-    if args.stop:
-        params["stop"] = args.stop
-    return params
+def sampling_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The SDK keyword arguments named on the command line (unset flags are left out: the server's defaults)."""
+    named = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+    return {name: value for name, value in named.items() if value is not None}
 
 
 def make_client(args: argparse.Namespace) -> Client:
-    """A `Client` for the connection flags; httpx's per-request INFO lines are kept out of the terminal."""
+    """A `Client` for the connection flags (5 s to connect); the HTTP library's per-request INFO lines stay quiet."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-    return Client(args.url, api_key=args.api_key, model=args.model, timeout=args.timeout)
+        for name in ("httpx", "httpx2", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return Client(args.url, api_key=args.api_key, timeout=openai.Timeout(args.timeout, connect=min(5.0, args.timeout)))
+
+
+def model_name(client: Client, args: argparse.Namespace) -> str:
+    """--model, else the first model the server lists."""
+    if args.model:
+        return str(args.model)
+    models = client.models.list().data
+    if not models:
+        raise openai.OpenAIError(f"{client.base_url}models lists no model; pass --model")
+    return models[0].id
+
+
+def describe_error(exc: openai.OpenAIError) -> str:
+    """One line for an SDK error: `401: message` for an HTTP error, `cannot reach URL: ...` for a connection."""
+    if isinstance(exc, openai.APIStatusError):
+        return f"{exc.status_code}: {error_message(exc)}"
+    if isinstance(exc, openai.APITimeoutError):
+        return f"request to {exc.request.url} timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        return f"cannot reach {exc.request.url}: {cause or exc.message}"
+    if isinstance(exc, openai.APIError):  # an error event inside a stream
+        return error_message(exc)
+    return str(exc)
+
+
+def error_message(exc: openai.APIError) -> str:
+    """The OpenAI error object's message (and code), not the SDK's `Error code: ... - {dict}` text."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = str(body.get("message") or exc.message)
+    return f"{message} ({exc.code})" if exc.code else message
 
 
 def resolve_prompt(prompt: str) -> str:

@@ -12,24 +12,39 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
+
+import openai
+from openai.types import CompletionUsage
 
 from tnn.clients.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SERVER_ERROR,
     EXIT_USAGE,
+    IncompleteStreamError,
     UsageError,
     add_connection_arguments,
     add_sampling_arguments,
+    describe_error,
     make_client,
+    model_name,
     report_error,
     resolve_prompt,
     sampling_params,
 )
-from tnn.clients.errors import TnnError
-from tnn.clients.protocol import GenerationParams
-from tnn.clients.sync_client import Client
-from tnn.clients.types import Completion
+from tnn.clients.client import Client
+
+
+@dataclass(frozen=True)
+class Result:
+    """The first choice of a completion, whole or gathered from a stream."""
+
+    text: str
+    finish_reason: str | None
+    usage: CompletionUsage | None
+    model: str
+    id: str
 
 
 @dataclass(frozen=True)
@@ -57,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with make_client(args) as client:
+            params = {"model": model_name(client, args), "prompt": prompt, **sampling_params(args)}
             if args.no_stream:
-                result, timing = generate_whole(client, prompt, sampling_params(args))
+                result, timing = generate_whole(client, params)
             else:
-                result, timing = generate_streaming(client, prompt, sampling_params(args), echo=not args.json)
-    except TnnError as exc:
-        report_error("generate", exc)
+                result, timing = generate_streaming(client, params, echo=not args.json)
+    except openai.OpenAIError as exc:
+        report_error("generate", describe_error(exc))
         return EXIT_SERVER_ERROR
     except KeyboardInterrupt:
         sys.stdout.write("\n")
@@ -71,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         summary = {
             "text": result.text,
             "finish_reason": result.finish_reason,
-            "usage": asdict(result.usage) if result.usage else None,
+            "usage": usage_counts(result.usage),
             "model": result.model,
             "id": result.id,
             "timing": asdict(timing),
@@ -86,38 +102,57 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def generate_whole(client: Client, prompt: str, params: GenerationParams) -> tuple[Completion, Timing]:
+def usage_counts(usage: CompletionUsage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {name: getattr(usage, name) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+
+
+def generate_whole(client: Client, params: dict[str, Any]) -> tuple[Result, Timing]:
     """One non-streaming completion, timed."""
     start = time.perf_counter()
-    result = client.complete(prompt, **params)
+    completion = client.completions.create(**params)
     total = time.perf_counter() - start
+    choice = completion.choices[0]
+    result = Result(choice.text, choice.finish_reason, completion.usage, completion.model, completion.id)
     tokens = result.usage.completion_tokens if result.usage else None
     return result, Timing(total_s=total, ttft_s=None, tokens_per_s=tokens / total if tokens and total > 0 else None)
 
 
-def generate_streaming(
-    client: Client, prompt: str, params: GenerationParams, *, echo: bool
-) -> tuple[Completion, Timing]:
+def generate_streaming(client: Client, params: dict[str, Any], *, echo: bool) -> tuple[Result, Timing]:
     """One streamed completion, written to stdout as it arrives when `echo`; tokens/s counts decode only."""
     start = time.perf_counter()
     first: float | None = None
-    with client.stream_complete(prompt, **params) as stream:
-        for delta in stream:
-            if first is None:
-                first = time.perf_counter()
-            if echo:
-                sys.stdout.write(delta)
-                sys.stdout.flush()
-        result = stream.completion
+    parts: list[str] = []
+    finish_reason: str | None = None
+    usage: CompletionUsage | None = None
+    model = ident = ""
+    stream = client.completions.create(**params, stream=True, stream_options={"include_usage": True})
+    with stream:  # leaving early closes the connection, and the server stops generating
+        for chunk in stream:
+            model, ident, usage = chunk.model or model, chunk.id or ident, chunk.usage or usage
+            for choice in chunk.choices[:1]:
+                finish_reason = choice.finish_reason or finish_reason
+                if not choice.text:
+                    continue
+                if first is None:
+                    first = time.perf_counter()
+                parts.append(choice.text)
+                if echo:
+                    sys.stdout.write(choice.text)
+                    sys.stdout.flush()
+    if finish_reason is None:
+        raise IncompleteStreamError("the server closed the stream before the answer finished")
     end = time.perf_counter()
-    tokens = result.usage.completion_tokens if result.usage else None
+    result = Result("".join(parts), finish_reason, usage, model, ident)
+    tokens = usage.completion_tokens if usage else None
     rate = None
     if first is not None and tokens is not None and tokens > 1 and end > first:
         rate = (tokens - 1) / (end - first)  # the first token's time is TTFT
     return result, Timing(total_s=end - start, ttft_s=None if first is None else first - start, tokens_per_s=rate)
 
 
-def format_stats(result: Completion, timing: Timing) -> str:
+def format_stats(result: Result, timing: Timing) -> str:
     """The stderr summary line: usage, finish reason, TTFT, tokens/s, total time."""
     parts = []
     if result.usage:

@@ -1,4 +1,4 @@
-"""`tnn serve [MODEL_DIR]`: flags override TNN_* environment variables; runs uvicorn with a bounded drain."""
+"""`tnn serve [MODEL_DIR]`: flags (generated from Settings) override TNN_* variables; uvicorn with a bounded drain."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliSettingsSource
 
 import tnn.model
 from tnn.server.app import MAX_HEADER_BYTES, create_app
@@ -19,32 +20,12 @@ from tnn.server.state import AppState
 logger = logging.getLogger(__name__)
 
 
-# flag -> (Settings field, type, help)
-FLAGS: dict[str, tuple[str, type, str]] = {
-    "--host": ("host", str, "bind address (default 127.0.0.1; 0.0.0.0 in containers)"),
-    "--port": ("port", int, "port (default 8000)"),
-    "--device": ("device", str, "auto (cuda if available), cpu, cuda, cuda:N"),
-    "--dtype": ("dtype", str, "weights dtype: float32 (default), bfloat16, float16, float64"),
-    "--threads": ("threads", int, "torch CPU threads (default: torch's; 1 is best on a shared, busy CPU)"),
-    "--served-model-name": ("served_model_name", str, "model id clients send (default: directory name)"),
-    "--max-num-seqs": ("max_num_seqs", int, "state slots = concurrent sequences (default 32)"),
-    "--max-waiting-requests": ("max_waiting_requests", int, "queued sequences beyond the slots before 429 (128)"),
-    "--max-prefill-tokens": ("max_prefill_tokens", int, "prompt tokens prefilled per engine iteration (2048)"),
-    "--max-prompt-tokens": ("max_prompt_tokens", int, "longest prompt accepted, else 400 (4096)"),
-    "--max-tokens": ("max_tokens", int, "ceiling on max_tokens per choice (2048)"),
-    "--request-timeout": ("request_timeout", float, "seconds from arrival to the last token (600)"),
-    "--drain-timeout": ("drain_timeout", float, "seconds SIGTERM waits for running requests (30)"),
-    "--api-key": ("api_key", str, "require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"),
-    "--cors-origins": ("cors_origins", str, "comma-separated allowed CORS origins"),
-}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", nargs="?", type=Path, metavar="MODEL_DIR",
-                        help="model directory (default: TNN_MODEL_DIR, else the shipped model)")  # fmt: skip
-    for flag, (_, kind, help_text) in FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=help_text)
-    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None, help="warm up before ready")
+    """Every Settings field becomes a flag (`max_num_seqs` -> `--max-num-seqs`); its description is the help."""
+    CliSettingsSource(Settings, root_parser=parser)
+    for action in parser._actions:  # argparse has no public way to rename a positional's metavar
+        if action.dest == "model_dir":
+            action.metavar = "MODEL_DIR"
 
 
 def default_model_dir() -> Path | None:
@@ -60,13 +41,10 @@ def default_model_dir() -> Path | None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in FLAGS.items()}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.model_dir is not None:
-        overrides["model_dir"] = args.model_dir
-    if args.warmup is not None:
-        overrides["warmup"] = args.warmup
-    return Settings(**overrides)
+    """Settings from flags (those given), then TNN_* variables, then defaults."""
+    # `tnn --log-level` belongs to the dispatcher (it always has a value); TNN_LOG_LEVEL, when set, overrides it below
+    flags = {name: value for name, value in vars(args).items() if name != "log_level"}
+    return Settings(_cli_settings_source=CliSettingsSource(Settings)(parsed_args=flags))
 
 
 class DrainingServer(uvicorn.Server):

@@ -386,20 +386,12 @@ class Engine:
         self, sequences: list[_Sequence], logits: Tensor
     ) -> tuple[list[int], list[TokenLogprob | None], list[bool]]:
         """One token per sequence from logits (B, V) with each sequence's parameters and generator."""
-        counts = None
-        if any(seq.counts is not None for seq in sequences):
-            zeros = torch.zeros(self.vocab_size, dtype=torch.int32, device=self.device)
-            counts = torch.stack([zeros if seq.counts is None else seq.counts for seq in sequences])  # (B, V)
-        mask = None
-        if any(seq.prompt_mask is not None for seq in sequences):
-            empty = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-            mask = torch.stack([empty if seq.prompt_mask is None else seq.prompt_mask for seq in sequences])
         result = sample(
             logits,
             [seq.params for seq in sequences],
             [seq.generator for seq in sequences],
-            output_counts=counts,
-            prompt_mask=mask,
+            output_counts=[seq.counts for seq in sequences],  # None for the rows without penalties
+            prompt_mask=[seq.prompt_mask for seq in sequences],
         )
         tokens = result.tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(sequences)

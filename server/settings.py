@@ -1,6 +1,8 @@
 """Runtime settings of `tnn serve`: environment variables with the prefix TNN_, overridden by command-line flags.
 
 Only runtime knobs live here (device, limits, port); the architecture lives in the model directory's config.json.
+The `tnn serve` flags are generated from this class (pydantic-settings' CLI source, see tnn.server.cli): a field
+`max_num_seqs` is the flag `--max-num-seqs` and the variable TNN_MAX_NUM_SEQS; its description is the flag's help.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -19,37 +21,66 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 class Settings(BaseSettings):
     """Every field is also an environment variable: `max_num_seqs` is TNN_MAX_NUM_SEQS, and so on."""
 
-    model_config = SettingsConfigDict(env_prefix="TNN_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TNN_",
+        extra="ignore",
+        validate_default=True,
+        cli_kebab_case=True,  # --max-num-seqs
+        cli_implicit_flags=True,  # bools: --warmup / --no-warmup
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+        cli_show_env_vars=True,  # help: "[env: TNN_PORT]"
+    )
 
-    model_dir: Path | None = None  # None: the shipped default model
-    served_model_name: str | None = None  # the `model` id clients send and /v1/models lists; default: dir name
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    device: str = "auto"  # auto: cuda if available, else cpu; or "cpu", "cuda", "cuda:1", ...
-    dtype: DType = "float32"
-    threads: int = Field(default=0, ge=0, le=1024)  # torch intra-op threads on CPU; 0: torch's default
+    model_dir: CliPositionalArg[Path | None] = Field(
+        default=None, description="model directory; none: TNN_MODEL_DIR, else the shipped model"
+    )
+    served_model_name: str | None = Field(default=None, description="model id clients send; none: the directory name")
+    host: str = Field(default="127.0.0.1", description="bind address (0.0.0.0 in containers)")
+    port: int = Field(default=8000, ge=0, le=65535, description="port")
+    device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:N")
+    dtype: DType = Field(default="float32", description="weights dtype (the state stays complex64/128)")
+    threads: int = Field(
+        default=0, ge=0, le=1024, description="torch CPU threads; 0: torch's default (1 is best on a shared, busy CPU)"
+    )
 
     # Capacity: each running sequence holds one state slot (fixed bytes); the queue is bounded.
-    max_num_seqs: int = Field(default=32, ge=1, le=4096)  # state slots
-    max_waiting_requests: int = Field(default=128, ge=0, le=100_000)  # queued sequences beyond the slots
-    max_prefill_tokens: int = Field(default=2048, ge=16, le=1_000_000)  # prompt tokens prefilled per iteration
-    max_prompt_tokens: int = Field(default=4096, ge=1, le=10_000_000)
-    max_tokens: int = Field(default=2048, ge=1, le=10_000_000)  # ceiling on generated tokens per choice
-    default_max_tokens: int = Field(default=16, ge=1)  # completions without max_tokens (OpenAI's legacy default)
-    max_n: int = Field(default=4, ge=1, le=128)
-    max_logprobs: int = Field(default=20, ge=0, le=100)
-    max_stop: int = Field(default=4, ge=0, le=64)
-    max_stop_length: int = Field(default=64, ge=1, le=1024)
-    add_bos: bool = True  # prepend the tokenizer's bos token to text prompts (how the shipped model was trained)
+    max_num_seqs: int = Field(default=32, ge=1, le=4096, description="state slots = concurrent sequences")
+    max_waiting_requests: int = Field(
+        default=128, ge=0, le=100_000, description="queued sequences beyond the slots; then 429 + Retry-After"
+    )
+    max_prefill_tokens: int = Field(
+        default=2048, ge=16, le=1_000_000, description="prompt tokens prefilled per engine iteration"
+    )
+    max_prompt_tokens: int = Field(default=4096, ge=1, le=10_000_000, description="longest prompt accepted, else 400")
+    max_tokens: int = Field(
+        default=2048, ge=1, le=10_000_000, description="ceiling on max_tokens per choice; chat's default"
+    )
+    default_max_tokens: int = Field(
+        default=16, ge=1, description="max_tokens of completions that leave it out (OpenAI's legacy default)"
+    )
+    max_n: int = Field(default=4, ge=1, le=128, description="largest n (choices per prompt)")
+    max_logprobs: int = Field(default=20, ge=0, le=100, description="largest logprobs / top_logprobs")
+    max_stop: int = Field(default=4, ge=0, le=64, description="most stop strings per request")
+    max_stop_length: int = Field(default=64, ge=1, le=1024, description="longest stop string (characters)")
+    add_bos: bool = Field(
+        default=True,
+        description="prepend the tokenizer's bos token to text prompts (how the shipped model was trained)",
+    )
 
     # HTTP
-    request_timeout: float = Field(default=600.0, gt=0)  # seconds from arrival to the last token
-    drain_timeout: float = Field(default=30.0, ge=0)  # seconds SIGTERM waits for running requests
-    max_body_bytes: int = Field(default=2_000_000, ge=1024)
-    api_key: SecretStr | None = None
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # env: comma list or JSON
-    log_level: LogLevel = "INFO"
-    warmup: bool = True
+    request_timeout: float = Field(default=600.0, gt=0, description="seconds from arrival to the last token")
+    drain_timeout: float = Field(default=30.0, ge=0, description="seconds SIGTERM waits for running requests")
+    max_body_bytes: int = Field(default=2_000_000, ge=1024, description="larger request bodies get 413")
+    api_key: SecretStr | None = Field(
+        default=None, description="require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed CORS origins: comma-separated (or a JSON list)"
+    )
+    log_level: CliSuppress[LogLevel] = "INFO"  # the flag is `tnn --log-level`, before the subcommand
+    warmup: bool = Field(default=True, description="warm up before /ready")
+    playground: bool = Field(default=True, description="serve the browser playground at / and /playground")
 
     @field_validator("api_key")
     @classmethod

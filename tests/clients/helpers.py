@@ -46,6 +46,7 @@ class StubRequest:
     method: str
     path: str
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     disconnected: bool = False  # the client closed the connection before the whole reply was written
 
 
@@ -69,7 +70,8 @@ class StubServer:
                 self._answer(json.loads(raw) if raw else None)
 
             def _answer(self, body: Any) -> None:
-                request = StubRequest(self.command, self.path, body)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                request = StubRequest(self.command, self.path, body, headers)
                 stub.requests.append(request)
                 reply = stub.script(request)
                 self.send_response(reply.status)

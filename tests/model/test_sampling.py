@@ -1,0 +1,243 @@
+"""tnn.model.sampling: the batched fast path against its slow twin, batch invariance of seeded rows, the
+distributions it draws from, and every filter (logit bias, penalties, allowed masks, top-k, top-p, min-p)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from tnn.model.sampling import SamplingParams, sample, sample_reference
+
+VOCAB = 512
+
+# One row of each kind the fast path treats differently, and combinations of them.
+MIXED = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=1.3, top_k=20),
+    SamplingParams(temperature=1.0, top_p=0.8),
+    SamplingParams(temperature=0.9, top_k=50, top_p=0.9),
+    SamplingParams(temperature=1.0, min_p=0.05),
+    SamplingParams(temperature=1.5, top_p=0.95, min_p=0.1),
+    SamplingParams(temperature=1.0, repetition_penalty=1.3),
+    SamplingParams(temperature=0.8, presence_penalty=0.5, frequency_penalty=0.3),
+    SamplingParams(temperature=0.0, repetition_penalty=1.5, frequency_penalty=1.0),
+    SamplingParams(temperature=1.0, logit_bias={3: 5.0, 7: -100.0, 11: 2.5}),
+    SamplingParams(temperature=0.0, logit_bias={42: 100.0}),
+    SamplingParams(temperature=1.2, top_k=5, logit_bias={1: 1.0}, presence_penalty=-1.0),
+    SamplingParams(temperature=1.0, top_k=400, top_p=0.97),
+]
+
+
+def seeded(params: list[SamplingParams], first_seed: int) -> list[SamplingParams]:
+    return [SamplingParams(**{**p.__dict__, "seed": first_seed + i}) for i, p in enumerate(params)]
+
+
+def batch_of(rows: int, first_seed: int) -> list[SamplingParams]:
+    return seeded([MIXED[i % len(MIXED)] for i in range(rows)], first_seed)
+
+
+def penalty_inputs(rows: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.randint(0, 3, (rows, VOCAB), generator=gen, dtype=torch.int32)
+    counts *= torch.rand(rows, VOCAB, generator=gen) < 0.05  # a few generated tokens per row
+    prompt = torch.rand(rows, VOCAB, generator=gen) < 0.05
+    return counts, prompt
+
+
+def allowed_masks(rows: int, gen: torch.Generator) -> list[torch.Tensor | None]:
+    """Every third row constrained to a random ~10% of the vocabulary."""
+    return [torch.rand(VOCAB, generator=gen) < 0.1 if i % 3 == 1 else None for i in range(rows)]
+
+
+@pytest.mark.parametrize("rows", [1, 5, 32])
+def test_fast_path_draws_the_same_tokens_as_the_slow_twin(rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    params = batch_of(rows, first_seed=1000)
+    fast_gens = [p.generator() for p in params]
+    slow_gens = [p.generator() for p in params]
+    compared = 0
+    for step in range(8):  # several steps: the generators advance the same way on both sides
+        scale = 0.1 if step % 4 == 2 else 3.0  # flat rows: top-p nuclei wider than the fast path's first window
+        logits = scale * torch.randn(rows, VOCAB, generator=gen)
+        counts, prompt = penalty_inputs(rows, gen)
+        allowed = allowed_masks(rows, gen) if step % 2 else None
+        kwargs = {"output_counts": counts, "prompt_mask": prompt, "allowed": allowed}
+        fast = sample(logits, params, fast_gens, **kwargs)
+        slow = sample_reference(logits, params, slow_gens, **kwargs)
+        assert torch.equal(fast.tokens, slow.tokens), (step, fast.tokens, slow.tokens)
+        assert fast.finite.all() and fast.any_allowed.all()
+        compared += rows
+    assert compared == 8 * rows
+
+
+def test_per_row_lists_equal_dense_tensors() -> None:
+    gen = torch.Generator().manual_seed(1)
+    params = batch_of(14, first_seed=7)
+    logits = torch.randn(14, VOCAB, generator=gen)
+    counts, prompt = penalty_inputs(14, gen)
+    allowed = allowed_masks(14, gen)
+    dense_allowed = torch.stack([torch.ones(VOCAB, dtype=torch.bool) if m is None else m for m in allowed])
+    dense = sample(logits, params, [p.generator() for p in params], output_counts=counts, prompt_mask=prompt,
+                   allowed=dense_allowed)  # fmt: skip
+    lists = sample(
+        logits,
+        params,
+        [p.generator() for p in params],
+        output_counts=[c if p.penalised else None for c, p in zip(counts, params, strict=True)],
+        prompt_mask=[m if p.penalised else None for m, p in zip(prompt, params, strict=True)],
+        allowed=allowed,
+    )
+    assert torch.equal(dense.tokens, lists.tokens)
+
+
+def test_a_seeded_row_draws_the_same_tokens_alone_or_in_a_batch_of_32() -> None:
+    gen = torch.Generator().manual_seed(3)
+    params = batch_of(32, first_seed=50)
+    batch_gens = [p.generator() for p in params]
+    alone_gens = [p.generator() for p in params]
+    for _ in range(6):
+        logits = torch.randn(32, VOCAB, generator=gen) * 2
+        together = sample(logits, params, batch_gens).tokens
+        alone = torch.cat(
+            [
+                sample(logits[i : i + 1], [p], [g]).tokens
+                for i, (p, g) in enumerate(zip(params, alone_gens, strict=True))
+            ]
+        )
+        assert torch.equal(together, alone)
+
+
+def empirical(logits: torch.Tensor, params: SamplingParams, draws: int) -> torch.Tensor:
+    """Frequencies of `draws` unseeded draws from one row of logits (V,), in one batched call."""
+    torch.manual_seed(0)
+    rows = logits.expand(draws, -1)
+    tokens = sample(rows, [params] * draws, [None] * draws).tokens
+    return torch.bincount(tokens, minlength=logits.shape[0]).double()
+
+
+def filtered_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The target distribution, written out by hand in float64: temperature, top-k, top-p, min-p."""
+    probs = torch.softmax(logits.double() / params.temperature, dim=-1)
+    order = probs.argsort(descending=True).tolist()
+    if params.top_k:  # top-p acts on the top-k distribution, renormalised
+        probs[order[params.top_k :]] = 0.0
+        probs /= probs.sum()
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    total = 0.0
+    for token in order:
+        if probs[token] == 0 or total >= params.top_p:
+            break
+        keep[token] = True
+        total += float(probs[token])
+    kept = torch.where(keep, probs, 0.0)
+    kept /= kept.sum()
+    kept = torch.where(kept >= params.min_p * kept.max(), kept, 0.0)
+    return kept / kept.sum()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.5),
+        SamplingParams(temperature=1.0, top_k=3),
+        SamplingParams(temperature=1.0, top_p=0.7),
+        SamplingParams(temperature=1.0, min_p=0.2),
+        SamplingParams(temperature=1.4, top_k=6, top_p=0.9, min_p=0.05),
+    ],
+    ids=["plain", "cold", "top_k", "top_p", "min_p", "all"],
+)
+def test_draws_follow_the_filtered_distribution(params: SamplingParams) -> None:
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
+    target = filtered_distribution(logits, params)
+    counts = empirical(logits, params, draws=40_000)
+    assert counts[target == 0].sum() == 0  # filtered tokens are never drawn
+    support = target > 0
+    result = chisquare(counts[support], counts.sum() * target[support])
+    assert result.pvalue > 1e-4, (counts, target)
+
+
+def test_min_p_keeps_tokens_at_least_min_p_times_the_top_probability() -> None:
+    logits = torch.tensor([math.log(1.0), math.log(0.5), math.log(0.2), math.log(0.09), math.log(0.01)])
+    counts = empirical(logits, SamplingParams(min_p=0.1), draws=5000)
+    assert counts[:3].min() > 0 and counts[3:].sum() == 0  # 0.09 < 0.1 * 1.0 (relative to the top token)
+
+
+def test_logit_bias_comes_first_and_steers_greedy_and_sampled_rows() -> None:
+    logits = torch.zeros(3, VOCAB)
+    logits[:, 10] = 5.0
+    params = [
+        SamplingParams(temperature=0.0, logit_bias={20: 6.0}),
+        SamplingParams(temperature=1.0, logit_bias={30: 100.0}, seed=1),
+        SamplingParams(temperature=0.0, logit_bias={10: -100.0, 40: 0.5}),
+    ]
+    tokens = sample(logits, params, [p.generator() for p in params]).tokens.tolist()
+    assert tokens == [20, 30, 40]
+    # before the repetition penalty: a biased-up token seen in the prompt is divided, not multiplied
+    penalised = [SamplingParams(temperature=0.0, logit_bias={20: 6.0}, repetition_penalty=2.0)]
+    prompt = torch.zeros(1, VOCAB, dtype=torch.bool)
+    prompt[0, 20] = True
+    assert sample(logits[:1], penalised, [None], prompt_mask=prompt).tokens.item() == 10  # 6/2 = 3 < 5
+
+
+def test_penalties_touch_only_the_rows_that_ask() -> None:
+    logits = torch.zeros(2, VOCAB)
+    logits[:, 5] = 1.0
+    counts = torch.zeros(2, VOCAB, dtype=torch.int32)
+    counts[:, 5] = 3
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.0, frequency_penalty=1.0)]
+    tokens = sample(logits, params, [None, None], output_counts=counts).tokens.tolist()
+    assert tokens[0] == 5 and tokens[1] != 5
+
+
+def test_allowed_mask_limits_every_kind_of_row_and_reports_empty_masks() -> None:
+    gen = torch.Generator().manual_seed(5)
+    params = batch_of(len(MIXED), first_seed=0)
+    allowed = torch.zeros(len(MIXED), VOCAB, dtype=torch.bool)
+    allowed[:, 100:104] = True
+    allowed[2] = False  # a grammar dead end
+    for _ in range(20):
+        result = sample(torch.randn(len(MIXED), VOCAB, generator=gen) * 4, params, [p.generator() for p in params],
+                        allowed=allowed)  # fmt: skip
+        assert result.any_allowed.tolist() == [i != 2 for i in range(len(MIXED))]
+        others = [t for i, t in enumerate(result.tokens.tolist()) if i != 2]
+        assert all(100 <= t < 104 for t in others)
+
+
+def test_non_finite_rows_are_reported_and_others_sampled() -> None:
+    logits = torch.randn(3, VOCAB)
+    logits[1, 7] = float("nan")
+    logits[2, 0] = float("inf")
+    params = [SamplingParams(temperature=1.0, seed=0)] * 3
+    result = sample(logits, params, [p.generator() for p in params])
+    assert result.finite.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_p": float("nan")}, "min_p"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias keys"),
+        ({"logit_bias": {"3": 1.0}}, "logit_bias keys"),
+        ({"logit_bias": {3: 101.0}}, "logit_bias values"),
+        ({"logit_bias": {3: float("nan")}}, "logit_bias values"),
+    ],
+)
+def test_bad_parameters_are_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_bias_outside_the_vocabulary_and_bad_masks_are_refused() -> None:
+    logits = torch.zeros(1, VOCAB)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        sample(logits, [SamplingParams(logit_bias={VOCAB: 1.0})], [None])
+    with pytest.raises(ValueError, match="allowed must be"):
+        sample(logits, [SamplingParams()], [None], allowed=torch.ones(1, VOCAB))
+    with pytest.raises(ValueError, match="one allowed mask"):
+        sample(logits, [SamplingParams()], [None], allowed=[None, None])
