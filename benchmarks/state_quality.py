@@ -33,8 +33,10 @@ from tnn.model.tokenizer import encode, eos_id, load_tokenizer
 RESULTS = Path(__file__).parent / "results"
 
 
-def variants(tolerances: list[float], fir_length: int) -> list[tuple[str, SsmMethod, ReducedOptions | None]]:
-    rows: list[tuple[str, SsmMethod, ReducedOptions | None]] = [("etsc-tail", "etsc-tail", None)]
+def variants(
+    tolerances: list[float], fir_length: int, etsc_tail: bool
+) -> list[tuple[str, SsmMethod, ReducedOptions | None]]:
+    rows: list[tuple[str, SsmMethod, ReducedOptions | None]] = [("etsc-tail", "etsc-tail", None)] if etsc_tail else []
     for tolerance in tolerances:
         options = ReducedOptions(tolerance=tolerance, fir_length=fir_length)
         rows.append((f"reduced tol {tolerance:g} h {fir_length}", "reduced", options))
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerances", type=float, nargs="+", default=[5e-2, 2e-2, 1e-2])
     parser.add_argument("--fir-length", type=int, default=ReducedOptions().fir_length)
     parser.add_argument("--models", nargs="+", default=["shipped", "golden-shaped 7 layers", "paper width"])
+    parser.add_argument("--no-parallel", action="store_true", help="skip the shipped model's parallel rows")
+    parser.add_argument("--no-etsc", action="store_true", help="skip the etsc-tail rows")
     parser.add_argument("--out", default=str(RESULTS / "state_quality.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -92,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             base = load(directory) if model_name == "shipped" else random_model(model_name, 4096)
             blocks = {c: ids[: c + 1] for c in args.contexts}  # random models: one block per context
             references = {}
-            if model_name == "shipped":
+            if model_name == "shipped" and not args.no_parallel:
                 for c in args.contexts:
                     score = score_tokens(base, ids, n_bytes, context=c, max_batch=4)
                     record(
                         {"model": model_name, "path": "parallel", "context": c, "bits_per_byte": score.bits_per_byte}
                     )
-            else:
+            elif model_name != "shipped":
                 references = {c: base(blocks[c][None, :-1]).double() for c in args.contexts}
-            for label, method, options in variants(args.tolerances, args.fir_length):
+            for label, method, options in variants(args.tolerances, args.fir_length, not args.no_etsc):
                 model, seconds, modes = converted(base, method, options)
                 state_bytes = model.state_bytes_per_sequence()
                 for c in args.contexts:
