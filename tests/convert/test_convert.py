@@ -180,3 +180,24 @@ def test_bad_arguments(tmp_path: Path, native_dir: Path) -> None:
         convert_checkpoint(src=native_dir, dst=tmp_path / "x", length=1, progress=False)
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         convert_checkpoint(src=native_dir, dst=tmp_path / "y", tokenizer=tmp_path, progress=False)
+
+
+def test_default_reduced_conversion_writes_its_fit_and_decodes(tmp_path: Path, native_dir: Path) -> None:
+    """The default method: conversion.json records the fit per layer; the state is float32 planes + FIR history;
+    the written directory decodes within the kernel tolerance of the parallel model (logits within 5e-2)."""
+    dst = tmp_path / "reduced"
+    report = convert_checkpoint(src=native_dir, dst=dst, progress=False, compare_past_n=False)
+    assert report.method == "reduced" and report.reduced is not None
+    on_disk = json.loads((dst / "conversion.json").read_text())
+    layers = on_disk["reduced"]["layers"]
+    assert len(layers) == 2 and all(layer["max_pole_radius"] < 1 for layer in layers)
+    assert on_disk["modes"] == [layer["modes"] for layer in layers]
+    assert on_disk["thresholds"]["logits_rel_error_float32"] == 5e-2
+    model = load(dst, dtype=torch.float32)
+    ssm = model.config.ssm
+    assert ssm is not None and ssm.method == "reduced" and ssm.fir_length == 8
+    rows = sum(2 * modes + 8 for modes in ssm.layer_modes(2))
+    assert report.state_bytes_per_sequence == rows * model.config.d_inner * 4 == model.state_bytes_per_sequence()
+    tokens = random_tokens(1, 24)
+    got, _ = model.recurrent_logits(tokens)
+    assert relative_error(got, model(tokens)) <= 5e-2
