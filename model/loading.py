@@ -30,7 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def load(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TnnLM:
     """A TnnLM in eval mode from a model directory or an original fairseq checkpoint (.pt).
 
-    dtype: the weights' dtype (default float32). The recurrent state is complex128 for float64, complex64 else.
+    dtype: the weights' dtype (default float32). The recurrent state is float64 for float64, float32 else.
     """
     path = Path(path)
     if path.is_dir():

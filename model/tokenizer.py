@@ -4,7 +4,7 @@ Byte-level means every UTF-8 string round-trips exactly and nothing is ever unkn
 4096: the corpus is ~4.8 MB (~1.3M tokens at this size), so a larger vocabulary leaves many rare merges seen only a
 handful of times, and on a CPU the output projection (d_model x V per token) would cost more than a layer.
 Special tokens: id 0 `<|endoftext|>` (bos and eos: every scored text starts with it) and id 1 `<pad>`
-(TnnConfig.padding_idx = 1). A chat template renders turns like a play: "User:\\n...\\n\\nAssistant:\\n".
+(TnnConfig.padding_idx = 1). A chat template renders turns like a play: "User:\\n...\\n\\nAssistant:\\n", each turn one speech.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1, in this order
 MODEL_MAX_LENGTH = 1_000_000  # a TNN has no positional limit; transformers warns above this
 
-# Speakers' names in a play are followed by a colon and a newline; so are the chat roles.
+# Speakers' names in a play are followed by a colon and a newline; so are the chat roles. A speech ends with a
+# blank line, and so does every turn: blank lines inside a message are dropped so that a turn is one speech, and
+# the shipped generation_config.json stops a reply at its first blank line (the end of the speech).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}:\n{{ message['content'] | trim }}\n\n"
+    "{{ message['role'] | capitalize }}:\n"
+    "{{ message['content'].strip().split('\n') | map('trim') | reject('equalto', '') | join('\n') }}\n\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:\n{% endif %}"
 )

@@ -17,11 +17,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import tnn.model
+from tnn.server.embeddings import Embeddings
 from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
+from tnn.server.generation_config import GenerationDefaults, load_generation_defaults
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
-from tnn.server.routes import admin, health, openai, playground, tokenize
+from tnn.server.routes import admin, embeddings, health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -47,7 +49,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
         # on a shared CPU, small decode batches with several intra-op threads stall in thread barriers
         torch.set_num_threads(settings.threads)
     model = tnn.model.load(settings.model_dir, device=device, dtype=getattr(torch, settings.dtype))
-    if not model.is_converted:
+    if not model.config.causal:
+        logger.info("%s is bidirectional (an encoder): serving /v1/embeddings only, no conversion", settings.model_dir)
+    elif not model.is_converted:
         logger.info("%s is not converted: converting on load with the default method %r (tnn convert does it "
                     "once, offline)", settings.model_dir, tnn.model.conversion.DEFAULT_METHOD)  # fmt: skip
         tnn.model.attach_ssm(model)
@@ -74,12 +78,19 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
             state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
             settings.max_num_seqs, per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
         )  # fmt: skip
+        defaults = GenerationDefaults()
+        if settings.model_dir is not None:
+            defaults = load_generation_defaults(settings.model_dir, settings.generation_config)
+        if any(token >= engine.vocab_size for token in defaults.eos_token_ids):
+            raise ValueError(f"{defaults.source}: eos_token_id {list(defaults.eos_token_ids)} outside the vocabulary "
+                             f"(ids 0..{engine.vocab_size - 1})")  # fmt: skip
         if settings.warmup:
             seconds = await asyncio.to_thread(engine.warmup)
             logger.info("warm-up done in %.2fs", seconds)
         engine.start(asyncio.get_running_loop())
         state.engine = engine
-        state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name)
+        state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name, defaults)
+        state.embeddings = Embeddings(engine, state.serving, settings)
         if state.phase == "loading":
             state.phase = "ready"
             logger.info("ready: serving %r on the OpenAI API", state.model_name)
@@ -113,6 +124,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app, metrics)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(admin.router)
     if settings.playground:
@@ -129,5 +141,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                            is_public=playground.is_public if settings.playground else lambda path: False)  # fmt: skip
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+                           allow_headers=settings.cors_allow_headers)  # fmt: skip
     return app

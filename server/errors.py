@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tnn.server.metrics import Metrics
-from tnn.server.schemas import ErrorInfo, ErrorResponse
+from tnn.server.schemas import EXTENSIONS, ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,24 @@ ERROR_TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+# the tags pydantic gives plain-typed union members (`stop: str | list[str]` -> loc stop.str); they are not fields
+UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+# pydantic error types meaning "wrong JSON type" (strict bodies do not coerce)
+STRICT_TYPE_ERRORS = frozenset(
+    {
+        "int_type",
+        "float_type",
+        "bool_type",
+        "string_type",
+        "list_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+    }
+)
 
 
 class BodyTooLarge(Exception):
@@ -97,12 +115,19 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     # a union adds its member's tag to the path (prompt.constrained-str.0): the path ends at the first such tag
     fields: list[str] = []
     for part in loc:
-        if not (part.isidentifier() or part.isdigit()):
+        if not (part.isidentifier() or part.isdigit()) or part in UNION_TAGS:
             break
         fields.append(part)
     param = ".".join(fields) or None
+    if first.get("type") == "extra_forbidden":
+        extensions = f"; supported extensions: {', '.join(EXTENSIONS)}" if len(fields) == 1 else ""
+        return ApiError(400, f"Unknown parameter: {param!r}{extensions}", param=param, code="unknown_parameter")
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    return ApiError(400, message, param=param, code="invalid_value")
+    if first.get("type") in STRICT_TYPE_ERRORS:  # strict bodies: say what arrived ("5" is a string, not 5)
+        message += f", got {type(first.get('input')).__name__} {json.dumps(first.get('input'), default=str)[:80]}"
+    return ApiError(
+        400, message, param=param, code="invalid_type" if first.get("type") in STRICT_TYPE_ERRORS else "invalid_value"
+    )
 
 
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

@@ -25,7 +25,10 @@ class GenerationRequest:
     max_tokens: int  # per choice; 0 only with prompt logprobs (scoring)
     n: int = 1
     stop: tuple[str, ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()  # end the choice (their text is not part of it), even with ignore_eos
+    eos_token_ids: frozenset[int] = frozenset()  # end the choice unless ignore_eos
     ignore_eos: bool = False
+    grammar: str | None = None  # llguidance grammar constraining every choice (tnn.server.structured)
     logprobs: int | None = None  # top alternatives per generated token; None: no logprobs
     prompt_logprobs: int | None = None  # same for prompt tokens (echo); None: none
     arrival: float = 0.0  # time.monotonic() when the HTTP request arrived
