@@ -21,7 +21,7 @@ from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
-from tnn.server.routes import health, openai, playground, tokenize
+from tnn.server.routes import admin, health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -114,6 +114,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)
+    app.include_router(admin.router)
     if settings.playground:
         playground.mount(app)
     app.add_middleware(

@@ -6,7 +6,12 @@ sub-10 ms buckets for GPU decode steps. Counting rules (tests assert them exactl
 - per choice: requests_total{finish_reason} (a request with n=2 counts twice), one inter_token_latency
   observation per generated token after a choice's first, generation_tokens (every sampled token, eos included);
 - per engine step: decode_step_seconds and batch_size (running sequences in that step);
-- errors_total{code}: HTTP error answers by status code ("400", "401", "429", "500", "503", ...).
+- errors_total{code}: HTTP error answers by status code ("400", "401", "429", "500", "503", ...);
+- prefix cache (vLLM's names): prefix_cache_queries_total counts the prompt tokens looked up (prompts that opt
+  out or ask for prompt logprobs are not looked up), prefix_cache_hits_total those served from the cache (the
+  sum of usage.prompt_tokens_details.cached_tokens); prefill_tokens_total{kind} the tokens actually prefilled:
+  "prompt" (prompt tokens minus cached ones) and "cache_fill" (extending a finished chat answer's state to the
+  boundary where the next turn continues).
 Every tnn_ series carries `model_name` (the served model id), as vLLM's do; the registry also holds the process
 (process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...), platform and GC collectors, and no
 `_created` series (prometheus_client's creation timestamps only double the series count).
@@ -105,5 +110,33 @@ class Metrics:
         self.state_slots_used = gauge("tnn_state_slots_used", "State slots in use.")
         self.state_slots_total = gauge("tnn_state_slots_total", "State slots (max concurrent sequences).")
         self.state_bytes = gauge("tnn_state_bytes", "Bytes of recurrent state held by sequences now.")
+        self.prefill_tokens = ModelLabeled(
+            Counter("tnn_prefill_tokens", "Tokens run through prefill, by kind: prompt (uncached part) or cache_fill.",
+                    ["model_name", "kind"], registry=r),
+            model_name,
+        )  # fmt: skip
+        self.prefix_cache_queries = counter("tnn_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
+        self.prefix_cache_hits = counter("tnn_prefix_cache_hits", "Prompt tokens served from the prefix-state cache.")
+        self.prefix_cache_entries = ModelLabeled(
+            Gauge("tnn_prefix_cache_entries", "Cached prefix states, by tier (memory, disk).", ["model_name", "tier"],
+                  registry=r),
+            model_name,
+        )  # fmt: skip
+        self.prefix_cache_bytes = ModelLabeled(
+            Gauge("tnn_prefix_cache_bytes", "Bytes of cached prefix states, by tier (memory, disk).",
+                  ["model_name", "tier"], registry=r),
+            model_name,
+        )  # fmt: skip
+        self.prefix_cache_evictions = ModelLabeled(
+            Counter("tnn_prefix_cache_evictions", "Prefix states evicted, by tier (memory: spilled or dropped; disk).",
+                    ["model_name", "tier"], registry=r),
+            model_name,
+        )  # fmt: skip
+        for tier in ("memory", "disk"):
+            self.prefix_cache_entries.labels(tier=tier)
+            self.prefix_cache_bytes.labels(tier=tier)
+            self.prefix_cache_evictions.labels(tier=tier)
+        for kind in ("prompt", "cache_fill"):
+            self.prefill_tokens.labels(kind=kind)
         for reason in ("stop", "length", "abort", "error"):
             self.requests.labels(finish_reason=reason)

@@ -46,17 +46,24 @@ def make_tiny_model_dir(
     vocab_size: int = 384,
     converted: bool = True,
     chat_template: bool = True,
+    tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it."""
+    """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it.
+    `tokenizer_dir`: copy that directory's tokenizer (e.g. the shipped model's) instead of training one."""
     import torch
 
     from tnn.model import TnnConfig, TnnLM, attach_ssm, save_model
-    from tnn.model.tokenizer import CHAT_TEMPLATE, save_tokenizer, train_tokenizer
+    from tnn.model.loading import copy_tokenizer
+    from tnn.model.tokenizer import CHAT_TEMPLATE, load_tokenizer, save_tokenizer, train_tokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(CORPUS * 4, vocab_size=vocab_size)
-    save_tokenizer(tokenizer, path, chat_template=CHAT_TEMPLATE if chat_template else None)
+    if tokenizer_dir is None:
+        tokenizer = train_tokenizer(CORPUS * 4, vocab_size=vocab_size)
+        save_tokenizer(tokenizer, path, chat_template=CHAT_TEMPLATE if chat_template else None)
+    else:
+        copy_tokenizer(Path(tokenizer_dir), path)
+        tokenizer = load_tokenizer(path)
 
     config = TnnConfig(
         vocab_size=tokenizer.get_vocab_size(),
