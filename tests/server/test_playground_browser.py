@@ -204,7 +204,16 @@ def test_chat_streams_text_and_shows_the_figures(tab: Tab) -> None:
         {"role": "assistant", "content": text},
         {"role": "user", "content": "And what of Romeo?"},
     ]
-    tab.wait_done()
+    second_reply = tab.wait_done()
+    # the second turn continues the first: the prefix-state cache served part of its prompt, and the panel says so
+    cached = int(tab.figure(second_reply, "cached"))
+    assert 0 < cached < int(tab.figure(second_reply, "prompt"))
+    samples = scrape_metrics(tab.server.url)
+    hits, queried = (int(metric_value(samples, f"tnn_prefix_cache_{name}_total")) for name in ("hits", "queries"))
+    assert hits >= cached
+    tab.page.wait_for_function(
+        f"document.getElementById('srv-cache').textContent.startsWith('{hits} / {queried} tokens')"
+    )
 
 
 def test_event_parser_joins_events_and_characters_split_anywhere(tab: Tab) -> None:
