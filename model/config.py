@@ -19,6 +19,7 @@ FORMAT_VERSION = 1
 Decay = Literal["fixed", "learned", "none"]
 NormPosition = Literal["pre", "post"]
 SsmMethod = Literal["etsc", "etsc-inclusive", "etsc-tail"]
+Operator = Literal["tnn", "fd", "ski"]
 
 # The activation names of the original lookup table (spec §2.2); anything else there means identity,
 # which we spell "none" and refuse unknown strings instead of silently treating them as identity.
@@ -64,6 +65,9 @@ class TnnConfig:
     rpe_act: str = "relu"
     rpe_residual: bool = False  # residual
     causal: bool = True
+    operator: Operator = "tnn"  # token mixer: TNN (RPE over lags), FD-TNN (RPE over frequencies), SKI-TNN (tnn_type)
+    ski_rank: int = 32  # SKI-TNN: inducing points r (rank)
+    ski_taps: int = 17  # SKI-TNN: taps of the sparse band, odd (nk, made odd); a causal model keeps taps//2 + 1
     decay: Decay = "fixed"  # use_decay -> "fixed", use_multi_decay -> "learned", neither -> "none"
     gamma: float = 0.99  # fixed decay, or the lower bound lambda of the learned decay
     kernel_act: str = "none"  # act_type, applied to the decayed kernel
@@ -73,6 +77,8 @@ class TnnConfig:
     glu_act: str = "silu"
     norm_position: NormPosition = "pre"  # decoder_normalize_before
     final_norm: bool = True  # the LayerNorm(d_model) before the tied output projection
+    embed_norm: bool = False  # LayerNorm(d_model) right after the embedding (RoBERTa's layernorm_embedding)
+    mlm_head: bool = False  # RoBERTa LM head before the tied projection: dense, GELU, LayerNorm, output bias
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (no_scale_embedding=False)
     bias: bool = True
     padding_idx: int | None = 1
@@ -94,6 +100,8 @@ class TnnConfig:
             )
         _check_literal("decay", self.decay, Decay)
         _check_literal("norm_position", self.norm_position, NormPosition)
+        _check_literal("operator", self.operator, Operator)
+        self._check_operator()
         for name in ("rpe_act", "kernel_act", "gtu_act", "glu_act"):
             if getattr(self, name) not in ACTIVATIONS:
                 raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {getattr(self, name)!r}")
@@ -107,6 +115,26 @@ class TnnConfig:
             _check_positive("train_length", self.train_length)
         if self.ssm is not None and not isinstance(self.ssm, SsmConfig):
             raise TypeError(f"ssm must be an SsmConfig or None, got {type(self.ssm).__name__}")
+
+    def _check_operator(self) -> None:
+        """FD-TNN has no decay, SKI-TNN's gamma is its warp; neither has a kernel activation or normalize."""
+        if self.operator == "tnn":
+            return
+        if self.operator == "fd" and self.decay != "none":
+            raise ValueError(f"operator 'fd' has no decay: decay must be 'none', got {self.decay!r}")
+        if self.operator == "ski":
+            if self.decay != "fixed":
+                raise ValueError(
+                    f"operator 'ski' warps lags with a fixed gamma: decay must be 'fixed', got {self.decay!r}"
+                )
+            if self.ski_rank < 2:
+                raise ValueError(f"ski_rank must be >= 2, got {self.ski_rank}")
+            if self.ski_taps < 1 or self.ski_taps % 2 == 0:
+                raise ValueError(f"ski_taps must be a positive odd number, got {self.ski_taps}")
+            if not 0.0 < self.gamma < 1.0:
+                raise ValueError(f"operator 'ski' needs gamma in (0, 1), got {self.gamma}")
+        if self.kernel_act != "none" or self.normalize:
+            raise ValueError(f"operator {self.operator!r} supports neither kernel_act nor normalize")
 
     @property
     def d_inner(self) -> int:

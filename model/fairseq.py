@@ -1,4 +1,5 @@
-"""Import of original fairseq-evo TNN checkpoints (`tnn_v2_lm` archs, spec §3-4) into native names.
+"""Import of original fairseq TNN checkpoints into native names: fairseq-evo's `tnn_v2_lm` archs (spec §3-4) and
+jonathanmei/ski-tnn's `laxtnn_lm` archs (TNN, FD-TNN) and its RoBERTa-style `ski_blm_inv_time` (SKI-TNN encoder).
 
 The .pt is read with `torch.load(weights_only=True)`: no pickle code runs. Hyperparameters come from
 cfg["model"] (a dict or an argparse.Namespace), then the arch table, then the layer defaults; every size is read
@@ -42,7 +43,29 @@ ARCHS: dict[str, dict[str, Any] | None] = {
     "tnn_v2_decay_99_pre_glu_v2_gtu_v3": None,
     "tnn_v2_decay_99_pre_glu_v2_gtu_v3_l6": None,
     "tnn_v2_decay_99_pre_e768": None,
+    # jonathanmei/ski-tnn (laxtnn/models/language_model.py): `tno_type` picks the token mixer
+    "laxtnn_alm_baseline": {},
+    "laxtnn_alm_baseline_3lyrs": {"rpe_layers": 3},
+    "laxtnn_no_decay": {"use_decay": False, "decoder_normalize_before": False},
+    "laxtnn_alm_tno_fd": {"use_decay": False, "tno_type": "tno_fd"},
+    "laxtnn_alm_tno_fd_3lyrs": {"use_decay": False, "tno_type": "tno_fd", "rpe_layers": 3},
+    "laxtnn_alm_tno_fd_0lyrs": {"use_decay": False, "tno_type": "tno_fd", "rpe_layers": 0},
+    "laxtnn_alm_tno_fd_norpe": None,
+    # laxtnn/models/bidirectional_lm.py on fairseq's RoBERTa base_architecture (post-norm, embedding LayerNorm,
+    # no embedding scale, masked-LM head); encoder_* arguments are read as decoder_* below
+    "ski_blm_inv_time": {
+        "decoder_layers": 12,
+        "decoder_normalize_before": False,
+        "causal": False,
+        "tno_type": "skitno_inv_time",
+        "rank": 32,
+        "nk": 16,
+        "layernorm_embedding": True,
+        "no_scale_embedding": True,
+    },
 }
+# tno_type of ski-tnn -> our `operator`; other mixers of that repo (skitno, tno_fd_norpe) are refused
+_OPERATORS = {"tno": "tnn", "tno_fd": "fd", "skitno_inv_time": "ski"}
 # Layer defaults the original code falls back to when cfg["model"] omits an argument (golden/README.md).
 _LAYER_DEFAULTS: dict[str, Any] = {
     "decoder_attention_heads": 1,
@@ -71,6 +94,10 @@ _LAYER_DEFAULTS: dict[str, Any] = {
     "final_layernorm": "layernorm",
     "adaptive_input": False,
     "adaptive_softmax_cutoff": None,
+    "tno_type": "tno",
+    "rank": 32,
+    "nk": 16,
+    "layernorm_embedding": False,
 }
 # (fairseq regex, native template); applied to every key of the state dict
 _KEY_MAP: list[tuple[str, str]] = [
@@ -92,9 +119,22 @@ _KEY_MAP: list[tuple[str, str]] = [
         r"layers.\1.gtu.tno.rpe.out.linear.\2",
     ),
     (r"^decoder\.layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"layers.\1.glu.\2.\3"),
+    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.(alphas|betas|conv_kernel)$", r"layers.\1.gtu.tno.\2"),
+    (r"^decoder\.layernorm_embedding\.(weight|bias)$", r"embed_norm.\1"),
+    (r"^encoder\.lm_head\.dense\.(weight|bias)$", r"mlm_head.dense.\1"),
+    (r"^encoder\.lm_head\.layer_norm\.(weight|bias)$", r"mlm_head.norm.\1"),
+    (r"^encoder\.lm_head\.bias$", "mlm_head.bias"),
 ]
+# RoBERTa-style encoders (ski_blm_inv_time) keep the layers under this prefix; read as the decoder's
+ENCODER_PREFIX = "encoder.sentence_encoder."
 # Non-parameter leftovers fairseq-evo itself drops on load (spec §4.1)
-_IGNORED_KEYS = {"decoder.version", "decoder.output_projection.weight", "decoder.cache_matrix", "decoder.causal_mask"}
+_IGNORED_KEYS = {
+    "decoder.version",
+    "decoder.output_projection.weight",
+    "decoder.cache_matrix",
+    "decoder.causal_mask",
+    "encoder.lm_head.weight",  # tied to the embedding (checked)
+}
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -107,6 +147,23 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' state dict)")
     return checkpoint
+
+
+def encoder_as_decoder(state: dict[str, Tensor], args: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A RoBERTa-style encoder's keys and encoder_* arguments renamed to the decoder's, so one importer reads
+    both; a decoder checkpoint passes through unchanged."""
+    if not any(k.startswith(ENCODER_PREFIX) for k in state):
+        return state, args
+    state = {
+        ("decoder." + k.removeprefix(ENCODER_PREFIX) if k.startswith(ENCODER_PREFIX) else k): v
+        for k, v in state.items()
+    }
+    args = dict(args)
+    for name in ("embed_dim", "layers", "attention_heads", "normalize_before"):
+        if f"encoder_{name}" in args:
+            args[f"decoder_{name}"] = args.pop(f"encoder_{name}")
+    args.setdefault("causal", False)  # the encoder layer's default
+    return state, args
 
 
 def _model_args(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -169,40 +226,65 @@ def _activation_name(name: Any) -> str:
     return name if name in ACTIVATIONS else "none"
 
 
+def _operator(args: dict[str, Any], path: Path) -> str:
+    operator = _OPERATORS.get(str(args["tno_type"]))
+    if operator is None:
+        raise ValueError(
+            f"{path}: cfg['model']['tno_type'] = {args['tno_type']!r} is not supported (only {sorted(_OPERATORS)})"
+        )
+    return operator
+
+
+def _mixer_sizes(state: dict[str, Tensor], operator: str, args: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The token mixer's sizes from the tensors: RPE width and depth (TNN, FD) or SKI rank and taps."""
+    prefix = "decoder.layers.0.self_attn.gtu.toep."
+    if operator == "ski":
+        rank = _shape(state, prefix + "alphas", path)[-1]
+        columns = _shape(state, prefix + "conv_kernel", path)[1]
+        taps = columns if not args["causal"] else 2 * columns - 1  # a causal model keeps taps//2 + 1
+        nk = int(args["nk"]) + 1 - int(args["nk"]) % 2
+        if int(args["rank"]) != rank or nk != taps:
+            raise ValueError(f"{path}: cfg rank/nk = {args['rank']}/{args['nk']} but the tensors give {rank}/{taps}")
+        return {"ski_rank": rank, "ski_taps": taps}
+    rpe_ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"rpe\.layers\.(\d+)\.", k))}
+    sizes = {"d_rpe": _shape(state, prefix + "rpe.pos_proj.weight", path)[0], "n_rpe_layers": len(rpe_ids)}
+    for arg, found in [("rpe_embedding", sizes["d_rpe"]), ("rpe_layers", sizes["n_rpe_layers"])]:
+        if args.get(arg) is not None and int(args[arg]) != found:
+            raise ValueError(f"{path}: cfg['model'][{arg!r}] = {args[arg]} but the tensors give {found}")
+    return sizes
+
+
+def _decay(state: dict[str, Tensor], operator: str, args: dict[str, Any], path: Path) -> str:
+    """TNN: fixed / learned / none from the cfg; FD-TNN: none; SKI-TNN: fixed (the warp's gamma)."""
+    has_gamma = "decoder.layers.0.self_attn.gtu.toep.gamma" in state
+    if operator == "tnn":
+        decay = "learned" if args["use_multi_decay"] else "fixed" if args["use_decay"] else "none"
+    else:
+        decay = "none" if operator == "fd" else "fixed"
+    if has_gamma != (decay != "none"):
+        raise ValueError(
+            f"{path}: decay {decay!r} from cfg, but the key 'toep.gamma' is {'present' if has_gamma else 'absent'}"
+        )
+    return decay
+
+
 def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
     """Hyperparameters from cfg + arch table, sizes from the tensors (cross-checked)."""
-    args = _resolve_args(_model_args(checkpoint, path), path)
+    state, args = encoder_as_decoder(checkpoint["model"], _model_args(checkpoint, path))
+    args = _resolve_args(args, path)
     _refuse_unsupported(args, path)
-    state = checkpoint["model"]
+    operator = _operator(args, path)
     vocab_size, d_model = _shape(state, "decoder.embed_tokens.weight", path)
     layer_ids = {int(m.group(1)) for k in state if (m := re.match(r"^decoder\.layers\.(\d+)\.", k))}
     n_layers = max(layer_ids) + 1 if layer_ids else 0
     d_inner = _shape(state, "decoder.layers.0.self_attn.gtu.v_proj.weight", path)[0]
     d_glu = _shape(state, "decoder.layers.0.glu.l1.weight", path)[0]
-    d_rpe = _shape(state, "decoder.layers.0.self_attn.gtu.toep.rpe.pos_proj.weight", path)[0]
-    rpe_ids = {
-        int(m.group(1))
-        for k in state
-        if (m := re.match(r"^decoder\.layers\.0\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.", k))
-    }
-    n_rpe_layers = max(rpe_ids) + 1 if rpe_ids else 0
-    for arg, found in [
-        ("decoder_embed_dim", d_model),
-        ("decoder_layers", n_layers),
-        ("glu_dim", d_glu),
-        ("rpe_embedding", d_rpe),
-        ("rpe_layers", n_rpe_layers),
-    ]:
+    for arg, found in [("decoder_embed_dim", d_model), ("decoder_layers", n_layers), ("glu_dim", d_glu)]:
         stated = args.get(arg)
         if stated is not None and int(stated) != found:
             raise ValueError(f"{path}: cfg['model'][{arg!r}] = {stated} but the tensors give {found}")
-
-    has_gamma = "decoder.layers.0.self_attn.gtu.toep.gamma" in state
-    decay = "learned" if args["use_multi_decay"] else "fixed" if args["use_decay"] else "none"
-    if has_gamma != (decay != "none"):
-        raise ValueError(
-            f"{path}: decay {decay!r} from cfg, but the key 'toep.gamma' is {'present' if has_gamma else 'absent'}"
-        )
+    mixer = _mixer_sizes(state, operator, args, path)
+    decay = _decay(state, operator, args, path)
     version = state.get("decoder.version")
     version_value = float(version.flatten()[0]) if isinstance(version, Tensor) and version.numel() else 1.0
     final_norm = bool(args["decoder_normalize_before"]) and not args["no_decoder_final_norm"]
@@ -219,6 +301,7 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
     task = _task_args(checkpoint)
     train_length = task.get("tokens_per_sample") or args.get("tokens_per_sample")
     padding_idx = 1 if vocab_size > 1 else None
+    gamma = state.get("decoder.layers.0.self_attn.gtu.toep.gamma")
     return TnnConfig(
         vocab_size=vocab_size,
         d_model=d_model,
@@ -226,13 +309,12 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
         n_heads=heads,
         expand_ratio=expand_ratio,
         d_glu=d_glu,
-        d_rpe=d_rpe,
-        n_rpe_layers=n_rpe_layers,
         rpe_act=_activation_name(args["rpe_act"]),
         rpe_residual=bool(args["residual"]),
         causal=bool(args["causal"]),
+        operator=operator,
         decay=decay,
-        gamma=float(args["gamma"]),
+        gamma=float(gamma.flatten()[0]) if operator == "ski" and gamma is not None else float(args["gamma"]),
         kernel_act=_activation_name(args["act_type"]),
         normalize=bool(args["normalize"]),
         gtu_act=_activation_name(args["act_fun"]),
@@ -240,11 +322,14 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
         glu_act=_activation_name(args["glu_act"]),
         norm_position="pre" if args["decoder_normalize_before"] else "post",
         final_norm=final_norm,
+        embed_norm="decoder.layernorm_embedding.weight" in state,
+        mlm_head="encoder.lm_head.dense.weight" in state,
         scale_embedding=not args["no_scale_embedding"],
         bias=bool(args["bias"]),
         padding_idx=padding_idx,
         dropout=float(args["dropout"]),
         train_length=int(train_length) if train_length else 512,
+        **mixer,
     )
 
 
@@ -267,19 +352,19 @@ def native_state_from_fairseq(state: dict[str, Tensor], config: TnnConfig, path:
         name = native_key(key)
         if name is None:
             raise ValueError(f"{path}: unexpected key {key!r} {tuple(tensor.shape)} in the checkpoint")
-        if name.endswith("tno.gamma"):
+        if name.endswith("tno.gamma") and config.operator == "tnn":
             expected = (config.n_heads, 1, config.d_head)
             if tuple(tensor.shape) != expected:
                 raise ValueError(f"{path}: key {key!r} has shape {tuple(tensor.shape)}, expected {expected}")
             tensor = tensor.reshape(-1)
         native[name] = tensor
-    tied = state.get("decoder.output_projection.weight")
     embed = state["decoder.embed_tokens.weight"]
-    if tied is not None and (tied.shape != embed.shape or not torch.equal(tied, embed)):
-        raise ValueError(
-            f"{path}: 'decoder.output_projection.weight' differs from 'decoder.embed_tokens.weight'; "
-            "only tied output projections are supported"
-        )
+    for key in ("decoder.output_projection.weight", "encoder.lm_head.weight"):
+        tied = state.get(key)
+        if tied is not None and (tied.shape != embed.shape or not torch.equal(tied, embed)):
+            raise ValueError(
+                f"{path}: {key!r} differs from the token embedding; only tied output projections are supported"
+            )
     return native
 
 
@@ -288,4 +373,5 @@ def load_fairseq(path: str | Path) -> tuple[TnnConfig, dict[str, Tensor]]:
     path = Path(path)
     checkpoint = read_checkpoint(path)
     config = config_from_fairseq(checkpoint, path)
-    return config, native_state_from_fairseq(checkpoint["model"], config, path)
+    state, _ = encoder_as_decoder(checkpoint["model"], {})
+    return config, native_state_from_fairseq(state, config, path)

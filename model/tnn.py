@@ -17,89 +17,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tnn.model.config import TnnConfig
-from tnn.model.ssm import SsmParams, ssm_prefill, ssm_step, zero_state
+from tnn.model.fd_tno import FdTno
+from tnn.model.mixer import ToeplitzMixer
+from tnn.model.rpe import Rpe, SimpleRMSNorm, activation
+from tnn.model.ski_tno import SkiTno
+from tnn.model.ssm import zero_state
 from tnn.model.toeplitz import fft_dtype, toeplitz_matmul_fft
 
-SRMS_EPS = 1e-8
 LAYER_NORM_EPS = 1e-5
 
 
-def activation(name: str) -> Callable[[Tensor], Tensor]:
-    """The original activation lookup (spec §2.2), "none" being the identity."""
-    table: dict[str, Callable[[Tensor], Tensor]] = {
-        "none": lambda x: x,
-        "silu": F.silu,
-        "relu": F.relu,
-        "gelu": F.gelu,
-        "elu": F.elu,
-        "sigmoid": torch.sigmoid,
-        "leak": F.leaky_relu,
-        "1+elu": lambda x: 1 + F.elu(x),
-        "2+elu": lambda x: 2 + F.elu(x),
-        "exp": lambda x: torch.exp(x - x.amax(dim=-1, keepdim=True).detach()),
-        "sine": torch.sin,
-    }
-    return table[name]
-
-
-class SimpleRMSNorm(nn.Module):
-    """SimpleRMSNorm: x / (||x|| d^-1/2 + eps), no parameters, eps outside the root (not nn.RMSNorm)."""
-
-    def __init__(self, dim: int, eps: float = SRMS_EPS) -> None:
-        super().__init__()
-        self.dim = dim
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        rms = x.norm(dim=-1, keepdim=True) * self.dim**-0.5
-        return x / (rms + self.eps)
-
-
-class RpeBlock(nn.Module):
-    """Norm -> activation -> Linear, one block of the relative position encoder."""
-
-    def __init__(self, d_in: int, d_out: int, act: str, bias: bool) -> None:
-        super().__init__()
-        self.norm = SimpleRMSNorm(d_in)
-        self.act = activation(act)
-        self.linear = nn.Linear(d_in, d_out, bias=bias)
-
-    def forward(self, z: Tensor) -> Tensor:
-        # weights are cast to the positions' dtype so that bf16 models still encode lags in float32
-        weight = self.linear.weight.to(z.dtype)
-        bias = None if self.linear.bias is None else self.linear.bias.to(z.dtype)
-        return F.linear(self.act(self.norm(z)), weight, bias)
-
-
-class Rpe(nn.Module):
-    """Relative Position Encoder: an MLP from the scalar lag k to one coefficient per channel."""
-
-    def __init__(self, config: TnnConfig) -> None:
-        super().__init__()
-        self.residual = config.rpe_residual
-        self.pos_proj = nn.Linear(1, config.d_rpe, bias=config.bias)
-        self.layers = nn.ModuleList(
-            RpeBlock(config.d_rpe, config.d_rpe, config.rpe_act, config.bias) for _ in range(config.n_rpe_layers)
-        )
-        self.out = RpeBlock(config.d_rpe, config.d_inner, config.rpe_act, config.bias)
-
-    def forward(self, lags: Tensor) -> Tensor:
-        """lags: (K,) floats -> (K, D)."""
-        weight = self.pos_proj.weight.to(lags.dtype)
-        bias = None if self.pos_proj.bias is None else self.pos_proj.bias.to(lags.dtype)
-        z = F.linear(lags[:, None], weight, bias)  # (K, 1) -> (K, d_rpe)
-        for block in self.layers:
-            z = block(z) + z if self.residual else block(z)
-        return self.out(z)
-
-
-class Tno(nn.Module):
+class Tno(ToeplitzMixer):
     """Toeplitz Neural Operator: y = T v per channel, T[i, j] = a_{i-j}, a_k = act(gamma^|k| RPE(k))."""
 
     def __init__(self, config: TnnConfig) -> None:
@@ -116,7 +51,10 @@ class Tno(nn.Module):
             self.gamma = nn.Parameter(torch.full((config.d_inner,), config.gamma), requires_grad=False)
         elif config.decay == "learned":
             self.gamma = nn.Parameter(torch.randn(config.d_inner))
-        self.ssm: SsmParams | None = None  # attached by conversion (tnn.model.conversion)
+
+    @property
+    def channels(self) -> int:
+        return self.rpe.out.linear.out_features
 
     def decay_rate(self, dtype: torch.dtype) -> Tensor:
         """Effective gamma per channel, (D,); ones for a model without decay."""
@@ -124,7 +62,7 @@ class Tno(nn.Module):
             return self.gamma.to(dtype)
         if self.decay_kind == "learned":
             return self.lower_bound + (1 - self.lower_bound) * torch.sigmoid(self.gamma.to(dtype))
-        return torch.ones(self.rpe.out.linear.out_features, dtype=dtype, device=self.rpe.out.linear.weight.device)
+        return super().decay_rate(dtype)
 
     def _apply_kernel_act(self, coef: Tensor) -> Tensor:
         if self.kernel_act == "none":
@@ -148,12 +86,10 @@ class Tno(nn.Module):
 
     def undecayed_coefficients(self, length: int) -> tuple[Tensor, Tensor]:
         """For conversion, in float64: t (length, D) with a_k = gamma^k t_k, and gamma (D,)."""
+        if self.kernel_act != "none":
+            return super().undecayed_coefficients(length)
         gamma = self.decay_rate(torch.float64)
-        lags = torch.arange(length, device=gamma.device, dtype=torch.float64)
-        if self.kernel_act == "none":
-            return self.rpe(lags), gamma
-        coef_pos, _ = self.coefficients(length, torch.float64)
-        return coef_pos / gamma[None, :] ** lags[:, None], gamma
+        return self.rpe(torch.arange(length, device=gamma.device, dtype=torch.float64)), gamma
 
     def forward(self, v: Tensor) -> Tensor:
         """v: (B, L, D) -> (B, L, D) by the FFT Toeplitz product with the TNN kernel."""
@@ -164,21 +100,11 @@ class Tno(nn.Module):
             y = y / toeplitz_matmul_fft(torch.ones_like(v[:1], dtype=dt), coef_pos, coef_neg)
         return y.to(v.dtype)
 
-    def _require_ssm(self) -> SsmParams:
-        if self.ssm is None:
-            raise RuntimeError(
-                "this model has no recurrent form yet: convert it (tnn convert) or call "
-                "tnn.model.conversion.attach_ssm before prefill/step"
-            )
-        return self.ssm
 
-    def prefill(self, v: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """v: (B, L, D) -> (B, L, D) with the converted kernel, and the state (B, N, D) after it."""
-        return ssm_prefill(v, state, self._require_ssm())
-
-    def step(self, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """v: (B, D) one token -> (B, D), new state (B, N, D)."""
-        return ssm_step(v, state, self._require_ssm())
+def token_mixer(config: TnnConfig) -> ToeplitzMixer:
+    """The Toeplitz operator `config.operator` names: the TNN's Tno, FD-TNN's FdTno or SKI-TNN's SkiTno."""
+    mixers: dict[str, Callable[[TnnConfig], ToeplitzMixer]] = {"tnn": Tno, "fd": FdTno, "ski": SkiTno}
+    return mixers[config.operator](config)
 
 
 class Gtu(nn.Module):
@@ -190,7 +116,7 @@ class Gtu(nn.Module):
         self.u_proj = nn.Linear(config.d_model, config.d_inner, bias=config.bias)
         self.v_proj = nn.Linear(config.d_model, config.d_inner, bias=config.bias)
         self.out_proj = nn.Linear(config.d_inner, config.d_model, bias=config.bias)
-        self.tno = Tno(config)
+        self.tno = token_mixer(config)
         self.norm = SimpleRMSNorm(config.d_inner) if config.gtu_norm else None
 
     def _gate(self, x: Tensor, mixed: Tensor) -> Tensor:
@@ -228,6 +154,21 @@ class Glu(nn.Module):
 
 
 TokenMixer = Callable[[Tensor], Tensor]
+Pooling = Literal["mean", "last"]
+
+
+class MlmHead(nn.Module):
+    """RoBERTa's masked-LM head: dense, GELU, LayerNorm, then the tied projection plus an output bias."""
+
+    def __init__(self, config: TnnConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
+        """x (..., d) -> logits (..., V)."""
+        return F.linear(self.norm(F.gelu(self.dense(x))), embedding, self.bias)
 
 
 class TnnBlock(nn.Module):
@@ -320,9 +261,11 @@ class TnnLM(nn.Module):
         nn.init.normal_(self.embed.weight, mean=0.0, std=config.d_model**-0.5)
         if config.padding_idx is not None:
             nn.init.zeros_(self.embed.weight[config.padding_idx])
+        self.embed_norm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS) if config.embed_norm else None
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TnnBlock(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS) if config.final_norm else None
+        self.mlm_head = MlmHead(config) if config.mlm_head else None
 
     @property
     def device(self) -> torch.device:
@@ -333,12 +276,38 @@ class TnnLM(nn.Module):
         return self.embed.weight.dtype
 
     def _embed(self, tokens: Tensor) -> Tensor:
-        return self.dropout(self.embed(tokens) * self.embed_scale)  # (..., d)
+        x = self.embed(tokens) * self.embed_scale  # (..., d)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.dropout(x)
+
+    def _features(self, x: Tensor) -> Tensor:
+        """The last layer's output after the final norm (if any): what the output projection sees."""
+        return x if self.final_norm is None else self.final_norm(x)
 
     def _logits(self, x: Tensor) -> Tensor:
-        if self.final_norm is not None:
-            x = self.final_norm(x)
+        x = self._features(x)
+        if self.mlm_head is not None:
+            return self.mlm_head(x, self.embed.weight)
         return F.linear(x, self.embed.weight)  # tied output projection: (..., d) -> (..., V)
+
+    @torch.inference_mode()
+    def pooled_features(self, tokens: Tensor, pooling: Pooling = "mean", lengths: Tensor | None = None) -> Tensor:
+        """One vector per sequence (B, d) from the parallel path: the mean over positions of the final
+        features, or the last position's. tokens (B, L); `lengths` (B,) marks right padding, which only a
+        causal model may have (a bidirectional one would see the padding): positions >= length are ignored."""
+        if tokens.shape[1] == 0:
+            raise ValueError("an embedding needs at least one token")
+        if lengths is not None and not self.config.causal:
+            raise ValueError("a bidirectional model sees padding: batch only sequences of one length")
+        features = self._features(self.hidden_states(tokens)[-1])  # (B, L, d)
+        if lengths is None:
+            return features.mean(dim=1) if pooling == "mean" else features[:, -1]
+        lengths = lengths.to(features.device)
+        if pooling == "last":
+            return features[torch.arange(features.shape[0], device=features.device), lengths - 1]
+        mask = torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]  # (B, L)
+        return (features * mask[..., None]).sum(dim=1) / lengths[:, None].to(features.dtype)
 
     def hidden_states(self, tokens: Tensor) -> list[Tensor]:
         """[embeddings, output of layer 0, ..., output of the last layer], each (B, L, d)."""

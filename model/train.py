@@ -20,14 +20,14 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from tnn.model.config import TnnConfig
+from tnn.model.config import Operator, TnnConfig
 from tnn.model.corpus import TEST_PLAY, VALIDATION_PLAY, Splits, load_splits
 from tnn.model.evaluate import Score, score_tokens
 from tnn.model.loading import copy_tokenizer, save_model
@@ -58,6 +58,7 @@ class TrainConfig:
     """Everything a run depends on except the data (written to training.json)."""
 
     arch: Arch = "tnn"
+    operator: Operator = "tnn"  # the TNN's token mixer: tnn, fd (FD-TNN) or ski (causal SKI-TNN)
     vocab_size: int = DEFAULT_VOCAB_SIZE
     d_model: int = 256
     n_layers: int = 6
@@ -81,6 +82,8 @@ class TrainConfig:
         for name in ("d_model", "n_layers", "seq_len", "batch_size", "max_steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.operator not in get_args(Operator):
+            raise ValueError(f"operator must be one of {get_args(Operator)}, got {self.operator!r}")
         if self.arch == "gpt2" and self.d_model % 64:
             raise ValueError(f"gpt2 uses 64-wide heads: d_model must be a multiple of 64, got {self.d_model}")
 
@@ -90,7 +93,8 @@ class TrainConfig:
 
 
 def tnn_config(config: TrainConfig) -> TnnConfig:
-    """The paper's main causal LM (pre-norm, fixed decay 0.99, GLU width = d_model) at this run's size."""
+    """The paper's main causal LM (pre-norm, GLU width = d_model) at this run's size, with the run's token mixer:
+    the TNN and SKI-TNN decay with a fixed 0.99 (SKI: its lag warp), FD-TNN has no decay."""
     return TnnConfig(
         vocab_size=config.vocab_size,
         d_model=config.d_model,
@@ -98,7 +102,8 @@ def tnn_config(config: TrainConfig) -> TnnConfig:
         d_glu=config.d_model,
         dropout=config.dropout,
         train_length=config.seq_len,
-        decay="fixed",
+        operator=config.operator,
+        decay="none" if config.operator == "fd" else "fixed",
         gamma=0.99,
         norm_position="pre",
     )
@@ -358,6 +363,7 @@ def train(
         model.cpu().save_pretrained(out_dir)
     record = {
         "arch": config.arch,
+        "operator": config.operator,
         "train_config": dataclasses.asdict(config),
         "model_config": model.config.to_dict(),
         "parameters": n_params,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from typing import get_args
 
 import torch
 
+from tnn.model.config import Operator
 from tnn.model.train import TrainConfig, train
 
 _DEFAULTS = TrainConfig()
@@ -23,6 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     for field in dataclasses.fields(TrainConfig):
         if field.name == "arch":
+            continue
+        if field.name == "operator":
+            parser.add_argument(
+                "--operator",
+                choices=get_args(Operator),
+                default=_DEFAULTS.operator,
+                help="the TNN's token mixer: tnn, fd (FD-TNN) or ski (causal SKI-TNN); default: %(default)s",
+            )
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = float if field.name == "minutes" else type(getattr(_DEFAULTS, field.name))
@@ -43,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = {
-        key: record[key] for key in ("arch", "parameters", "steps", "tokens_seen", "wall_time_s", "train_tokens_per_s")
+        key: record[key]
+        for key in ("arch", "operator", "parameters", "steps", "tokens_seen", "wall_time_s", "train_tokens_per_s")
     }
     summary["validation_bits_per_byte"] = record["validation"]["bits_per_byte"]
     summary["test_bits_per_byte"] = record["test"]["bits_per_byte"]

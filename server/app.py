@@ -17,11 +17,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import tnn.model
+from tnn.server.embeddings import Embeddings
 from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
-from tnn.server.routes import admin, health, openai, playground, tokenize
+from tnn.server.routes import admin, embeddings, health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -47,7 +48,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
         # on a shared CPU, small decode batches with several intra-op threads stall in thread barriers
         torch.set_num_threads(settings.threads)
     model = tnn.model.load(settings.model_dir, device=device, dtype=getattr(torch, settings.dtype))
-    if not model.is_converted:
+    if not model.config.causal:
+        logger.info("%s is bidirectional (an encoder): serving /v1/embeddings only, no conversion", settings.model_dir)
+    elif not model.is_converted:
         logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
                     settings.model_dir)  # fmt: skip
         tnn.model.attach_ssm(model)
@@ -80,6 +83,7 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
         engine.start(asyncio.get_running_loop())
         state.engine = engine
         state.serving = Serving(engine, engine.tokenizer, settings, state.metrics, state.model_name)
+        state.embeddings = Embeddings(engine, state.serving, settings)
         if state.phase == "loading":
             state.phase = "ready"
             logger.info("ready: serving %r on the OpenAI API", state.model_name)
@@ -113,6 +117,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app, metrics)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(admin.router)
     if settings.playground:

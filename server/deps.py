@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from tnn.server.embeddings import Embeddings
 from tnn.server.errors import ApiError
 from tnn.server.serving import Serving
 from tnn.server.state import AppState
@@ -28,3 +29,12 @@ def get_serving(state: StateDep) -> Serving:
 
 
 ServingDep = Annotated[Serving, Depends(get_serving)]
+
+
+def get_embeddings(state: StateDep) -> Embeddings:
+    get_serving(state)  # the same readiness check
+    assert state.embeddings is not None
+    return state.embeddings
+
+
+EmbeddingsDep = Annotated[Embeddings, Depends(get_embeddings)]

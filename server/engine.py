@@ -15,11 +15,14 @@ The event loop never runs model code; nothing here blocks it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -148,8 +151,12 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.slots = SlotPool(settings.max_num_seqs)
         self.capacity = settings.max_num_seqs + settings.max_waiting_requests  # sequences
-        self.state_bytes_per_sequence = model.state_bytes_per_sequence()
-        self.prefix_cache: PrefixCache | None = build_prefix_cache(model, settings, metrics)
+        # a bidirectional model (an encoder) has no recurrent state: it serves embeddings only
+        self.generative = model.config.causal
+        self.state_bytes_per_sequence = model.state_bytes_per_sequence() if self.generative else 0
+        self.prefix_cache: PrefixCache | None = (
+            build_prefix_cache(model, settings, metrics) if self.generative else None
+        )
         self.accepting = False
         self._outstanding = 0  # sequences submitted and not finished
         self._lock = threading.Lock()
@@ -159,6 +166,7 @@ class Engine:
         self._prefilling: list[_PrefillUnit] = []
         self._batch: RunningBatch[_Sequence] = RunningBatch()
         self._pending: list[tuple[RequestHandle, Event]] = []
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,6 +207,16 @@ class Engine:
         self._wake.set()
         return handle
 
+    def run_in_engine(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run `fn` (model work of another route, e.g. embeddings) on the engine thread between iterations.
+        Raises NotAccepting when not serving; await the result with asyncio.wrap_future."""
+        if not self.accepting or not self.alive:
+            raise NotAccepting("the server is not accepting requests")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._calls.append((fn, future))
+        self._wake.set()
+        return future
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread; requests still running get a 503 error event."""
         self.accepting = False
@@ -218,6 +236,9 @@ class Engine:
         n = self.settings.max_num_seqs
         length = min(self.settings.max_prefill_tokens, self.settings.max_prompt_tokens)
         prompt = torch.full((1, length), self.tokenizer.eos_id or 0, dtype=torch.long, device=self.device)
+        if not self.generative:
+            self.model.pooled_features(prompt)
+            return time.perf_counter() - start
         logits, state = self.model.prefill(prompt)
         state = state.repeat(n)
         tokens = logits.argmax(dim=-1).expand(n).contiguous()  # (n,)
@@ -236,6 +257,7 @@ class Engine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            self._run_calls()
             try:
                 with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
                     self._iteration()
@@ -246,13 +268,27 @@ class Engine:
                 self._batch = RunningBatch()
                 self._prefilling.clear()
             self._deliver()
+        while self._calls:
+            self._calls.popleft()[1].set_exception(NotAccepting("the server is shutting down"))
         for tracker in list(self._active):
             self._fail(tracker, "the server is shutting down", status=503, code="shutting_down")
         self._deliver()
         self._update_gauges()
 
     def _has_work(self) -> bool:
-        return bool(self._inbox or self._waiting or self._prefilling or self._batch.rows)
+        return bool(self._calls or self._inbox or self._waiting or self._prefilling or self._batch.rows)
+
+    def _run_calls(self) -> None:
+        """The queued `run_in_engine` calls, each result or exception into its future."""
+        while self._calls:
+            fn, future = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                with torch.inference_mode():
+                    future.set_result(fn())
+            except Exception as exc:  # delivered to the awaiting route, which maps it to an HTTP error
+                future.set_exception(exc)
 
     def _iteration(self) -> None:
         while self._inbox:

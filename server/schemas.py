@@ -216,6 +216,14 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class EmbeddingInfo(BaseModel):
+    """How /v1/embeddings builds its vectors for this model (part of the /v1/models card)."""
+
+    pooling: Literal["mean", "last"]  # over the final hidden states of the parallel path
+    dimensions: int
+    normalized: bool = True  # unit L2 norm, as OpenAI's
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -224,6 +232,9 @@ class ModelCard(BaseModel):
     root: str
     max_model_len: int
     state_bytes_per_sequence: int | None = None  # extension: the fixed recurrent state of one sequence (once loaded)
+    operator: str = "tnn"  # the token mixer: tnn, fd (FD-TNN) or ski (SKI-TNN)
+    causal: bool = True  # False: a bidirectional encoder, which serves /v1/embeddings only
+    embedding: EmbeddingInfo | None = None
 
 
 class ModelList(BaseModel):
@@ -245,3 +256,32 @@ class DetokenizeResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     status: str
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI /v1/embeddings: `input` is a string, strings, token ids or lists of token ids."""
+
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # base64: the float32 little-endian bytes
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

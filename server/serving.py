@@ -100,6 +100,9 @@ class Serving:
     def _common_checks(self, body: ApiRequest) -> None:
         s = self.settings
         self.check_model(body.model)
+        if not self.engine.generative:
+            raise ApiError(400, f"model {self.model_name!r} is bidirectional (an encoder): it cannot generate text; "
+                           "use /v1/embeddings", param="model", code="model_not_generative")  # fmt: skip
         ignored = sorted(body.model_extra or {})
         if ignored:
             logger.warning("ignoring unknown request fields: %s", ", ".join(ignored))

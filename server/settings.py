@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         default=True,
         description="prepend the tokenizer's bos token to text prompts (how the shipped model was trained)",
     )
+    embedding_pooling: Literal["mean", "last"] = Field(
+        default="mean", description="/v1/embeddings: mean of the final hidden states, or the last token's"
+    )
 
     # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
     # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.

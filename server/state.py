@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tnn.server.embeddings import Embeddings
 from tnn.server.engine import Engine
 from tnn.server.metrics import Metrics
 from tnn.server.serving import Serving
@@ -23,6 +24,7 @@ class AppState:
     phase: Phase = "loading"
     engine: Engine | None = None
     serving: Serving | None = None
+    embeddings: Embeddings | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     request_shutdown: Callable[[], None] | None = None  # set by `tnn serve`: stop uvicorn (load failure)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+# TNN_GOLDEN_DIR overrides the location (a worktree that does not sit beside ../shared)
+GOLDEN = Path(os.environ.get("TNN_GOLDEN_DIR") or Path(__file__).resolve().parents[2] / "shared" / "golden")
 
 
 def golden_dir(case: str = "") -> Path:

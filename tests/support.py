@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -47,9 +48,12 @@ def make_tiny_model_dir(
     converted: bool = True,
     chat_template: bool = True,
     tokenizer_dir: str | Path | None = None,
+    **config_changes: Any,
 ) -> Path:
     """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it.
-    `tokenizer_dir`: copy that directory's tokenizer (e.g. the shipped model's) instead of training one."""
+    `tokenizer_dir`: copy that directory's tokenizer (e.g. the shipped model's) instead of training one.
+    `config_changes` override TnnConfig fields (e.g. operator="ski", causal=False: a bidirectional encoder,
+    which is never converted)."""
     import torch
 
     from tnn.model import TnnConfig, TnnLM, attach_ssm, save_model
@@ -76,10 +80,10 @@ def make_tiny_model_dir(
         padding_idx=1,
         dropout=0.0,
         train_length=64,
-    )
+    ).replace(**config_changes)
     torch.manual_seed(seed)
     model = TnnLM(config).eval()
-    if converted:
+    if converted and config.causal:
         attach_ssm(model)
     save_model(model, path)
     return path
@@ -151,7 +155,7 @@ class ServerProcess:
         *,
         args: list[str] | None = None,
         env: Mapping[str, str] | None = None,
-        ready_timeout: float = 90.0,
+        ready_timeout: float = 300.0,  # a loaded shared CPU can take minutes to import torch and warm up
         stop_timeout: float = 30.0,
     ) -> None:
         self.model_dir = Path(model_dir)
@@ -179,11 +183,15 @@ class ServerProcess:
             *self.args,
         ]
 
-    def start(self) -> ServerProcess:
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for /ready (start several, then `wait_ready` each)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TNN_THREADS": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.wait_ready()
+        return self
+
+    def start(self) -> ServerProcess:
+        self.launch().wait_ready()
         return self
 
     def wait_ready(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from tnn.server.deps import ServingDep, StateDep
+from tnn.server.embeddings import embedding_info
 from tnn.server.errors import ApiError
 from tnn.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
@@ -22,12 +23,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servin
 
 
 def _card(state: StateDep) -> ModelCard:
+    model = state.engine.model if state.engine is not None else None
     return ModelCard(
         id=state.model_name,
         created=state.created,
         root=str(state.settings.model_dir),
         max_model_len=state.settings.max_prompt_tokens,
         state_bytes_per_sequence=state.engine.state_bytes_per_sequence if state.engine is not None else None,
+        operator=model.config.operator if model is not None else "tnn",
+        causal=model.config.causal if model is not None else True,
+        embedding=embedding_info(model, state.settings) if model is not None else None,
     )
 
 

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 import tnn.model
+from tnn.model import TnnConfig
 from tnn.model.tokenizer import encode, load_tokenizer
 
 MAX_BYTES = 30 * 2**20
@@ -27,7 +28,7 @@ def test_default_model_loads_converts_and_decodes_like_the_parallel_path() -> No
     model = tnn.model.load(directory)
     assert not model.is_converted
     record = json.loads((directory / "training.json").read_text())
-    assert record["arch"] == "tnn" and record["model_config"] == model.config.to_dict()
+    assert record["arch"] == "tnn" and TnnConfig.from_dict(record["model_config"]) == model.config
     assert record["test"]["bits_per_byte"] <= 2.4
     tokenizer = load_tokenizer(directory)
     assert AutoTokenizer.from_pretrained(directory).eos_token_id == 0
