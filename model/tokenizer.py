@@ -4,7 +4,7 @@ Byte-level means every UTF-8 string round-trips exactly and nothing is ever unkn
 4096: the corpus is ~4.8 MB (~1.3M tokens at this size), so a larger vocabulary leaves many rare merges seen only a
 handful of times, and on a CPU the output projection (d_model x V per token) would cost more than a layer.
 Special tokens: id 0 `<|endoftext|>` (bos and eos: every scored text starts with it) and id 1 `<pad>`
-(TnnConfig.padding_idx = 1). A chat template renders turns like a play: "User:\\n...\\n\\nAssistant:\\n".
+(TnnConfig.padding_idx = 1). A chat template renders turns like a play: "User:\\n...\\n\\nAssistant:\\n", each turn one speech.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ PAD_TOKEN = "<pad>"
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)  # ids 0 and 1, in this order
 MODEL_MAX_LENGTH = 1_000_000  # a TNN has no positional limit; transformers warns above this
 
-# Speakers' names in a play are followed by a colon and a newline; so are the chat roles.
+# Speakers' names in a play are followed by a colon and a newline; so are the chat roles. A speech ends with a
+# blank line, and so does every turn: blank lines inside a message are dropped so that a turn is one speech, and
+# the shipped generation_config.json stops a reply at its first blank line (the end of the speech).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}:\n{{ message['content'] | trim }}\n\n"
+    "{{ message['role'] | capitalize }}:\n"
+    "{{ message['content'].strip().split('\n') | map('trim') | reject('equalto', '') | join('\n') }}\n\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:\n{% endif %}"
 )
@@ -76,6 +79,36 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no tokenizer.json in {directory}")
     return Tokenizer.from_file(str(path))
+
+
+def check_tokenizer_dir(directory: str | Path, *, vocab_size: int) -> Tokenizer:
+    """The directory's tokenizer, after checking that its files parse and that every token id fits the model's
+    embedding (`vocab_size`, config.json); a ValueError names the file otherwise."""
+    directory = Path(directory)
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.exists():
+        raise FileNotFoundError(f"{directory}: no tokenizer.json (expected a Hugging Face tokenizer directory)")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises its own Exception type for unparsable files
+        raise ValueError(f"{tokenizer_file}: not a readable tokenizer: {exc}") from exc
+    config_file = directory / "tokenizer_config.json"
+    config: dict = {}
+    if config_file.exists():
+        try:
+            config = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{config_file}: not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    size = min(size, config.get("fairseq_vocab_size") or size)  # a remapped fairseq tokenizer maps the rest to <unk>
+    if size > vocab_size:
+        raise ValueError(
+            f"{tokenizer_file}: the tokenizer has {size} tokens but the model's embedding only {vocab_size} "
+            "(config.json vocab_size): ids past the embedding would fail at request time"
+        )
+    return tokenizer
 
 
 def encode(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ from tnn.server.metrics import Metrics
 from tnn.server.prefix_cache import PrefixCache, build_prefix_cache, cache_boundaries
 from tnn.server.scheduler import SlotPool, group_by, plan_prefill
 from tnn.server.settings import Settings
+from tnn.server.structured import Grammars, TokenMatcher, allowed_rows
 from tnn.server.textstream import TextStream
 from tnn.server.tokenizer import ServerTokenizer
 
@@ -53,6 +55,16 @@ logger = logging.getLogger(__name__)
 STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
 PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
 SEED_MODULUS = 2**64
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    message: str
+    code: str
+
+
+NON_FINITE = RowFailure("the model produced non-finite logits", "non_finite_logits")
+NO_TOKEN_ALLOWED = RowFailure("the grammar allows no token here", "grammar_error")
 
 
 class Overloaded(Exception):
@@ -98,6 +110,7 @@ class _Sequence:
         if p.repetition_penalty != 1:
             self.prompt_mask = torch.zeros(vocab, dtype=torch.bool, device=engine.device)
             self.prompt_mask[torch.tensor(prompt, device=engine.device)] = True
+        self.matcher = None if request.grammar is None else engine.grammar_matcher(request.grammar)
         self.tokens: list[int] = []
         self.last_time = 0.0
         self.pending_tokens: list[int] = []
@@ -149,6 +162,8 @@ class Engine:
         self.metrics = metrics
         self.device = model.device
         self.vocab_size = model.config.vocab_size
+        # structured output: llguidance's view of the vocabulary (needs an eos token to end constrained output)
+        self.grammars = None if tokenizer.eos_id is None else Grammars(tokenizer.hf, self.vocab_size, tokenizer.eos_id)
         self.slots = SlotPool(settings.max_num_seqs)
         self.capacity = settings.max_num_seqs + settings.max_waiting_requests  # sequences
         # a bidirectional model (an encoder) has no recurrent state: it serves embeddings only
@@ -227,6 +242,10 @@ class Engine:
         if self.prefix_cache is not None:
             self.prefix_cache.close()  # the disk tier keeps what is in memory (not bounded by `timeout`)
 
+    def grammar_matcher(self, grammar: str) -> TokenMatcher:
+        assert self.grammars is not None, "grammars are compiled by Serving only when the engine has them"
+        return self.grammars.matcher(grammar)
+
     # ---- warm-up ------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -296,7 +315,7 @@ class Engine:
             self._waiting.append(tracker)
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
-            self._close(tracker, "abort")
+            self._close(tracker, tracker.handle.cancel_reason)
         self._prefill(fills_only=True)  # first: a chat's next turn, if already here, finds its previous answer's state
         self._admit()
         self._prefill()
@@ -426,14 +445,15 @@ class Engine:
             return
         n = len(sequences)
         state = unit.state.repeat(n) if n > 1 else unit.state  # n > 1 completions share the prefill
-        tokens, logprobs, finite = self._sample(sequences, logits.expand(n, -1))
+        tokens, logprobs, failures = self._sample(sequences, logits.expand(n, -1))
         now = time.monotonic()
         if tracker.first_token is None:
             tracker.first_token = now
             self.metrics.time_to_first_token.observe(now - request.arrival)
             self.metrics.request_prefill_time.observe(now - (tracker.admitted or now))
-        if not all(finite):
-            self._fail(tracker, "the model produced non-finite logits", code="non_finite_logits")
+        failure = next((f for f in failures if f is not None), None)
+        if failure is not None:
+            self._fail(tracker, failure.message, code=failure.code)
             return
         for seq, token, logprob in zip(sequences, tokens, logprobs, strict=True):
             self._accept_token(seq, token, logprob, now)
@@ -453,7 +473,7 @@ class Engine:
             logits, self._batch.state = self.model.step(tokens, self._batch.state)  # (B, V)
             if len(live) < len(rows):
                 logits = logits[torch.tensor(live, device=self.device)]  # (B_live, V)
-            sampled, logprobs, finite = self._sample(sequences, logits)
+            sampled, logprobs, failures = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
             for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
@@ -463,24 +483,26 @@ class Engine:
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(sequences))
         now = time.monotonic()
-        for seq, token, logprob, ok in zip(sequences, sampled, logprobs, finite, strict=True):
+        for seq, token, logprob, failure in zip(sequences, sampled, logprobs, failures, strict=True):
             if seq.tracker.closed:
                 continue
-            if not ok:
-                self._fail(seq.tracker, "the model produced non-finite logits", code="non_finite_logits")
+            if failure is not None:
+                self._fail(seq.tracker, failure.message, code=failure.code)
                 continue
             self._accept_token(seq, token, logprob, now)
 
     def _sample(
         self, sequences: list[_Sequence], logits: Tensor
-    ) -> tuple[list[int], list[TokenLogprob | None], list[bool]]:
-        """One token per sequence from logits (B, V) with each sequence's parameters and generator."""
+    ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
+        """One token per sequence from logits (B, V) with each sequence's parameters, generator and grammar;
+        per row None, or why its token is meaningless (the caller fails that request)."""
         result = sample(
             logits,
             [seq.params for seq in sequences],
             [seq.generator for seq in sequences],
             output_counts=[seq.counts for seq in sequences],  # None for the rows without penalties
             prompt_mask=[seq.prompt_mask for seq in sequences],
+            allowed=self._allowed(sequences),
         )
         tokens = result.tokens.tolist()
         logprobs: list[TokenLogprob | None] = [None] * len(sequences)
@@ -492,7 +514,18 @@ class Engine:
             for i, entry in zip(rows, entries, strict=True):
                 wanted = sequences[i].tracker.request.logprobs or 0
                 logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
-        return tokens, logprobs, result.finite.tolist()
+        failures = [
+            None if ok else NON_FINITE if not finite else NO_TOKEN_ALLOWED
+            for finite, allowed in zip(result.finite.tolist(), result.any_allowed.tolist(), strict=True)
+            for ok in [finite and allowed]
+        ]
+        return tokens, logprobs, failures
+
+    def _allowed(self, sequences: list[_Sequence]) -> list[Tensor | None] | None:
+        """The constrained rows' allowed tokens (V,) bool, None for free rows; None when no row is constrained."""
+        if all(seq.matcher is None for seq in sequences):
+            return None
+        return allowed_rows([seq.matcher for seq in sequences], self.vocab_size, self.device)
 
     def _accept_token(self, seq: _Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         request = seq.tracker.request
@@ -508,10 +541,16 @@ class Engine:
         if seq.counts is not None:
             seq.counts[token] += 1
         finish: FinishReason | None = None
-        if token == self.tokenizer.eos_id and not request.ignore_eos:
-            finish = "stop"
+        if seq.matcher is not None and not seq.matcher.consume(token):
+            self._fail(seq.tracker, f"the grammar refused token {token}: {seq.matcher.error}", code="grammar_error")
+            return
+        eos = token == self.tokenizer.eos_id or token in request.eos_token_ids
+        if token in request.stop_token_ids or (eos and not request.ignore_eos):
+            finish = "stop"  # the stop token's text is not part of the output
         elif seq.stream.add(token):
             finish = "stop"
+        elif seq.matcher is not None and seq.matcher.finished:
+            finish = "stop"  # the grammar is complete and allows nothing more
         elif len(seq.tokens) >= request.max_tokens:
             finish = "length"
         if finish is not None:

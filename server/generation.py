@@ -25,7 +25,10 @@ class GenerationRequest:
     max_tokens: int  # per choice; 0 only with prompt logprobs (scoring)
     n: int = 1
     stop: tuple[str, ...] = ()
+    stop_token_ids: frozenset[int] = frozenset()  # end the choice (their text is not part of it), even with ignore_eos
+    eos_token_ids: frozenset[int] = frozenset()  # end the choice unless ignore_eos
     ignore_eos: bool = False
+    grammar: str | None = None  # llguidance grammar constraining every choice (tnn.server.structured)
     logprobs: int | None = None  # top alternatives per generated token; None: no logprobs
     prompt_logprobs: int | None = None  # same for prompt tokens (echo); None: none
     arrival: float = 0.0  # time.monotonic() when the HTTP request arrived
@@ -94,14 +97,18 @@ class RequestHandle:
         self._on_cancel = on_cancel
         self._open_choices = request.n_sequences
         self.done = False  # every choice finished, or the request failed (seen by the event loop)
+        self.cancel_reason: FinishReason = "abort"  # what the engine counts the cancelled choices as
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def cancel(self) -> None:
-        """Stop generating (client gone, timeout): the engine frees the slots at its next iteration."""
+    def cancel(self, reason: FinishReason = "abort") -> None:
+        """Stop generating: the engine frees the slots at its next iteration. `reason` is what the unfinished
+        choices count as: "abort" (the client went away) or "error" (the server gave up: timeout, shutdown).
+        The first call decides."""
         if not self.done and not self._cancelled.is_set():
+            self.cancel_reason = reason
             self._cancelled.set()
             self._on_cancel()
 

@@ -1,51 +1,109 @@
 """Request and response bodies of the HTTP API (OpenAI shapes) and the one error envelope.
 
-Static ranges are validated here (a violation becomes a 400 naming the field); limits that depend on the server's
-settings (max_tokens ceiling, n, logprobs, stop count) are checked in `tnn.server.serving`.
-Unknown fields are accepted and ignored with a warning (as vLLM does); known OpenAI fields we cannot honour
-(logit_bias, suffix, tools, ...) are refused with a 400 instead of being silently dropped.
+Request bodies are strict, as the OpenAI API is: no type coercion (`"max_tokens": "5"` and `"stream": "yes"` are a
+400 naming the field), an explicit `null` means "the default" wherever a field is optional, and an unknown field is
+a 400 naming it. The extensions we implement beyond the OpenAI API are fields too (EXTENSIONS lists them; the README
+documents each). Static ranges are validated here (a violation becomes a 400 naming the field); limits that depend
+on the server's settings or the model (max_tokens ceiling, n, logprobs, stop count, token ids) are checked in
+`tnn.server.serving`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SEED_MIN = -(2**63)
 SEED_MAX = 2**64 - 1
+MAX_CHOICES = 256  # guided_choice alternatives
 TokenId = Annotated[int, Field(ge=0)]
 StopStrings = str | Annotated[list[str], Field(max_length=64)]
+JsonSchema = dict[str, Any]
+
+# Fields beyond the OpenAI API that requests may carry (vLLM's names and meanings).
+EXTENSIONS = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "stop_token_ids",
+    "ignore_eos",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StrictBody(BaseModel):
+    """A request body or part of one: strict types, unknown fields refused, null = the field's default."""
 
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class StreamOptions(StrictBody):
     include_usage: bool = False
 
 
-class Request(BaseModel):
-    """Fields shared by completions and chat. None means "the default"."""
+class ResponseFormatText(StrictBody):
+    type: Literal["text"]
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+class ResponseFormatJsonObject(StrictBody):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(StrictBody):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    schema_: JsonSchema = Field(default_factory=dict, alias="schema")  # `schema` would shadow BaseModel's
+    strict: bool = False
+
+
+class ResponseFormatJsonSchema(StrictBody):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+
+
+class Request(StrictBody):
+    """Fields shared by completions and chat. Absent or null means "the default"."""
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1, le=1_000_000)  # 0 or -1: off
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)  # 0: off
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     n: int = Field(default=1, ge=1, le=128)
     stop: StopStrings | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=64)] | None = None
     seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # extension (vLLM): generate exactly max_tokens tokens
     cache_prompt: bool = True  # extension (llama.cpp's name): false: no prefix-state cache read or write
     user: str | None = None
-    logit_bias: dict[str, float] | None = None  # refused unless empty
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=1024)] | None = None
+    response_format: ResponseFormat | None = None
+    guided_json: JsonSchema | str | None = None  # a schema, or one as a JSON string (vLLM)
+    guided_regex: Annotated[str, Field(min_length=1, max_length=10_000)] | None = None
+    guided_choice: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=MAX_CHOICES)] | None
+    ) = None
 
 
 class CompletionRequest(Request):
@@ -61,21 +119,33 @@ class CompletionRequest(Request):
     best_of: int | None = Field(default=None, ge=1, le=128)  # refused when > n
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TextPart(StrictBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class FunctionCall(StrictBody):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
 
+
+class ToolCall(StrictBody):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(StrictBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self) -> str:
+        """The text the chat template sees (an assistant turn that called tools shows the calls as JSON)."""
+        if self.tool_calls and not self.content:
+            return "\n".join(call.function.model_dump_json() for call in self.tool_calls)
         if self.content is None:
             return ""
         if isinstance(self.content, str):
@@ -83,28 +153,47 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class FunctionDefinition(StrictBody):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    parameters: JsonSchema | None = None
+    strict: bool = False
+
+
+class Tool(StrictBody):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(StrictBody):
+    name: str
+
+
+class NamedToolChoice(StrictBody):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(Request):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=4096)]
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=100)
-    tools: list[Any] | None = None  # refused unless empty
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None  # only {"type": "text"}
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    store: bool = False  # accepted and ignored: nothing is stored
+    metadata: dict[str, str] | None = None  # accepted and ignored
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TokenizeRequest(StrictBody):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True  # text prompts: prepend bos as /v1/completions does
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DetokenizeRequest(StrictBody):
     model: str | None = None
     tokens: Annotated[list[TokenId], Field(max_length=10_000_000)]
 
@@ -172,9 +261,16 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] = Field(default_factory=list)
 
 
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None  # present (and content null) when the reply is tool calls
 
 
 class ChatChoice(BaseModel):
@@ -194,9 +290,17 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -231,6 +335,7 @@ class ModelCard(BaseModel):
     owned_by: str = "tnn-serve"
     root: str
     max_model_len: int
+    generation_defaults: dict[str, Any] = Field(default_factory=dict)  # what a request that omits a field gets
     state_bytes_per_sequence: int | None = None  # extension: the fixed recurrent state of one sequence (once loaded)
     operator: str = "tnn"  # the token mixer: tnn, fd (FD-TNN) or ski (SKI-TNN)
     causal: bool = True  # False: a bidirectional encoder, which serves /v1/embeddings only
@@ -251,6 +356,10 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unhealthy"]
 
 
 class ReadyResponse(BaseModel):

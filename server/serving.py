@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tnn.model.sampling import SamplingParams
+from tnn.server import options
 from tnn.server.engine import Engine, NotAccepting, Overloaded
 from tnn.server.errors import ApiError, sse_error
 from tnn.server.generation import (
@@ -31,6 +31,7 @@ from tnn.server.generation import (
     RequestHandle,
     TokenLogprob,
 )
+from tnn.server.generation_config import GenerationDefaults
 from tnn.server.metrics import Metrics
 from tnn.server.schemas import (
     ChatChoice,
@@ -46,6 +47,8 @@ from tnn.server.schemas import (
     CompletionRequest,
     CompletionResponse,
     PromptTokensDetails,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
@@ -53,7 +56,9 @@ from tnn.server.schemas import (
     Request as ApiRequest,
 )
 from tnn.server.settings import Settings
+from tnn.server.structured import GrammarError
 from tnn.server.tokenizer import ServerTokenizer
+from tnn.server.tools import ToolChoiceError, ToolPlan, parse_tool_calls, plan_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +87,20 @@ class Serving:
     """The OpenAI routes' logic, shared by completions and chat."""
 
     def __init__(
-        self, engine: Engine, tokenizer: ServerTokenizer, settings: Settings, metrics: Metrics, model_name: str
+        self,
+        engine: Engine,
+        tokenizer: ServerTokenizer,
+        settings: Settings,
+        metrics: Metrics,
+        model_name: str,
+        defaults: GenerationDefaults | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.settings = settings
         self.metrics = metrics
         self.model_name = model_name
+        self.defaults = defaults or GenerationDefaults()
 
     # ---- checks -------------------------------------------------------------------------------------------------
 
@@ -103,16 +115,11 @@ class Serving:
         if not self.engine.generative:
             raise ApiError(400, f"model {self.model_name!r} is bidirectional (an encoder): it cannot generate text; "
                            "use /v1/embeddings", param="model", code="model_not_generative")  # fmt: skip
-        ignored = sorted(body.model_extra or {})
-        if ignored:
-            logger.warning("ignoring unknown request fields: %s", ", ".join(ignored))
         if body.n > s.max_n:
             raise ApiError(400, f"n must be at most {s.max_n}, got {body.n}", param="n", code="invalid_value")
         if body.stream_options is not None and not body.stream:
             raise ApiError(400, "stream_options is only allowed with stream=true", param="stream_options",
                            code="invalid_value")  # fmt: skip
-        if body.logit_bias:
-            raise ApiError(400, "logit_bias is not supported", param="logit_bias", code="unsupported")
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > s.max_stop:
             raise ApiError(400, f"at most {s.max_stop} stop sequences, got {len(stops)}", param="stop",
@@ -153,20 +160,29 @@ class Serving:
             raise ApiError(400, f"token ids must be below the vocabulary size {vocab}", param=param,
                            code="invalid_value")  # fmt: skip
 
-    @staticmethod
-    def _sampling(body: ApiRequest) -> SamplingParams:
-        try:
-            return SamplingParams(
-                temperature=1.0 if body.temperature is None else body.temperature,
-                top_k=max(0, body.top_k or 0),
-                top_p=1.0 if body.top_p is None else body.top_p,
-                repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
-                presence_penalty=body.presence_penalty or 0.0,
-                frequency_penalty=body.frequency_penalty or 0.0,
-                seed=body.seed,
-            )
-        except ValueError as exc:
-            raise ApiError(400, str(exc), code="invalid_value") from exc
+    async def _generation_options(self, body: ApiRequest, tool_plan: ToolPlan | None = None) -> dict[str, Any]:
+        """GenerationRequest fields from the body: sampling, stops, grammar (compiled off the event loop)."""
+        vocab = self.engine.vocab_size
+        spec = options.grammar_spec(body, tool_plan)
+        grammar = None
+        if spec is not None:
+            grammars = self.engine.grammars
+            if grammars is None:
+                raise ApiError(400, "structured output needs a tokenizer with an eos token; this model has none",
+                               param=spec.param.split(".")[0], code="unsupported")  # fmt: skip
+            try:
+                grammar = await asyncio.to_thread(grammars.compile, spec)
+            except GrammarError as exc:
+                raise ApiError(400, str(exc), param=exc.param, code="invalid_grammar") from exc
+        stops = options.stops(body, self.defaults, self.tokenizer.eos_id, vocab, constrained=grammar is not None)
+        return {
+            "sampling": options.sampling_params(body, self.defaults, vocab),
+            "stop": stops.strings,
+            "stop_token_ids": stops.token_ids,
+            "eos_token_ids": stops.eos_token_ids,
+            "ignore_eos": body.ignore_eos,
+            "grammar": grammar,
+        }
 
     def _submit(self, request: GenerationRequest) -> RequestHandle:
         if request.n_sequences > self.settings.max_num_seqs:
@@ -178,7 +194,7 @@ class Serving:
             raise ApiError(429, f"server overloaded: {exc}; retry later", code="server_overloaded",
                            headers={"Retry-After": "1"}) from exc  # fmt: skip
         except NotAccepting as exc:
-            raise ApiError(503, str(exc), code="not_ready") from exc
+            raise ApiError(503, str(exc), code="not_ready", headers={"Retry-After": "1"}) from exc
 
     # ---- completions ------------------------------------------------------------------------------------------
 
@@ -193,22 +209,21 @@ class Serving:
         if body.stream and body.echo and body.logprobs is not None:
             raise ApiError(400, "echo with logprobs is not supported when streaming", param="echo",
                            code="unsupported")  # fmt: skip
-        default = min(self.settings.default_max_tokens, self.settings.max_tokens)
+        default = min(self.defaults.max_tokens or self.settings.default_max_tokens, self.settings.max_tokens)
         max_tokens = self._max_tokens(body.max_tokens, default, allow_zero=body.echo, param="max_tokens")
+        generation = await self._generation_options(body)
         texts, prompts = await self._completion_prompts(body.prompt)
         for prompt in prompts:
             self._check_prompt(prompt, "prompt")
         request = GenerationRequest(
             request_id=f"cmpl-{uuid.uuid4().hex}",
             prompts=prompts,
-            sampling=self._sampling(body),
             max_tokens=max_tokens,
             n=body.n,
-            stop=tuple([body.stop] if isinstance(body.stop, str) else body.stop or ()),
-            ignore_eos=body.ignore_eos,
             logprobs=body.logprobs,
             prompt_logprobs=body.logprobs if body.echo else None,
             arrival=arrival,
+            **generation,
             cache_prompt=body.cache_prompt,
         )
         handle = self._submit(request)
@@ -238,17 +253,22 @@ class Serving:
     async def chat(self, body: ChatCompletionRequest, raw: Request) -> Response:
         arrival = time.monotonic()
         self._common_checks(body)
+        tool_plan = None
         if body.tools:
-            raise ApiError(400, "tools are not supported", param="tools", code="unsupported")
-        if body.response_format is not None and body.response_format.get("type", "text") != "text":
-            raise ApiError(400, "only response_format {'type': 'text'} is supported", param="response_format",
-                           code="unsupported")  # fmt: skip
+            try:
+                tool_plan = plan_tool_calls(body.tools, body.tool_choice or "auto", body.parallel_tool_calls)
+            except ToolChoiceError as exc:
+                raise ApiError(400, str(exc), param=exc.param, code="unsupported") from exc
+        elif body.tool_choice not in (None, "none"):
+            raise ApiError(400, "tool_choice needs tools", param="tool_choice", code="invalid_value")
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs=true", param="top_logprobs", code="invalid_value")
         self._check_logprobs(body.top_logprobs, "top_logprobs")
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        max_tokens = self._max_tokens(requested, self.settings.max_tokens, allow_zero=False, param=param)
+        default = min(self.defaults.max_tokens or self.settings.max_tokens, self.settings.max_tokens)
+        max_tokens = self._max_tokens(requested, default, allow_zero=False, param=param)
+        generation = await self._generation_options(body, tool_plan)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = await asyncio.to_thread(self.chat_prompt, messages)
         self._check_prompt(prompt, "messages")
@@ -259,30 +279,33 @@ class Serving:
         request = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             prompts=[prompt],
-            sampling=self._sampling(body),
             max_tokens=max_tokens,
             n=body.n,
-            stop=tuple([body.stop] if isinstance(body.stop, str) else body.stop or ()),
-            ignore_eos=body.ignore_eos,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
             arrival=arrival,
+            **generation,
             cache_prompt=body.cache_prompt,
             cache_boundaries=boundaries,
             continuation=functools.partial(self._answered_prefix, messages) if body.cache_prompt else None,
         )
         handle = self._submit(request)
-        formatter = _ChatFormat(self, request)
+        formatter = _ChatFormat(self, request, tool_plan)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return self._stream(handle, raw, formatter, include_usage)
         return await self._collect(handle, raw, formatter)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        return self.tokenizer.encode(self.chat_text(messages), add_bos=self.settings.add_bos)
+
+    def chat_text(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template's rendering of a conversation (400 when it refuses this one)."""
+        if not messages:
+            raise ApiError(400, "messages must hold at least one message", param="messages", code="invalid_value")
         try:
-            text = self.tokenizer.render_chat(messages)
+            return self.tokenizer.render_chat(messages)
         except Exception as exc:  # a template error is the request's fault (e.g. roles it does not accept)
             raise ApiError(400, f"the chat template failed: {exc}", param="messages", code="invalid_value") from exc
-        return self.tokenizer.encode(text, add_bos=self.settings.add_bos)
 
     def next_turn_prefix(self, messages: list[dict[str, Any]]) -> list[int]:
         """The tokens every prompt that continues `messages` with a user message starts with: the template's
@@ -310,7 +333,7 @@ class Serving:
         while not handle.done:
             now = time.monotonic()
             if now >= deadline:
-                handle.cancel()
+                handle.cancel("error")
                 raise ApiError(504, f"request timed out after {self.settings.request_timeout:g}s",
                                code="request_timeout")  # fmt: skip
             if now >= next_check:  # also while tokens keep coming: a whole-completion client sends nothing
@@ -502,6 +525,16 @@ class _CompletionFormat(_Format):
 
 
 class _ChatFormat(_Format):
+    def __init__(self, serving: Serving, request: GenerationRequest, tool_plan: ToolPlan | None = None) -> None:
+        super().__init__(serving, request)
+        self.tool_plan = tool_plan  # the reply is tool calls: sent whole when the choice ends
+
+    def _tool_calls(self, choice: _Choice) -> tuple[list[ToolCallOut] | None, str | None]:
+        """(tool calls, finish_reason) of a finished choice of a tool request; no calls if it was cut short."""
+        assert self.tool_plan is not None
+        calls = parse_tool_calls(choice.text, self.tool_plan) if choice.finish_reason == "stop" else None
+        return calls, "tool_calls" if calls else choice.finish_reason
+
     def opening_chunks(self) -> list[dict[str, Any]]:
         return [self._chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
                 for i in range(len(self.choices))]  # fmt: skip
@@ -515,9 +548,20 @@ class _ChatFormat(_Format):
             return []
         assert isinstance(event, ChoiceDelta)
         logprobs = self._logprobs(event.logprobs) if self.request.logprobs is not None else None
+        finish_reason = event.finish_reason
         delta = ChatDelta(content=event.text) if event.text or event.finish_reason is None else ChatDelta()
+        if self.tool_plan is not None:
+            if event.finish_reason is None:
+                return []  # tool calls go out whole, with the finish
+            calls, finish_reason = self._tool_calls(self.choices[event.index])
+            if calls:
+                delta = ChatDelta(
+                    tool_calls=[ToolCallDelta(index=k, **call.model_dump()) for k, call in enumerate(calls)]
+                )
+            else:
+                delta = ChatDelta(content=self.choices[event.index].text)
         choice = ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs,
-                                 finish_reason=event.finish_reason, stop_reason=event.stop_reason)  # fmt: skip
+                                 finish_reason=finish_reason, stop_reason=event.stop_reason)  # fmt: skip
         return [self._chunk(choice)]
 
     def usage_chunk(self) -> dict[str, Any]:
@@ -539,16 +583,22 @@ class _ChatFormat(_Format):
         return ChatLogprobs(content=content)
 
     def response(self) -> dict[str, Any]:
-        choices = [
-            ChatChoice(
-                index=index,
-                message=ChatMessageOut(content=choice.text),
-                logprobs=self._logprobs(choice.logprobs) if self.request.logprobs is not None else None,
-                finish_reason=choice.finish_reason,
-                stop_reason=choice.stop_reason,
+        choices = []
+        for index, choice in enumerate(self.choices):
+            message, finish_reason = ChatMessageOut(content=choice.text), choice.finish_reason
+            if self.tool_plan is not None:
+                calls, finish_reason = self._tool_calls(choice)
+                if calls:
+                    message = ChatMessageOut(content=None, tool_calls=calls)
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=message,
+                    logprobs=self._logprobs(choice.logprobs) if self.request.logprobs is not None else None,
+                    finish_reason=finish_reason,
+                    stop_reason=choice.stop_reason,
+                )
             )
-            for index, choice in enumerate(self.choices)
-        ]
         body = ChatCompletionResponse(id=self.request.request_id, created=self.created,
                                       model=self.serving.model_name, choices=choices, usage=self.usage())  # fmt: skip
         return body.model_dump()

@@ -167,7 +167,7 @@ def test_tokenize_detokenize_round_trip(client: httpx.Client) -> None:
         ({"stop": [""]}, "stop"),
         ({"stop": ["x" * 65]}, "stop"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"logit_bias": {"5": 101.0}}, "logit_bias.5"),
         ({"suffix": "end"}, "suffix"),
         ({"best_of": 3}, "best_of"),
         ({"prompt": []}, "prompt"),
@@ -205,8 +205,8 @@ def test_malformed_json_and_missing_fields(client: httpx.Client) -> None:
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),  # "auto" by default
+        ({"response_format": {"type": "yaml"}}, "response_format"),
     ],
 )
 def test_invalid_chat_requests_are_400(client: httpx.Client, body: dict, param: str) -> None:
@@ -249,8 +249,10 @@ def test_tokenize_errors(client: httpx.Client) -> None:
 WRONG_VALUES = ["text", "", [], [1, "a"], {}, {"a": 1}, None, True, -1, 0, 2**70, -(2**70), 1e308, 0.5]
 COMPLETION_FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
                      "frequency_penalty", "n", "stop", "seed", "stream", "stream_options", "logprobs", "echo",
-                     "ignore_eos", "logit_bias", "suffix", "best_of", "model", "user"]  # fmt: skip
-CHAT_FIELDS = ["messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "response_format"]
+                     "ignore_eos", "logit_bias", "suffix", "best_of", "model", "user", "min_p", "stop_token_ids",
+                     "response_format", "guided_json", "guided_regex", "guided_choice"]  # fmt: skip
+CHAT_FIELDS = ["messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "response_format",
+               "tool_choice", "parallel_tool_calls"]  # fmt: skip
 
 
 @pytest.mark.parametrize("field", COMPLETION_FIELDS)

@@ -370,7 +370,7 @@ def test_api_key_prompt_keeps_the_key_for_the_tab_only(browser: Any, keyed: Serv
 
 def test_overloaded_server_shows_the_429(browser: Any, keyed: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
-    body = {"prompt": "To be", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    body = {"prompt": "To be", "max_tokens": 4000, "ignore_eos": True, "stop": [], "stream": True}  # no default stop
     release = threading.Event()
 
     def hold_the_only_slot() -> None:
