@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint serve clean deploy-tools test-deploy browser-tools
+.PHONY: venv test lint serve clean deploy-tools test-deploy browser-tools fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ browser-tools:
 # Only the deploy tests: image build and run, compose, Prometheus scrape, dashboard
 test-deploy: venv
 	$(BIN)/pytest -m deploy tests/deploy
+
+# The schemathesis fuzz of the HTTP API, longer than CI's bounded run; the tally goes to benchmarks/results/fuzz.json
+FUZZ_EXAMPLES ?= 1000
+fuzz: venv
+	TNN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TNN_FUZZ_REPORT=benchmarks/results/fuzz.json \
+		$(BIN)/pytest -q tests/server/test_fuzz.py tests/server/test_text_fuzz.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

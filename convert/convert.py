@@ -47,6 +47,7 @@ from tnn.model.conversion import (
 from tnn.model.loading import copy_tokenizer, load, save_model
 from tnn.model.ssm import state_rows
 from tnn.model.tnn import TnnLM
+from tnn.model.tokenizer import check_tokenizer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ def convert_checkpoint(
     start = time.perf_counter()
     model = load(src, dtype=torch.float64)  # conversion and checks in float64; weights are cast on save
     timings["load"] = time.perf_counter() - start
+    tokenizer_source = Path(tokenizer) if tokenizer is not None else src if (src / "tokenizer.json").exists() else None
+    if tokenizer_source is not None and fairseq_dict is None:  # early: a tokenizer that cannot serve this model
+        # stops the conversion (with a dict.txt the GPT-2 ids are remapped to fit, later)
+        check_tokenizer_dir(tokenizer_source, vocab_size=model.config.vocab_size)
     stages.update()
     refusal = conversion_refusal(model)
     if refusal is not None:

@@ -22,6 +22,15 @@ SsmMethod = Literal["reduced", "etsc-tail", "etsc-inclusive", "etsc"]
 ETSC_METHODS: tuple[SsmMethod, ...] = ("etsc-tail", "etsc-inclusive", "etsc")  # exact to lag n-1 (DFT-grid poles)
 Operator = Literal["tnn", "fd", "ski"]
 
+# Upper bounds far above any real TNN (the paper's largest: d_model 1024, 24 layers, 100k vocabulary), so that an
+# absurd config.json is refused by name before a tensor is allocated or a kernel of that length computed.
+MAX_VOCAB_SIZE = 2**24
+MAX_WIDTH = 2**16  # d_model, d_glu, d_rpe, d_inner
+MAX_LAYERS = 1024  # n_layers
+MAX_RPE_LAYERS = 64
+MAX_EXPAND_RATIO = 64.0
+MAX_LENGTH = 2**20  # train_length and the conversion length: the kernel is materialized at that length
+
 # The activation names of the original lookup table (spec §2.2); anything else there means identity,
 # which we spell "none" and refuse unknown strings instead of silently treating them as identity.
 ACTIVATIONS = ("none", "silu", "relu", "gelu", "elu", "sigmoid", "leak", "1+elu", "2+elu", "exp", "sine")
@@ -38,16 +47,17 @@ class SsmConfig:
     fir_length: int = 0  # exact FIR head (lags 0..h-1) of the reduced method; the state keeps the last h inputs
 
     def __post_init__(self) -> None:
+        _check_types("ssm.", self)
         _check_literal("ssm.method", self.method, SsmMethod)
-        _check_positive("ssm.length", self.length)
+        _check_positive("ssm.length", self.length, MAX_LENGTH)
         if isinstance(self.modes, list | tuple):
             if not self.modes:
                 raise ValueError("ssm.modes must not be an empty list")
             for count in self.modes:
-                _check_positive("ssm.modes", count)
+                _check_positive("ssm.modes", count, self.length + 1)
             object.__setattr__(self, "modes", tuple(self.modes))
         else:
-            _check_positive("ssm.modes", self.modes)
+            _check_positive("ssm.modes", self.modes, self.length + 1)
         if not isinstance(self.fir_length, int) or isinstance(self.fir_length, bool) or self.fir_length < 0:
             raise ValueError(f"ssm.fir_length must be an integer >= 0, got {self.fir_length!r}")
 
@@ -109,12 +119,17 @@ class TnnConfig:
     ssm: SsmConfig | None = field(default=None)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_glu", "d_rpe"):
-            _check_positive(name, getattr(self, name))
-        if self.n_rpe_layers < 0:
-            raise ValueError(f"n_rpe_layers must be >= 0, got {self.n_rpe_layers}")
-        if not self.expand_ratio > 0:
-            raise ValueError(f"expand_ratio must be > 0, got {self.expand_ratio}")
+        _check_types("", self)
+        _check_positive("vocab_size", self.vocab_size, MAX_VOCAB_SIZE)
+        _check_positive("n_layers", self.n_layers, MAX_LAYERS)
+        for name in ("d_model", "n_heads", "d_glu", "d_rpe"):
+            _check_positive(name, getattr(self, name), MAX_WIDTH)
+        if not 0 <= self.n_rpe_layers <= MAX_RPE_LAYERS:
+            raise ValueError(f"n_rpe_layers must be in [0, {MAX_RPE_LAYERS}], got {self.n_rpe_layers}")
+        if not 0 < self.expand_ratio <= MAX_EXPAND_RATIO:
+            raise ValueError(f"expand_ratio must be in (0, {MAX_EXPAND_RATIO:g}], got {self.expand_ratio}")
+        if self.d_inner > MAX_WIDTH:
+            raise ValueError(f"expand_ratio * d_model must be at most {MAX_WIDTH}, got {self.d_inner}")
         if self.d_inner < self.n_heads:
             raise ValueError(
                 f"expand_ratio * d_model = {self.expand_ratio * self.d_model} gives no channel per head "
@@ -134,9 +149,7 @@ class TnnConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.train_length is not None:
-            _check_positive("train_length", self.train_length)
-        if self.ssm is not None and not isinstance(self.ssm, SsmConfig):
-            raise TypeError(f"ssm must be an SsmConfig or None, got {type(self.ssm).__name__}")
+            _check_positive("train_length", self.train_length, MAX_LENGTH)
 
     def _check_operator(self) -> None:
         """FD-TNN has no decay, SKI-TNN's gamma is its warp; neither has a kernel activation or normalize."""
@@ -209,9 +222,37 @@ class TnnConfig:
             raise ValueError(f"{path}: {exc}") from exc
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def _check_positive(name: str, value: Any, maximum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
+
+
+# JSON type of each annotation: a string "false" is not a bool, true is not an int, 512 is a float
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "a boolean (true or false)"),
+    "str": ((str,), "a string"),
+    "int | tuple[int, ...]": ((int, list, tuple), "an integer or a list of integers"),
+}
+
+
+def _check_types(prefix: str, config: Any) -> None:
+    """Every field has its annotated JSON type (strict: no coercion from strings, no bool for a number)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        annotation = str(f.type)
+        optional = annotation.endswith("| None")
+        if value is None and optional:
+            continue
+        base = annotation.removesuffix("| None").strip()
+        if base == "SsmConfig":
+            if not isinstance(value, SsmConfig):
+                raise ValueError(f"{prefix}{f.name} must be an object (the SSM conversion) or null, got {value!r}")
+            continue
+        kinds, described = _JSON_TYPES.get(base, ((str,), "a string"))  # Literal aliases (Decay, ...) are strings
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise ValueError(f"{prefix}{f.name} must be {described}{' or null' if optional else ''}, got {value!r}")
 
 
 def _check_literal(name: str, value: Any, literal: Any) -> None:

@@ -84,9 +84,24 @@ def build_model(
             )
         if not state[key].is_floating_point():
             raise ValueError(f"{source}: key {key!r} has dtype {state[key].dtype}, expected a floating point tensor")
+        require_finite(state[key], key, source)
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)  # keeps requires_grad=False on the fixed gamma
     return model.eval()
+
+
+def require_finite(tensor: Tensor, key: str, source: Path) -> None:
+    """A NaN or inf weight poisons every logit: refuse the file, naming the tensor and its layer."""
+    if not tensor.is_floating_point() and not tensor.is_complex():
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        parts = key.split(".")
+        layer = f" (layer {parts[1]})" if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit() else ""
+        raise ValueError(
+            f"{source}: key {key!r}{layer} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf) "
+            f"of {tensor.numel()}"
+        )
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -150,6 +165,8 @@ def attach_ssm_file(model: TnnLM, path: Path) -> None:
     Checks every key's presence and shape against config.json and refuses a pole with |lambda| >= 1,
     naming the file and the key."""
     tensors = _read_safetensors(path)
+    for key, tensor in tensors.items():
+        require_finite(tensor, key, path)
     real_dtype = fft_dtype(model.dtype)
     ssm = model.config.ssm
     assert ssm is not None

@@ -81,6 +81,36 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
+def check_tokenizer_dir(directory: str | Path, *, vocab_size: int) -> Tokenizer:
+    """The directory's tokenizer, after checking that its files parse and that every token id fits the model's
+    embedding (`vocab_size`, config.json); a ValueError names the file otherwise."""
+    directory = Path(directory)
+    tokenizer_file = directory / "tokenizer.json"
+    if not tokenizer_file.exists():
+        raise FileNotFoundError(f"{directory}: no tokenizer.json (expected a Hugging Face tokenizer directory)")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises its own Exception type for unparsable files
+        raise ValueError(f"{tokenizer_file}: not a readable tokenizer: {exc}") from exc
+    config_file = directory / "tokenizer_config.json"
+    config: dict = {}
+    if config_file.exists():
+        try:
+            config = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{config_file}: not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    size = min(size, config.get("fairseq_vocab_size") or size)  # a remapped fairseq tokenizer maps the rest to <unk>
+    if size > vocab_size:
+        raise ValueError(
+            f"{tokenizer_file}: the tokenizer has {size} tokens but the model's embedding only {vocab_size} "
+            "(config.json vocab_size): ids past the embedding would fail at request time"
+        )
+    return tokenizer
+
+
 def encode(tokenizer: Tokenizer, text: str) -> list[int]:
     """Token ids of `text`, no special tokens added."""
     return tokenizer.encode(text, add_special_tokens=False).ids

@@ -22,7 +22,9 @@ from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.generation_config import GenerationDefaults, load_generation_defaults
 from tnn.server.metrics import Metrics
-from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
+from tnn.server.middleware import OPEN_PATHS, ApiKeyMiddleware, RequestLimitMiddleware, UnexpectedErrorMiddleware
+from tnn.server.model_check import check_servable
+from tnn.server.openapi import install_openapi
 from tnn.server.routes import admin, embeddings, health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
@@ -58,10 +60,7 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     tokenizer = (
         TokenIdTokenizer() if settings.skip_tokenizer else ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
     )
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
-        )
+    check_servable(model, tokenizer if isinstance(tokenizer, ServerTokenizer) else None, settings.model_dir)
     return Engine(model, tokenizer, settings=settings, metrics=metrics)
 
 
@@ -94,11 +93,18 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
         if state.phase == "loading":
             state.phase = "ready"
             logger.info("ready: serving %r on the OpenAI API", state.model_name)
+    except (ValueError, FileNotFoundError) as exc:  # a broken model: the message names the file, field or layer
+        logger.error("cannot serve %s: %s; shutting down", settings.model_dir, exc)
+        _fail(state)
     except Exception:
         logger.exception("failed to load %s; shutting down", settings.model_dir)
-        state.phase = "failed"  # /health answers 503
-        if state.request_shutdown is not None:
-            state.request_shutdown()  # `tnn serve` exits with status 1
+        _fail(state)
+
+
+def _fail(state: AppState) -> None:
+    state.phase = "failed"  # /health answers 503
+    if state.request_shutdown is not None:
+        state.request_shutdown()  # `tnn serve` exits with status 1
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -122,6 +128,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="tnn-serve", version="0.1.0", lifespan=lifespan)
     app.state.tnn = state
     install_error_handlers(app, metrics)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(embeddings.router)
@@ -134,11 +141,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         limit=settings.max_body_bytes,
         max_headers=MAX_HEADERS,
         max_header_bytes=MAX_HEADER_BYTES,
+        body_timeout=settings.body_timeout,
         metrics=metrics,
     )
     if settings.api_key is not None:
+        logger.info("authentication is on: every route but %s needs 'Authorization: Bearer <key>'",
+                    ", ".join(sorted(OPEN_PATHS)))  # fmt: skip
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics,
                            is_public=playground.is_public if settings.playground else lambda path: False)  # fmt: skip
+    else:
+        logger.warning("authentication is off (%s): anyone who reaches the port can use the model",
+                       "--no-auth" if settings.auth is False else "no api_key / TNN_API_KEY set")  # fmt: skip
+    app.add_middleware(UnexpectedErrorMiddleware, metrics=metrics)  # outside the others: their faults too
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=settings.cors_allow_headers)  # fmt: skip

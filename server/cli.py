@@ -16,6 +16,7 @@ from pydantic_settings import CliSettingsSource
 
 import tnn.model
 from tnn.server.app import MAX_HEADER_BYTES, create_app
+from tnn.server.connections import guarded_protocol
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
 
@@ -51,11 +52,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(_cli_settings_source=CliSettingsSource(Settings)(parsed_args=flags))
 
 
+DRAIN_GRACE = 5.0  # seconds uvicorn waits past the drain timeout before cancelling what is left (a backstop)
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, plus a drain before uvicorn's shutdown: the first SIGTERM/SIGINT marks the app draining
     while the port stays open (/ready 503, new requests 503, running ones finish); once none is left, or after
-    --drain-timeout, uvicorn shuts down (it stops listening, then waits for open connections for what is left of
-    the timeout). A second signal, or one before the model is ready, goes straight to uvicorn's shutdown."""
+    --drain-timeout, uvicorn shuts down. Requests still running at the drain timeout end with a `shutting_down`
+    error (an SSE error event then [DONE] for streams, a 503 otherwise) rather than being cancelled mid-chunk. A
+    second signal, or one before the model is ready, goes straight to uvicorn's shutdown."""
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
@@ -77,7 +82,11 @@ class DrainingServer(uvicorn.Server):
         engine = self.app_state.engine
         while engine is not None and engine.outstanding > 0 and time.monotonic() < deadline:
             time.sleep(DRAIN_POLL_SECONDS)
-        self.config.timeout_graceful_shutdown = max(1, round(deadline - time.monotonic()))
+        if engine is not None and engine.outstanding > 0:
+            logger.warning("ending %d running sequence(s): the drain timeout (%gs) is over", engine.outstanding,
+                           self.app_state.settings.drain_timeout)  # fmt: skip
+            engine.stop()  # what still runs gets a shutting_down error event (503), then [DONE]
+        self.config.timeout_graceful_shutdown = DRAIN_GRACE  # time to write those last events
         super().handle_exit(sig, frame)
 
 
@@ -108,9 +117,14 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        http="h11",
+        http=guarded_protocol(
+            header_timeout=settings.header_timeout,
+            max_connections=settings.max_connections,
+            metrics=app.state.tnn.metrics,
+        ),  # fmt: skip
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        timeout_graceful_shutdown=round(settings.drain_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  (a float works)
+        timeout_graceful_shutdown=settings.drain_timeout + DRAIN_GRACE,  # type: ignore[arg-type]  (a float works)
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
         access_log=False,
         server_header=False,

@@ -10,6 +10,7 @@ from tnn.server.embeddings import Embeddings
 from tnn.server.errors import ApiError
 from tnn.server.serving import Serving
 from tnn.server.state import AppState
+from tnn.server.textcheck import invalid_text_path
 
 
 def get_state(request: Request) -> AppState:
@@ -38,3 +39,18 @@ def get_embeddings(state: StateDep) -> Embeddings:
 
 
 EmbeddingsDep = Annotated[Embeddings, Depends(get_embeddings)]
+
+
+async def reject_invalid_text(request: Request) -> None:
+    """400 naming the field when a JSON body holds text that is not valid Unicode (a lone surrogate)."""
+    if request.method != "POST":
+        return
+    try:
+        body = await request.json()  # cached: FastAPI parses the body with the same call
+    except ValueError:
+        return  # not JSON: FastAPI's own parsing answers it
+    found = invalid_text_path(body)
+    if found is not None:
+        path, index = found
+        raise ApiError(400, f"{path}: the text is not valid Unicode (a lone UTF-16 surrogate at character {index})",
+                       param=path, code="invalid_text")  # fmt: skip

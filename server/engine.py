@@ -315,7 +315,7 @@ class Engine:
             self._waiting.append(tracker)
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
-            self._close(tracker, "abort")
+            self._close(tracker, tracker.handle.cancel_reason)
         self._prefill(fills_only=True)  # first: a chat's next turn, if already here, finds its previous answer's state
         self._admit()
         self._prefill()

@@ -1,13 +1,13 @@
 """The one error envelope, `{"error": {"message", "type", "param", "code"}}`, and the handlers that produce it.
 
 Body validation errors are 400 (not FastAPI's 422) with `param` naming the field; unexpected exceptions are a
-500 whose message carries no internals. Every error answer is counted in tnn_errors_total{code=<status>}.
+500 whose message carries no internals (tnn.server.middleware.UnexpectedErrorMiddleware, logged once there).
+Every error answer is counted in tnn_errors_total{code=<status>}.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,13 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tnn.server.metrics import Metrics
 from tnn.server.schemas import EXTENSIONS, ErrorInfo, ErrorResponse
 
-logger = logging.getLogger(__name__)
-
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     431: "invalid_request_error",
@@ -63,6 +62,13 @@ class BodyTooLarge(Exception):
     @staticmethod
     def message(limit: int) -> str:
         return f"request body larger than {limit} bytes"
+
+
+class BodyTimeout(Exception):
+    """Raised while reading a request body that is not complete in time (RequestLimitMiddleware)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"the request body was not complete {timeout:g}s after its headers")
 
 
 class ApiError(Exception):
@@ -143,14 +149,11 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps errors raised while reading the body
             return error_response(ApiError(413, str(exc.__cause__), code="payload_too_large"), metrics)
-        return error_response(ApiError(exc.status_code, str(exc.detail)), metrics)
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.headers.get("x-request-id", "")
-        logger.exception("unhandled error on %s %s %s", request.method, request.url.path, request_id)
-        return error_response(ApiError(500, "internal server error", code="internal_error"), metrics)
+        if isinstance(exc.__cause__, BodyTimeout):  # the unread rest of the body: the connection cannot be reused
+            error = ApiError(408, str(exc.__cause__), code="body_timeout", headers={"Connection": "close"})
+            return error_response(error, metrics)
+        return error_response(ApiError(exc.status_code, str(exc.detail), headers=exc.headers), metrics)
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

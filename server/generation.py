@@ -97,14 +97,18 @@ class RequestHandle:
         self._on_cancel = on_cancel
         self._open_choices = request.n_sequences
         self.done = False  # every choice finished, or the request failed (seen by the event loop)
+        self.cancel_reason: FinishReason = "abort"  # what the engine counts the cancelled choices as
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def cancel(self) -> None:
-        """Stop generating (client gone, timeout): the engine frees the slots at its next iteration."""
+    def cancel(self, reason: FinishReason = "abort") -> None:
+        """Stop generating: the engine frees the slots at its next iteration. `reason` is what the unfinished
+        choices count as: "abort" (the client went away) or "error" (the server gave up: timeout, shutdown).
+        The first call decides."""
         if not self.done and not self._cancelled.is_set():
+            self.cancel_reason = reason
             self._cancelled.set()
             self._on_cancel()
 

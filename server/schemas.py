@@ -358,6 +358,10 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unhealthy"]
+
+
 class ReadyResponse(BaseModel):
     ready: bool
     status: str

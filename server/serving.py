@@ -194,7 +194,7 @@ class Serving:
             raise ApiError(429, f"server overloaded: {exc}; retry later", code="server_overloaded",
                            headers={"Retry-After": "1"}) from exc  # fmt: skip
         except NotAccepting as exc:
-            raise ApiError(503, str(exc), code="not_ready") from exc
+            raise ApiError(503, str(exc), code="not_ready", headers={"Retry-After": "1"}) from exc
 
     # ---- completions ------------------------------------------------------------------------------------------
 
@@ -296,11 +296,16 @@ class Serving:
         return await self._collect(handle, raw, formatter)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        return self.tokenizer.encode(self.chat_text(messages), add_bos=self.settings.add_bos)
+
+    def chat_text(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template's rendering of a conversation (400 when it refuses this one)."""
+        if not messages:
+            raise ApiError(400, "messages must hold at least one message", param="messages", code="invalid_value")
         try:
-            text = self.tokenizer.render_chat(messages)
+            return self.tokenizer.render_chat(messages)
         except Exception as exc:  # a template error is the request's fault (e.g. roles it does not accept)
             raise ApiError(400, f"the chat template failed: {exc}", param="messages", code="invalid_value") from exc
-        return self.tokenizer.encode(text, add_bos=self.settings.add_bos)
 
     def next_turn_prefix(self, messages: list[dict[str, Any]]) -> list[int]:
         """The tokens every prompt that continues `messages` with a user message starts with: the template's
@@ -328,7 +333,7 @@ class Serving:
         while not handle.done:
             now = time.monotonic()
             if now >= deadline:
-                handle.cancel()
+                handle.cancel("error")
                 raise ApiError(504, f"request timed out after {self.settings.request_timeout:g}s",
                                code="request_timeout")  # fmt: skip
             if now >= next_check:  # also while tokens keep coming: a whole-completion client sends nothing

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
 DType = Literal["float32", "bfloat16", "float16", "float64"]
@@ -96,6 +96,25 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"
     )
+    auth: bool | None = Field(
+        default=None,
+        description="--no-auth: serve without an API key on purpose (an empty api_key refuses to start without "
+        "it); --auth: refuse to start without a key; default: on exactly when api_key is set",
+    )
+
+    # Slow clients: every connection is bounded in time and their number is capped (tnn.server.connections)
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a connection may take to send a request's headers; then 408, closed"
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds from a request's headers to the end of its body; then 408, closed"
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="seconds an idle keep-alive connection stays open between requests"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=1_000_000, description="open connections beyond this are answered 503 and closed"
+    )
     admin_key: SecretStr | None = Field(
         default=None, description="key for /admin/* routes; none: the API key (prefer TNN_ADMIN_KEY: flags show in ps)"
     )
@@ -106,9 +125,26 @@ class Settings(BaseSettings):
     warmup: bool = Field(default=True, description="warm up before /ready")
     playground: bool = Field(default=True, description="serve the browser playground at / and /playground")
 
-    @field_validator("api_key", "admin_key")
+    @model_validator(mode="after")
+    def _auth_is_explicit(self) -> Settings:
+        """An empty key is a mistake (a variable set from a missing secret), not a wish to serve openly."""
+        key = None if self.api_key is None else self.api_key.get_secret_value().strip()
+        if key == "" and self.auth is not False:
+            raise ValueError(
+                "api_key is empty (--api-key '' or TNN_API_KEY=''): set a key, or pass --no-auth (TNN_AUTH=false) "
+                "to serve without authentication on purpose"
+            )
+        if key and self.auth is False:
+            raise ValueError("--no-auth contradicts the api_key that is set (--api-key or TNN_API_KEY): give one")
+        if not key and self.auth:
+            raise ValueError("--auth (TNN_AUTH=true) needs an api_key (--api-key or TNN_API_KEY)")
+        if key == "":
+            self.api_key = None
+        return self
+
+    @field_validator("admin_key")
     @classmethod
-    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+    def _empty_admin_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None
 
     @field_validator("cors_origins", mode="before")

@@ -24,6 +24,14 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+# Rendered once at startup: a template that fails on it would fail every chat request.
+SAMPLE_CONVERSATION = [
+    {"role": "user", "content": "Hello!"},
+    {"role": "assistant", "content": "Hi, how can I help?"},
+    {"role": "user", "content": "Tell me a story."},
+]
+
+
 class ServerTokenizer:
     """Encoding, decoding and the chat template of one model directory."""
 
@@ -32,7 +40,10 @@ class ServerTokenizer:
         if not (model_dir / "tokenizer.json").exists():
             raise FileNotFoundError(f"{model_dir}: no tokenizer.json; the server needs the model's tokenizer")
         # PreTrainedTokenizerFast directly: AutoTokenizer would read config.json and warn about model type "tnn"
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+        try:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+        except Exception as exc:  # tokenizers and transformers raise assorted types for unreadable files
+            raise ValueError(f"{model_dir / 'tokenizer.json'}: the tokenizer files do not load: {exc}") from exc
         self.hf = tokenizer
         self._backend = tokenizer.backend_tokenizer
         self.eos_id: int | None = tokenizer.eos_token_id
@@ -47,6 +58,13 @@ class ServerTokenizer:
             logger.warning(
                 "%s has no chat_template; /v1/chat/completions uses a plain 'Role: text' template", model_dir
             )
+        try:
+            self.render_chat(SAMPLE_CONVERSATION)
+        except Exception as exc:  # jinja2 syntax and runtime errors, raise_exception() in the template
+            raise ValueError(
+                f"{model_dir / 'tokenizer_config.json'}: the chat_template does not render a sample conversation "
+                f"(user, assistant, user): {type(exc).__name__}: {exc}"
+            ) from exc
 
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
         """Token ids of a text prompt, with the bos token first when the server adds one."""

@@ -157,9 +157,10 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 300.0,  # a loaded shared CPU can take minutes to import torch and warm up
         stop_timeout: float = 30.0,
+        port: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: restart a server where its clients expect it
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = list(args or [])
         self.env = dict(env or {})

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from tnn.server.deps import StateDep
 from tnn.server.errors import ApiError
+from tnn.server.openapi import WITH_A_BODY, error_responses
 
 ADMIN_PREFIX = "/admin"
 
@@ -26,7 +27,12 @@ def require_admin(state: StateDep, authorization: Annotated[str, Header()] = "")
                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
-router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix=ADMIN_PREFIX,
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(*WITH_A_BODY, 403),
+)
 
 
 @router.post("/reset_prefix_cache")

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from tnn.server.deps import ServingDep, StateDep
+from tnn.server.deps import ServingDep, StateDep, reject_invalid_text
 from tnn.server.embeddings import embedding_info
 from tnn.server.errors import ApiError
-from tnn.server.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from tnn.server.openapi import BEHIND_THE_KEY, GENERATION, error_responses
+from tnn.server.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(reject_invalid_text)])
+# with "stream": true; each event's data is a JSON chunk, an error envelope, or [DONE]
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"},
+             "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}  # fmt: skip
+SSE = {"text/event-stream": {"schema": SSE_EVENT}}
 
 
-@router.post("/completions")
+@router.post(
+    "/completions", responses={**error_responses(*GENERATION), 200: {"model": CompletionResponse, "content": SSE}}
+)
 async def completions(body: CompletionRequest, request: Request, serving: ServingDep) -> Response:
     return await serving.completions(body, request)
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    responses={**error_responses(*GENERATION), 200: {"model": ChatCompletionResponse, "content": SSE}},
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request, serving: ServingDep) -> Response:
     return await serving.chat(body, request)
 
@@ -37,12 +54,12 @@ def _card(state: StateDep) -> ModelCard:
     )
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses(*BEHIND_THE_KEY))
 def list_models(state: StateDep) -> ModelList:
     return ModelList(data=[_card(state)])
 
 
-@router.get("/models/{model:path}")
+@router.get("/models/{model:path}", responses=error_responses(*BEHIND_THE_KEY, 404))
 def get_model(model: str, state: StateDep) -> ModelCard:
     if model != state.model_name:
         raise ApiError(404, f"model {model!r} does not exist", param="model", code="model_not_found")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from tnn.server.deps import ServingDep
+from tnn.server.deps import ServingDep, reject_invalid_text
 from tnn.server.errors import ApiError
+from tnn.server.openapi import WITH_A_BODY, error_responses
 from tnn.server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
-router = APIRouter(tags=["tokenize"])
+router = APIRouter(
+    tags=["tokenize"], dependencies=[Depends(reject_invalid_text)], responses=error_responses(*WITH_A_BODY)
+)
 
 
 @router.post("/tokenize")
@@ -21,7 +24,7 @@ async def tokenize(body: TokenizeRequest, serving: ServingDep) -> TokenizeRespon
     tokenizer = serving.tokenizer
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        text = await asyncio.to_thread(tokenizer.render_chat, messages)
+        text = await asyncio.to_thread(serving.chat_text, messages)
     else:
         assert body.prompt is not None
         text = body.prompt

@@ -182,6 +182,38 @@ def test_bad_arguments(tmp_path: Path, native_dir: Path) -> None:
         convert_checkpoint(src=native_dir, dst=tmp_path / "y", tokenizer=tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("problem", ["garbage", "too_large", "bad_config"])
+def test_broken_tokenizers_are_refused_naming_the_file(
+    tmp_path: Path, native_dir: Path, capsys: pytest.CaptureFixture[str], problem: str
+) -> None:
+    tokenizer_dir = tmp_path / "tok"
+    write_tokenizer(tokenizer_dir)
+    if problem == "garbage":
+        (tokenizer_dir / "tokenizer.json").write_text("\x00garbage{")
+        broken = tokenizer_dir / "tokenizer.json"
+    elif problem == "too_large":  # 200 tokens for a 97-row embedding
+        from tokenizers import Tokenizer, models
+
+        Tokenizer(models.WordLevel({f"w{i}": i for i in range(200)}, unk_token="w0")).save(
+            str(tokenizer_dir / "tokenizer.json")
+        )
+        broken = tokenizer_dir / "tokenizer.json"
+    else:
+        (tokenizer_dir / "tokenizer_config.json").write_text("{")
+        broken = tokenizer_dir / "tokenizer_config.json"
+    dst = tmp_path / "out"
+    assert main(["convert", str(native_dir), str(dst), "--tokenizer", str(tokenizer_dir), "--no-past-n"]) == 1
+    err = capsys.readouterr().err
+    assert str(broken) in err
+    if problem == "too_large":
+        assert "200 tokens" in err and "97" in err
+    assert not dst.exists() and leftovers(tmp_path) == []
+    (native_dir / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())  # the source's own
+    (native_dir / "tokenizer_config.json").write_bytes((tokenizer_dir / "tokenizer_config.json").read_bytes())
+    assert main(["convert", str(native_dir), str(dst), "--no-past-n"]) == 1
+    assert str(native_dir) in capsys.readouterr().err and not dst.exists()
+
+
 def test_default_reduced_conversion_writes_its_fit_and_decodes(tmp_path: Path, native_dir: Path) -> None:
     """The default method: conversion.json records the fit per layer; the state is float32 planes + FIR history;
     the written directory decodes within the kernel tolerance of the parallel model (logits within 5e-2)."""

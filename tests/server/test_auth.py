@@ -4,6 +4,9 @@ timeout (504, or an error event then [DONE] once streaming began), on one server
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +48,7 @@ def test_playground_page_loads_without_the_key_but_its_api_calls_need_it(secured
 
 
 @pytest.mark.parametrize(
-    "header", [None, "Bearer wrong", KEY, f"Bearer {KEY.lower()}", f"bearer {KEY}", f"Bearer {KEY}x"]
+    "header", [None, "Bearer wrong", KEY, f"Bearer {KEY.lower()}", f"Basic {KEY}", f"Bearer {KEY}x", "Bearer", ""]
 )
 @pytest.mark.parametrize("path", ["/v1/models", "/tokenize", "/docs", "/openapi.json"])
 def test_missing_or_wrong_key_is_401(secured: ServerProcess, header: str | None, path: str) -> None:
@@ -56,6 +59,22 @@ def test_missing_or_wrong_key_is_401(secured: ServerProcess, header: str | None,
     error = response.json()["error"]
     assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer", "bEaReR"])
+def test_the_scheme_is_case_insensitive(secured: ServerProcess, scheme: str) -> None:
+    """RFC 7235: the auth scheme is a case-insensitive token; the key itself is compared exactly."""
+    response = httpx.get(secured.url + "/v1/models", headers={"Authorization": f"{scheme} {KEY}"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("second", [f"Bearer {KEY}", "Bearer wrong"])
+def test_two_authorization_headers_are_refused(secured: ServerProcess, second: str) -> None:
+    """Duplicates are rejected (never first- or last-wins: a proxy that appends its own header must not decide)."""
+    headers = [("Authorization", f"Bearer {KEY}"), ("Authorization", second)]
+    response = httpx.get(secured.url + "/v1/models", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "duplicate_authorization"
 
 
 def test_right_key_works_with_openai_and_errors_are_counted(secured: ServerProcess) -> None:
@@ -83,6 +102,7 @@ def test_cors_preflight_for_allowed_origin(secured: ServerProcess) -> None:
 def test_request_timeout_is_504_or_an_error_event_after_streaming_began(secured: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"prompt": "To be", "max_tokens": 1000000, "ignore_eos": True}
+    before = scrape_metrics(secured.url)
     response = httpx.post(secured.url + "/v1/completions", json=body, headers=headers, timeout=30)
     assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
     with httpx.stream("POST", secured.url + "/v1/completions", json={**body, "stream": True}, headers=headers,
@@ -92,4 +112,40 @@ def test_request_timeout_is_504_or_an_error_event_after_streaming_began(secured:
     assert lines[-1] == "data: [DONE]"
     assert json.loads(lines[-2][len("data: ") :])["error"]["code"] == "request_timeout"
     assert len(lines) > 3  # tokens were streamed before the error
-    assert metric_value(wait_idle(secured.url), "tnn_state_slots_used") == 0  # cancelled, slot freed
+    after = wait_idle(secured.url)
+    assert metric_value(after, "tnn_state_slots_used") == 0  # cancelled, slot freed
+    counted = {reason: metric_value(after, "tnn_requests_total", finish_reason=reason)
+               - metric_value(before, "tnn_requests_total", finish_reason=reason) for reason in ("error", "abort")}  # fmt: skip
+    assert counted == {"error": 2, "abort": 0}  # a timeout is the server's failure, not the client's cancel
+
+
+def serve_exit(model_dir: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tnn.cli.main", "serve", str(model_dir), "--port", "0", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--api-key", ""], {}), ([], {"TNN_API_KEY": ""}),
+                                           (["--api-key", "   "], {})])  # fmt: skip
+def test_an_empty_api_key_refuses_to_start(tiny_model_dir: Path, args: list[str], env: dict[str, str]) -> None:
+    result = serve_exit(tiny_model_dir, args, env)
+    assert result.returncode == 2, result.stderr
+    assert "api_key" in result.stderr and "--no-auth" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [(["--no-auth"], {"TNN_API_KEY": KEY}, "--no-auth contradicts"),
+                                                   (["--auth"], {}, "--auth (TNN_AUTH=true) needs an api_key")])  # fmt: skip
+def test_contradictory_auth_settings_refuse_to_start(
+    tiny_model_dir: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    result = serve_exit(tiny_model_dir, args, env)
+    assert result.returncode == 2 and says in result.stderr
+
+
+def test_explicit_no_auth_serves_openly_and_says_so(tiny_model_dir: Path) -> None:
+    with ServerProcess(tiny_model_dir, args=["--no-auth"], env={"TNN_API_KEY": ""}) as server:
+        assert httpx.get(server.url + "/v1/models").status_code == 200
+    assert "authentication is off" in server.log()
+
+
+def test_the_auth_mode_is_logged(secured: ServerProcess) -> None:
+    assert "authentication is on" in secured.log() and KEY not in secured.log()
