@@ -18,7 +18,8 @@ FORMAT_VERSION = 1
 
 Decay = Literal["fixed", "learned", "none"]
 NormPosition = Literal["pre", "post"]
-SsmMethod = Literal["etsc", "etsc-inclusive", "etsc-tail"]
+SsmMethod = Literal["reduced", "etsc-tail", "etsc-inclusive", "etsc"]
+ETSC_METHODS: tuple[SsmMethod, ...] = ("etsc-tail", "etsc-inclusive", "etsc")  # exact to lag n-1 (DFT-grid poles)
 Operator = Literal["tnn", "fd", "ski"]
 
 # Upper bounds far above any real TNN (the paper's largest: d_model 1024, 24 layers, 100k vocabulary), so that an
@@ -41,17 +42,38 @@ class SsmConfig:
 
     method: SsmMethod
     length: int  # conversion length n: the kernel is exact for lags 0..n-1 (0..n for etsc-inclusive, etsc-tail)
-    modes: int  # complex modes per channel kept in the recurrent state (after conjugate halving)
-    full_state: bool = False  # True: all modes kept, no conjugate halving
+    modes: int | tuple[int, ...]  # complex modes (state slots) per channel: one for every layer, or per layer
+    full_state: bool = False  # True: all modes kept, no conjugate halving (ETSC methods)
+    fir_length: int = 0  # exact FIR head (lags 0..h-1) of the reduced method; the state keeps the last h inputs
 
     def __post_init__(self) -> None:
         _check_types("ssm.", self)
         _check_literal("ssm.method", self.method, SsmMethod)
         _check_positive("ssm.length", self.length, MAX_LENGTH)
-        _check_positive("ssm.modes", self.modes, self.length + 1)
+        if isinstance(self.modes, list | tuple):
+            if not self.modes:
+                raise ValueError("ssm.modes must not be an empty list")
+            for count in self.modes:
+                _check_positive("ssm.modes", count, self.length + 1)
+            object.__setattr__(self, "modes", tuple(self.modes))
+        else:
+            _check_positive("ssm.modes", self.modes, self.length + 1)
+        if not isinstance(self.fir_length, int) or isinstance(self.fir_length, bool) or self.fir_length < 0:
+            raise ValueError(f"ssm.fir_length must be an integer >= 0, got {self.fir_length!r}")
+
+    def layer_modes(self, n_layers: int) -> tuple[int, ...]:
+        """Modes of each layer."""
+        if isinstance(self.modes, tuple):
+            if len(self.modes) != n_layers:
+                raise ValueError(f"ssm.modes lists {len(self.modes)} layers, the model has {n_layers}")
+            return self.modes
+        return (self.modes,) * n_layers
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if isinstance(self.modes, tuple):
+            data["modes"] = list(self.modes)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SsmConfig:
@@ -211,6 +233,7 @@ _JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "float": ((int, float), "a number"),
     "bool": ((bool,), "a boolean (true or false)"),
     "str": ((str,), "a string"),
+    "int | tuple[int, ...]": ((int, list, tuple), "an integer or a list of integers"),
 }
 
 

@@ -38,7 +38,9 @@ def evaluate_directory(
     model = load(model_dir, device=device)
     if not model.is_converted:
         attach_ssm(model)
-        logger.info("converted with ETSC at length %d for the recurrent path", model.config.ssm.length)
+        logger.info(
+            "converted with %s at length %d for the recurrent path", model.config.ssm.method, model.config.ssm.length
+        )
     assert model.config.ssm is not None  # attach_ssm records it
     tokenizer = load_tokenizer(model_dir)
     ids = torch.tensor([eos_id(tokenizer), *encode(tokenizer, text)], dtype=torch.long)

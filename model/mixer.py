@@ -14,18 +14,27 @@ import torch
 from torch import Tensor, nn
 
 from tnn.model.config import TnnConfig
-from tnn.model.ssm import SsmParams, ssm_prefill, ssm_step
+from tnn.model.ssm import LayerParams, StepWeights, ssm_prefill, ssm_step, ssm_step_fused, step_weights, zero_state
 
 
 class ToeplitzMixer(nn.Module):
     """Base of the token mixers: y = T v per channel. Subclasses set `causal` and implement `coefficients`."""
 
     causal: bool
-    ssm: SsmParams | None
 
     def __init__(self) -> None:
         super().__init__()
-        self.ssm = None  # attached by conversion (tnn.model.conversion)
+        self.ssm = None  # attached by conversion (tnn.model.conversion) or loading
+        self.fused_step = False  # use the torch.compile'd step (TnnLM.fuse_step)
+
+    @property
+    def ssm(self) -> LayerParams | None:
+        return self._ssm
+
+    @ssm.setter
+    def ssm(self, params: LayerParams | None) -> None:
+        self._ssm = params
+        self._step_weights = None if params is None else step_weights(params)
 
     @property
     def channels(self) -> int:
@@ -49,21 +58,28 @@ class ToeplitzMixer(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _require_ssm(self) -> SsmParams:
-        if self.ssm is None:
+    def _require_ssm(self) -> LayerParams:
+        if self._ssm is None:
             raise RuntimeError(
                 "this model has no recurrent form yet: convert it (tnn convert) or call "
                 "tnn.model.conversion.attach_ssm before prefill/step"
             )
-        return self.ssm
+        return self._ssm
+
+    def empty_state(self, batch_size: int) -> Tensor:
+        """(B, 2N + h, D) zeros (tnn.model.ssm.step's layout)."""
+        return zero_state(batch_size, self._require_ssm())
 
     def prefill(self, v: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """v: (B, L, D) -> (B, L, D) with the converted kernel, and the state (B, N, D) after it."""
+        """v: (B, L, D) -> (B, L, D) with the converted kernel, and a new state (B, 2N + h, D) after it."""
         return ssm_prefill(v, state, self._require_ssm())
 
     def step(self, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """v: (B, D) one token -> (B, D), new state (B, N, D)."""
-        return ssm_step(v, state, self._require_ssm())
+        """v: (B, D) one token -> (B, D); `state` (B, 2N + h, D) is updated in place and returned."""
+        self._require_ssm()
+        weights: StepWeights = self._step_weights  # type: ignore[assignment]  (set with ssm)
+        step = ssm_step_fused if self.fused_step else ssm_step
+        return step(v, state, weights), state
 
 
 def original_module_config(heads: int, head_dim: int, **fields: Any) -> TnnConfig:

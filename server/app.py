@@ -54,8 +54,8 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     if not model.config.causal:
         logger.info("%s is bidirectional (an encoder): serving /v1/embeddings only, no conversion", settings.model_dir)
     elif not model.is_converted:
-        logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
-                    settings.model_dir)  # fmt: skip
+        logger.info("%s is not converted: converting on load with the default method %r (tnn convert does it "
+                    "once, offline)", settings.model_dir, tnn.model.conversion.DEFAULT_METHOD)  # fmt: skip
         tnn.model.attach_ssm(model)
     tokenizer = (
         TokenIdTokenizer() if settings.skip_tokenizer else ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)

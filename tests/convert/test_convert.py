@@ -54,13 +54,13 @@ def native_dir(tmp_path: Path) -> Path:
 def test_golden_checkpoint_converts_and_decodes_like_the_original(tmp_path: Path) -> None:
     folder = golden_lm()
     dst = tmp_path / "golden"
-    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, progress=False)
+    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, method="etsc-tail", progress=False)
     assert report.method == "etsc-tail" and report.length == 16 and report.source_format == "fairseq"
     assert len(report.kernel_checks) == 2
     assert all(k.rel_error_modes <= 1e-12 and k.lag_n_rel_error <= 1e-12 for k in report.kernel_checks)
     assert report.logits_check.float64_rel_error <= 1e-12 and report.logits_check.float32_rel_error <= 1e-4
     methods = {(row.method, row.length) for row in report.past_n}
-    assert methods == {(m, size) for m in ("etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+    assert methods == {(m, size) for m in ("reduced", "etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
 
     on_disk = json.loads((dst / "conversion.json").read_text())
     for key in ("method", "length", "modes", "full_state", "kernel_checks", "logits_check", "past_n", "timings_s"):
@@ -98,6 +98,7 @@ def test_cli_end_to_end_on_the_golden_checkpoint(tmp_path: Path) -> None:
         "length": 16,
         "modes": 8,
         "full_state": False,
+        "fir_length": 0,
     }
     assert leftovers(tmp_path) == []
 
@@ -107,11 +108,11 @@ def test_cli_native_directory_force_and_tokenizer(
     tmp_path: Path, native_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dst = tmp_path / "served"
-    result = tnn_cli("convert", str(native_dir), str(dst), "--full-state")
+    result = tnn_cli("convert", str(native_dir), str(dst), "--full-state", "--method", "etsc-tail")
     assert result.returncode == 0, result.stderr
     assert (dst / "tokenizer.json").exists() and (dst / "tokenizer_config.json").exists()
     config = json.loads((dst / "config.json").read_text())
-    assert config["ssm"] == {"method": "etsc-tail", "length": 32, "modes": 33, "full_state": True}
+    assert config["ssm"] == {"method": "etsc-tail", "length": 32, "modes": 33, "full_state": True, "fir_length": 0}
     umask = os.umask(0)
     os.umask(umask)
     assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: the server may run as another user
@@ -170,7 +171,7 @@ def test_failed_verification_writes_nothing(tmp_path: Path, native_dir: Path, mo
     monkeypatch.setattr(convert_module, "KERNEL_TOLERANCE", 0.0)
     dst = tmp_path / "out"
     with pytest.raises(VerificationFailed, match="kernel error"):
-        convert_checkpoint(src=native_dir, dst=dst, progress=False, compare_past_n=False)
+        convert_checkpoint(src=native_dir, dst=dst, method="etsc-tail", progress=False, compare_past_n=False)
     assert not dst.exists() and leftovers(tmp_path) == []
 
 
@@ -211,3 +212,24 @@ def test_broken_tokenizers_are_refused_naming_the_file(
     (native_dir / "tokenizer_config.json").write_bytes((tokenizer_dir / "tokenizer_config.json").read_bytes())
     assert main(["convert", str(native_dir), str(dst), "--no-past-n"]) == 1
     assert str(native_dir) in capsys.readouterr().err and not dst.exists()
+
+
+def test_default_reduced_conversion_writes_its_fit_and_decodes(tmp_path: Path, native_dir: Path) -> None:
+    """The default method: conversion.json records the fit per layer; the state is float32 planes + FIR history;
+    the written directory decodes within the kernel tolerance of the parallel model (logits within 5e-2)."""
+    dst = tmp_path / "reduced"
+    report = convert_checkpoint(src=native_dir, dst=dst, progress=False, compare_past_n=False)
+    assert report.method == "reduced" and report.reduced is not None
+    on_disk = json.loads((dst / "conversion.json").read_text())
+    layers = on_disk["reduced"]["layers"]
+    assert len(layers) == 2 and all(layer["max_pole_radius"] < 1 for layer in layers)
+    assert on_disk["modes"] == [layer["modes"] for layer in layers]
+    assert on_disk["thresholds"]["logits_rel_error_float32"] == 5e-2
+    model = load(dst, dtype=torch.float32)
+    ssm = model.config.ssm
+    assert ssm is not None and ssm.method == "reduced" and ssm.fir_length == 8
+    rows = sum(2 * modes + 8 for modes in ssm.layer_modes(2))
+    assert report.state_bytes_per_sequence == rows * model.config.d_inner * 4 == model.state_bytes_per_sequence()
+    tokens = random_tokens(1, 24)
+    got, _ = model.recurrent_logits(tokens)
+    assert relative_error(got, model(tokens)) <= 5e-2

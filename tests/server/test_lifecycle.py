@@ -94,7 +94,7 @@ def test_drain_is_bounded_and_unconverted_models_convert_on_load(tmp_path: Path)
         assert time.monotonic() - begin < 15
         thread.join(30)
     log = server.log()
-    assert "not converted: running ETSC conversion on load" in log
+    assert "not converted: converting on load" in log
     assert "has no chat_template" in log
     # past the drain timeout the stream ends properly: an error event saying why, then [DONE]; nothing cancelled
     assert lines[-1] == "data: [DONE]", lines[-3:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -195,7 +196,7 @@ def test_chat_streams_text_and_shows_the_figures(tab: Tab) -> None:
     assert tab.figure(reply, "cached") == ("" if cached is None else str(cached))
     assert int(tab.figure(reply, "state")) == card["state_bytes_per_sequence"] > 0
     assert tab.figure(reply, "finish") == finish
-    assert "MiB/seq" in reply.locator("[data-figure=state]").inner_text()
+    assert re.search(r"[KM]iB/seq", reply.locator("[data-figure=state]").inner_text())  # a unit that fits the size
 
     # multi-turn: the next request carries the conversation, the reply as the page showed it
     second, _ = tab.send("And what of Romeo?")
@@ -204,7 +205,16 @@ def test_chat_streams_text_and_shows_the_figures(tab: Tab) -> None:
         {"role": "assistant", "content": text},
         {"role": "user", "content": "And what of Romeo?"},
     ]
-    tab.wait_done()
+    second_reply = tab.wait_done()
+    # the second turn continues the first: the prefix-state cache served part of its prompt, and the panel says so
+    cached = int(tab.figure(second_reply, "cached"))
+    assert 0 < cached < int(tab.figure(second_reply, "prompt"))
+    samples = scrape_metrics(tab.server.url)
+    hits, queried = (int(metric_value(samples, f"tnn_prefix_cache_{name}_total")) for name in ("hits", "queries"))
+    assert hits >= cached
+    tab.page.wait_for_function(
+        f"document.getElementById('srv-cache').textContent.startsWith('{hits} / {queried} tokens')"
+    )
 
 
 def test_event_parser_joins_events_and_characters_split_anywhere(tab: Tab) -> None:
@@ -268,7 +278,7 @@ def test_stop_button_cancels_and_the_server_frees_the_slot(tab: Tab) -> None:
     server = tab.server
     before = wait_metric(server, lambda s: metric_value(s, "tnn_num_requests_running") == 0)
     tab.wait_for_model()
-    tab.set(seed=1, max_tokens=4000, temperature=1.0)
+    tab.set(seed=1, max_tokens=4000, temperature=1.0, stop="@@@")  # a stop string that never comes: a long reply
     tab.send("Tell me the whole history of the kings of England.")
     assert tab.page.is_visible("[data-testid=stop]") and tab.page.is_hidden("[data-testid=send]")
     tab.page.wait_for_function("document.getElementById('srv-running').textContent === '1'")  # the page's panel
@@ -289,7 +299,7 @@ def test_keyboard_enter_sends_shift_enter_breaks_the_line_escape_stops(tab: Tab)
     server = tab.server
     before = wait_metric(server, lambda s: metric_value(s, "tnn_num_requests_running") == 0)
     tab.wait_for_model()
-    tab.set(seed=2, max_tokens=4000)
+    tab.set(seed=2, max_tokens=4000, stop="@@@")
     tab.page.click("#input")
     tab.page.keyboard.type("First line")
     tab.page.keyboard.press("Shift+Enter")
