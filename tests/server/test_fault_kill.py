@@ -50,7 +50,8 @@ def client_loop(url: str, index: int, outcomes: Counter[str], lock: threading.Lo
 def test_sigkill_mid_load_then_restart(tmp_path: Path, tiny_model_dir: Path) -> None:
     args = ["--max-num-seqs", "8"]
     if HAS_DISK_CACHE:
-        args += ["--state-cache-dir", str(tmp_path / "state-cache")]
+        # a memory tier of a few states: the load's prompts evict states to disk while the server is killed
+        args += ["--state-cache-dir", str(tmp_path / "state-cache"), "--state-cache-memory", "100KB"]
     first = ServerProcess(tiny_model_dir, args=args).start()
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
@@ -93,11 +94,14 @@ def test_sigkill_mid_load_then_restart(tmp_path: Path, tiny_model_dir: Path) -> 
 
 
 def assert_cache_files_intact(cache_dir: Path, log: str) -> None:
-    """Every file the killed server left in the disk tier either reads back or was never published (temporary)."""
+    """Every file the killed server published in the disk tier reads back (a write cut short is only ever a hidden
+    temporary file), and the restarted server, which loads the tier at startup, skipped nothing."""
     from safetensors import safe_open
 
-    for path in cache_dir.rglob("*.safetensors"):
+    published = sorted(cache_dir.glob("*.safetensors"))
+    print(f"disk tier after the kill and restart: {len(published)} state files")
+    for path in published:
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 f.get_tensor(key)
-    assert "corrupt" not in log.lower()
+    assert "skipping corrupt file" not in log and "skipping unreadable file" not in log
