@@ -65,12 +65,10 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
         if engine is None:
             engine = await asyncio.to_thread(build_engine, settings, state.metrics)
         model = engine.model
-        per_seq = engine.state_bytes_per_sequence
         logger.info(
-            "model %s (%s) on %s (%d cpu threads), %s; %d state slots x %.2f MiB = %.1f MiB of recurrent state "
-            "at full load",
+            "model %s (%s) on %s (%d cpu threads), %s, %s step; %s",
             state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
-            settings.max_num_seqs, per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
+            "fused" if engine.fused_step else "eager", engine.slot_plan.describe(),
         )  # fmt: skip
         if settings.warmup:
             seconds = await asyncio.to_thread(engine.warmup)

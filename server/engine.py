@@ -24,6 +24,7 @@ from torch import Tensor
 from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
+from tnn.server.capacity import parse_memory, plan_slots
 from tnn.server.generation import (
     ChoiceDelta,
     Event,
@@ -127,9 +128,13 @@ class Engine:
         self.metrics = metrics
         self.device = model.device
         self.vocab_size = model.config.vocab_size
-        self.slots = SlotPool(settings.max_num_seqs)
-        self.capacity = settings.max_num_seqs + settings.max_waiting_requests  # sequences
         self.state_bytes_per_sequence = model.state_bytes_per_sequence()
+        self.slot_plan = plan_slots(
+            parse_memory(settings.state_memory), self.state_bytes_per_sequence, settings.max_num_seqs, self.device
+        )
+        self.slots = SlotPool(self.slot_plan.slots)
+        self.fused_step = model.fuse_step(settings.fused_step)  # False where torch.compile is unavailable
+        self.capacity = self.slot_plan.slots + settings.max_waiting_requests  # sequences
         self.accepting = False
         self._outstanding = 0  # sequences submitted and not finished
         self._lock = threading.Lock()
@@ -137,7 +142,7 @@ class Engine:
         self._waiting: deque[_Tracker] = deque()
         self._active: list[_Tracker] = []
         self._prefilling: list[_PrefillUnit] = []
-        self._batch: RunningBatch[_Sequence] = RunningBatch()
+        self._batch: RunningBatch[_Sequence] = RunningBatch(model.empty_state(self.slot_plan.slots))  # allocated once
         self._pending: list[tuple[RequestHandle, Event]] = []
         self._wake = threading.Event()
         self._stopping = False
@@ -146,7 +151,7 @@ class Engine:
         self._last_stats = (time.monotonic(), 0, 0)  # time, prompt and generated tokens then
         self._prompt_tokens = 0
         self._generated_tokens = 0
-        metrics.state_slots_total.set(settings.max_num_seqs)
+        metrics.state_slots_total.set(self.slot_plan.slots)
 
     # ---- event-loop side ------------------------------------------------------------------------------------------
 
@@ -167,7 +172,7 @@ class Engine:
         need = request.n_sequences
         with self._lock:
             if self._outstanding + need > self.capacity:
-                raise Overloaded(f"all {self.settings.max_num_seqs} state slots and the queue are in use")
+                raise Overloaded(f"all {self.slots.total} state slots and the queue are in use")
             self._outstanding += need
         handle = RequestHandle(request, on_cancel=self._wake.set)
         self._inbox.append(handle)
@@ -186,17 +191,18 @@ class Engine:
 
     @torch.inference_mode()
     def warmup(self) -> float:
-        """Run the largest shapes once (prefill budget, full batch step, sampling) before serving. Seconds taken."""
+        """Run the largest shapes once (prefill budget, a one-row and a full-pool step) before serving. Seconds.
+
+        The pool's rows hold garbage afterwards; every admission overwrites its row whole."""
         start = time.perf_counter()
-        n = self.settings.max_num_seqs
+        slots = self.slots.total
         length = min(self.settings.max_prefill_tokens, self.settings.max_prompt_tokens)
         prompt = torch.full((1, length), self.tokenizer.eos_id or 0, dtype=torch.long, device=self.device)
-        logits, state = self.model.prefill(prompt)
-        state = state.repeat(n)
-        tokens = logits.argmax(dim=-1).expand(n).contiguous()  # (n,)
-        for _ in range(2):
-            logits, state = self.model.step(tokens, state)
-            tokens = logits.argmax(dim=-1)
+        logits, _ = self.model.prefill(prompt)
+        tokens = logits.argmax(dim=-1).expand(slots).contiguous()  # (slots,)
+        for batch in sorted({1, min(2, slots), slots}):  # a compiled step specialises batch 1
+            for _ in range(2):
+                logits, _ = self.model.step(tokens[:batch], self._batch.pool.rows(0, batch))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -216,7 +222,7 @@ class Engine:
                 logger.exception("engine iteration failed; failing the requests in flight")
                 for tracker in list(self._active):
                     self._fail(tracker, "internal error in the engine")
-                self._batch = RunningBatch()
+                self._batch.clear()
                 self._prefilling.clear()
             self._deliver()
         for tracker in list(self._active):
@@ -237,10 +243,6 @@ class Engine:
         self._admit()
         self._prefill()
         self._deliver()
-        if not self._waiting and not self._prefilling:
-            # Holes are kept while newcomers may fill them: stepping a hole costs 1/B of a step, removing it
-            # and appending a newcomer later ~0.6 of a step (benchmarks/state_layout.py).
-            self._batch.compact()
         if len(self._batch):
             self._decode()
         self._update_gauges()
@@ -350,26 +352,21 @@ class Engine:
             self._accept_token(seq, token, logprob, now)
         live = [i for i, seq in enumerate(sequences) if not seq.finished]
         if live:
-            self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))
+            self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))  # copied
 
     def _decode(self) -> None:
-        rows = self._batch.rows
-        live = [i for i, row in enumerate(rows) if row is not None]
-        sequences = [seq for seq in rows if seq is not None]
+        sequences = list(self._batch.rows)
         start = time.perf_counter()
         try:
-            last = [0 if seq is None else seq.tokens[-1] for seq in rows]  # a hole steps a dummy token
-            tokens = torch.tensor(last, dtype=torch.long, device=self.device)  # (B,) holes included
-            assert self._batch.state is not None
-            logits, self._batch.state = self.model.step(tokens, self._batch.state)  # (B, V)
-            if len(live) < len(rows):
-                logits = logits[torch.tensor(live, device=self.device)]  # (B_live, V)
+            last = [seq.tokens[-1] for seq in sequences]
+            tokens = torch.tensor(last, dtype=torch.long, device=self.device)  # (B,)
+            logits, _ = self.model.step(tokens, self._batch.state)  # (B, V); the pool's rows [0, B) in place
             sampled, logprobs, finite = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
             for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
                 self._fail(tracker, "internal error during decoding")
-            self._batch = RunningBatch()
+            self._batch.clear()
             return
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(sequences))

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
+from tnn.server.capacity import parse_memory
+
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -44,8 +46,19 @@ class Settings(BaseSettings):
         default=0, ge=0, le=1024, description="torch CPU threads; 0: torch's default (1 is best on a shared, busy CPU)"
     )
 
-    # Capacity: each running sequence holds one state slot (fixed bytes); the queue is bounded.
-    max_num_seqs: int = Field(default=32, ge=1, le=4096, description="state slots = concurrent sequences")
+    # Capacity: each running sequence holds one state slot (fixed bytes), preallocated at start-up from a memory
+    # budget: slots = min(max_num_seqs, state_memory // state bytes per sequence). The queue is bounded.
+    state_memory: str = Field(
+        default="1GiB",
+        description="memory for the state slot pool: bytes (2GiB, 512MiB) or a fraction (0.25) of free memory "
+        "(host RAM on CPU, device memory on CUDA)",
+    )
+    max_num_seqs: int = Field(default=256, ge=1, le=1_000_000, description="cap on state slots = concurrent sequences")
+    fused_step: bool = Field(
+        default=False,
+        description="torch.compile the SSM update of the decode step (compiles at warm-up: tens of seconds on CPU; "
+        "falls back to eager)",
+    )
     max_waiting_requests: int = Field(
         default=128, ge=0, le=100_000, description="queued sequences beyond the slots; then 429 + Retry-After"
     )
@@ -80,6 +93,12 @@ class Settings(BaseSettings):
     )
     log_level: CliSuppress[LogLevel] = "INFO"  # the flag is `tnn --log-level`, before the subcommand
     warmup: bool = Field(default=True, description="warm up before /ready")
+
+    @field_validator("state_memory")
+    @classmethod
+    def _parseable_memory(cls, value: str) -> str:
+        parse_memory(value)  # ValueError names the accepted forms
+        return value
 
     @field_validator("api_key")
     @classmethod
