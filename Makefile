@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test lint serve clean deploy-tools test-deploy
+.PHONY: venv test lint serve clean deploy-tools test-deploy browser-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ serve: venv
 # The tools tests/deploy drives (buildah, debootstrap, prometheus, docker-compose, hadolint); root for apt-get
 deploy-tools: venv
 	scripts/install-deploy-tools.sh $(BIN)/pip
+
+# Debian's chromium for the playground's browser tests (playwright drives it; no browser download); root for apt-get
+browser-tools:
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+	chromium --version
 
 # Only the deploy tests: image build and run, compose, Prometheus scrape, dashboard
 test-deploy: venv

@@ -21,7 +21,7 @@ from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
-from tnn.server.routes import health, openai, tokenize
+from tnn.server.routes import health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -110,6 +110,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)
+    if settings.playground:
+        playground.mount(app)
     app.add_middleware(
         RequestLimitMiddleware,
         limit=settings.max_body_bytes,
@@ -118,7 +120,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         metrics=metrics,
     )
     if settings.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics)
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), metrics=metrics,
+                           is_public=playground.is_public if settings.playground else lambda path: False)  # fmt: skip
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,15 +23,20 @@ async def _send_error(send: Send, status: int, message: str, code: str, headers:
 
 
 class ApiKeyMiddleware:
-    """`Authorization: Bearer <key>` on every route but OPEN_PATHS, compared in constant time."""
+    """`Authorization: Bearer <key>` on every route but OPEN_PATHS and the paths `is_public` accepts (the
+    playground page), compared in constant time."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, api_key: str, metrics: Metrics, is_public: Callable[[str], bool] = lambda path: False
+    ) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
         self.metrics = metrics
+        self.is_public = is_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or self.is_public(path) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")

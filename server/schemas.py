@@ -217,6 +217,7 @@ class ModelCard(BaseModel):
     owned_by: str = "tnn-serve"
     root: str
     max_model_len: int
+    state_bytes_per_sequence: int | None = None  # extension: the fixed recurrent state of one sequence (once loaded)
 
 
 class ModelList(BaseModel):

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     )
     log_level: CliSuppress[LogLevel] = "INFO"  # the flag is `tnn --log-level`, before the subcommand
     warmup: bool = Field(default=True, description="warm up before /ready")
+    playground: bool = Field(default=True, description="serve the browser playground at / and /playground")
 
     @field_validator("state_memory")
     @classmethod

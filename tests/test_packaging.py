@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ["tnn.cli", "tnn.model", "tnn.convert", "tnn.server", "tnn.server.routes", "tnn.clients"]
+PLAYGROUND = ["index.html", "playground.js", "playground.css"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,8 @@ def test_wheel_holds_only_the_tnn_namespace(wheel):
     assert "tnn/__init__.py" not in names  # implicit namespace package
     for package in SUBPACKAGES:
         assert package.replace(".", "/") + "/__init__.py" in names
+    for name in PLAYGROUND:  # package data: the browser playground's static files
+        assert f"tnn/server/playground/{name}" in names
 
 
 def test_regular_install_imports_every_subpackage(wheel, tmp_path):
@@ -43,6 +46,10 @@ def test_regular_install_imports_every_subpackage(wheel, tmp_path):
     code = "import importlib, sys\n" + "".join(
         f"m = importlib.import_module('{p}'); assert m.__file__.startswith(sys.argv[1]), m.__file__\n"
         for p in SUBPACKAGES
+    )
+    code += (  # the playground serves its files from the installed package
+        "from tnn.server.routes.playground import PAGE_DIR; assert str(PAGE_DIR).startswith(sys.argv[1]), PAGE_DIR\n"
+        + "".join(f"assert (PAGE_DIR / '{name}').is_file()\n" for name in PLAYGROUND)
     )
     # -I would drop the venv's site-packages; instead put the target first so it shadows the editable install
     subprocess.run(

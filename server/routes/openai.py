@@ -27,6 +27,7 @@ def _card(state: StateDep) -> ModelCard:
         created=state.created,
         root=str(state.settings.model_dir),
         max_model_len=state.settings.max_prompt_tokens,
+        state_bytes_per_sequence=state.engine.state_bytes_per_sequence if state.engine is not None else None,
     )
 
 

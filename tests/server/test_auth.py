@@ -33,6 +33,16 @@ def test_probes_and_metrics_stay_open(secured: ServerProcess) -> None:
         assert httpx.get(secured.url + path).status_code == 200, path
 
 
+def test_playground_page_loads_without_the_key_but_its_api_calls_need_it(secured: ServerProcess) -> None:
+    """The page holds no secret; it asks for the key and sends it with every API call (the browser tests)."""
+    for path in ("/", "/playground", "/playground/assets/playground.js", "/playground/assets/playground.css"):
+        assert httpx.get(secured.url + path).status_code == 200, path
+    for path in ("/playground/", "/playground/assets", "/playground/assets/", "/playground/assets/missing.js",
+                 "/playground/assets/../../v1/models", "/playground/x"):  # fmt: skip
+        assert httpx.get(secured.url + path).status_code in (401, 404), path
+    assert httpx.get(secured.url + "/playground/index.html").status_code == 401
+
+
 @pytest.mark.parametrize(
     "header", [None, "Bearer wrong", KEY, f"Bearer {KEY.lower()}", f"bearer {KEY}", f"Bearer {KEY}x"]
 )
