@@ -192,13 +192,12 @@ def decode_latency(
 
 @torch.inference_mode()
 def step_state_only(model: TnnLM, token: Tensor, state: TnnState) -> TnnState:
-    """TnnLM.step without the vocabulary projection (a prompt needs only the state): the fair baseline."""
+    """TnnLM.step without the vocabulary projection (a prompt needs only the state): the fair baseline.
+    Updates `state` in place and returns it."""
     x = model._embed(token)  # (1, d)
-    layers = []
     for layer, layer_state in zip(model.layers, state.layers, strict=True):
-        x, layer_state = layer.step(x, layer_state)
-        layers.append(layer_state)
-    return TnnState(tuple(layers))
+        x, _ = layer.step(x, layer_state)
+    return state
 
 
 def prefill_vs_stepping(

@@ -14,7 +14,7 @@ import torch
 
 from tnn.convert.convert import ConversionRefused, ConversionReport, VerificationFailed, convert_checkpoint
 from tnn.model.config import SsmMethod
-from tnn.model.conversion import DEFAULT_METHOD
+from tnn.model.conversion import DEFAULT_METHOD, ReducedOptions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,9 +26,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         choices=get_args(SsmMethod),
         default=DEFAULT_METHOD,
-        help="'etsc': the published algorithm (a spurious tap at lag n); 'etsc-inclusive': keeps the j=0 mode so "
-        "the lag-n tap is the true coefficient; 'etsc-tail': exact to lag n and, past n, a decayed constant tail "
-        f"close to the TNN with the periodic copy damped (default {DEFAULT_METHOD})",
+        help="'reduced': per channel an exact FIR head plus a few damped modes fitted to the kernel in and past n "
+        "(a state 10-40x smaller); 'etsc': the published algorithm (a spurious tap at lag n); 'etsc-inclusive': "
+        "keeps the j=0 mode so the lag-n tap is the true coefficient; 'etsc-tail': exact to lag n and, past n, a "
+        f"decayed constant tail close to the TNN with the periodic copy damped (default {DEFAULT_METHOD})",
+    )
+    defaults = ReducedOptions()
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=defaults.tolerance,
+        help="reduced: max kernel error per channel, relative to the channel's largest coefficient, over the fitted "
+        f"lags (default {defaults.tolerance:g})",
+    )
+    parser.add_argument(
+        "--max-modes",
+        type=int,
+        default=defaults.max_modes,
+        help="reduced: model order cap per channel (a complex pair counts 2); a channel that misses the tolerance "
+        f"keeps its exact ETSC modes (default {defaults.max_modes})",
+    )
+    parser.add_argument(
+        "--fir-length",
+        type=int,
+        default=defaults.fir_length,
+        help=f"reduced: lags 0..h-1 kept exactly as FIR taps (default {defaults.fir_length})",
+    )
+    parser.add_argument(
+        "--fit-multiple",
+        type=int,
+        default=defaults.fit_multiple,
+        help=f"reduced: fit lags 0 .. multiple x n - 1 (default {defaults.fit_multiple})",
     )
     parser.add_argument(
         "--length", type=int, default=None, help="conversion length n (default: the training length, else 512)"
@@ -42,19 +70,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_report(report: ConversionReport) -> str:
     """The short plain-text table printed after a conversion."""
+    shape = f"modes per layer {list(report.modes)}" if isinstance(report.modes, tuple) else f"{report.modes} modes"
+    head = ""
+    if report.reduced is not None:
+        head = f", FIR head {report.reduced['fir_length']}, tolerance {report.reduced['tolerance']:g}"
     lines = [
         f"{report.source} -> {report.destination}",
-        f"method {report.method}, n = {report.length}, {report.modes} modes/channel"
-        f"{' (full state)' if report.full_state else ' (conjugate-halved)'}, "
-        f"state {report.state_bytes_per_sequence / 2**20:.2f} MiB/sequence (complex64)",
+        f"method {report.method}, n = {report.length}, {shape}/channel{head}"
+        f"{' (full state)' if report.full_state else ''}, "
+        f"state {report.state_bytes_per_sequence / 2**10:.1f} KiB/sequence (float32)",
         "",
-        f"{'layer':>5}  {'kernel err (fft)':>16}  {'kernel err (modes)':>18}  {'lag-n tap err':>13}"
-        f"  {'tail damping (median)':>21}",
+        f"{'layer':>5}  {'modes':>5}  {'fallback':>8}  {'kernel err (fft)':>16}  {'kernel err (modes)':>18}"
+        f"  {'lag-n tap err':>13}  {'past-n err':>10}  {'tail damping':>12}",
     ]
     for k in report.kernel_checks:
         lines.append(
-            f"{k.layer:>5}  {k.rel_error:>16.2e}  {k.rel_error_modes:>18.2e}  {k.lag_n_rel_error:>13.2e}"
-            f"  {k.tail_damping_median:>21.3g}"
+            f"{k.layer:>5}  {k.modes:>5}  {k.fallback_channels:>8}  {k.rel_error:>16.2e}  {k.rel_error_modes:>18.2e}"
+            f"  {k.lag_n_rel_error:>13.2e}  {k.past_n_rel_error:>10.2e}  {k.tail_damping_median:>12.3g}"
         )
     c = report.logits_check
     lines += [
@@ -90,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
             dtype=DTYPES[args.dtype],
             compare_past_n=not args.no_past_n,
             progress=True,
+            reduced=ReducedOptions(
+                tolerance=args.tolerance,
+                max_modes=args.max_modes,
+                fir_length=args.fir_length,
+                fit_multiple=args.fit_multiple,
+            ),
         )
     except ConversionRefused as exc:
         print(f"tnn convert: refused: {exc}", file=sys.stderr)  # noqa: T201 (CLI output)

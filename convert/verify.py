@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from tnn.model.config import SsmMethod
-from tnn.model.conversion import attach_ssm
-from tnn.model.ssm import SsmParams, ssm_kernel, ssm_kernel_from_modes
+from tnn.model.conversion import ReducedOptions, attach_ssm
+from tnn.model.ssm import ModalParams, SsmParams, modal_kernel_from_powers, realised_kernel, ssm_kernel_from_modes
 from tnn.model.tnn import TnnLM, Tno
 from tnn.model.toeplitz import fft_dtype
 
@@ -27,10 +27,13 @@ class KernelCheck:
     """One layer: realised SSM kernel vs the TNN kernel a_k, float64."""
 
     layer: int
-    rel_error: float  # lags 0..n-1, realised kernel gamma^k period[k mod m] (what prefill uses)
-    rel_error_modes: float  # lags 0..n-1, Re sum_j b_j lambda_j^k summed mode by mode (what step uses)
-    lag_n_rel_error: float  # lag n: |K_n - a_n| / max |a_k|; ~1 for "etsc" (spurious tap), ~0 for the other methods
+    rel_error: float  # lags 0..n-1, the realised kernel (what prefill uses)
+    rel_error_modes: float  # lags 0..n-1, the kernel summed mode by mode from pole powers (what step uses)
+    lag_n_rel_error: float  # lag n: |K_n - a_n| / max |a_k|; ~1 for "etsc" (spurious tap), ~0 for exact methods
+    past_n_rel_error: float  # lags n+1..4n-1: max |K_k - a_k| / max |a_k| (the TNN defines a_k at every lag)
     tail_damping_median: float  # etsc-tail: median over channels of A = (gamma / rho)^n; 1 for the other methods
+    modes: int  # state slots per channel in this layer
+    fallback_channels: int  # reduced: channels that kept exact ETSC modes; 0 otherwise
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -69,38 +72,48 @@ def relative_error(got: Tensor, expected: Tensor) -> float:
     return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
-def _modes_kernel(params: SsmParams, length: int) -> Tensor:
-    """`ssm_kernel_from_modes` in channel blocks so that the (length, N, block) tensor stays small."""
+def _modes_kernel(params: SsmParams | ModalParams, length: int) -> Tensor:
+    """The kernel from pole powers mode by mode, in channel blocks so that (length, N, block) stays small."""
     channels = params.poles.shape[1]
     block = max(1, MODE_SUM_BLOCK // max(1, length * params.n_modes))
     parts = []
     for start in range(0, channels, block):
-        sub = SsmParams(
-            poles=params.poles[:, start : start + block],
-            weights=params.weights[:, start : start + block],
+        part = slice(start, start + block)
+        if isinstance(params, ModalParams):
+            sub = ModalParams(poles=params.poles[:, part], weights=params.weights[:, part], fir=params.fir[:, part])
+            parts.append(modal_kernel_from_powers(sub, length))
+            continue
+        sub_etsc = SsmParams(
+            poles=params.poles[:, part],
+            weights=params.weights[:, part],
             modes=params.modes,
-            period=params.period[:, start : start + block],
-            decay=params.decay[start : start + block],
+            period=params.period[:, part],
+            decay=params.decay[part],
         )
-        parts.append(ssm_kernel_from_modes(sub, length))
+        parts.append(ssm_kernel_from_modes(sub_etsc, length))
     return torch.cat(parts, dim=1)  # (length, D)
 
 
 @torch.no_grad()
-def check_kernel(layer: int, tno: Tno, n: int) -> KernelCheck:
-    """Kernel reconstruction for lags 0..n-1 and the lag-n tap, in float64. `tno.ssm` must be float64."""
+def check_kernel(layer: int, tno: Tno, n: int, *, fallback_channels: int = 0) -> KernelCheck:
+    """Kernel reconstruction for lags 0..n-1, the lag-n tap and lags past n, in float64. `tno.ssm` must be
+    float64."""
     params = tno.ssm
-    assert params is not None and params.period.dtype == torch.float64
-    expected, _ = tno.coefficients(n + 1, torch.float64)  # (n+1, D): a_k for lags 0..n
+    assert params is not None and params.fir.dtype == torch.float64
+    expected, _ = tno.coefficients(4 * n, torch.float64)  # (4n, D): a_k for lags 0..4n-1
     scale = expected[:n].abs().max()
-    realised = ssm_kernel(params, n + 1)  # (n+1, D)
+    realised = realised_kernel(params, 4 * n)  # (4n, D)
     from_modes = _modes_kernel(params, n + 1)  # (n+1, D)
+    damping = (tno.decay_rate(torch.float64) / params.decay) ** n if isinstance(params, SsmParams) else None
     return KernelCheck(
         layer=layer,
         rel_error=relative_error(realised[:n], expected[:n]),
         rel_error_modes=relative_error(from_modes[:n], expected[:n]),
         lag_n_rel_error=((from_modes[n] - expected[n]).abs().max() / scale).item(),
-        tail_damping_median=((tno.decay_rate(torch.float64) / params.decay) ** n).median().item(),
+        past_n_rel_error=((realised[n + 1 :] - expected[n + 1 :]).abs().max() / scale).item(),
+        tail_damping_median=1.0 if damping is None else damping.median().item(),
+        modes=params.n_modes,
+        fallback_channels=fallback_channels,
     )
 
 
@@ -153,6 +166,7 @@ def past_n_comparison(
     full_state: bool,
     multiples: tuple[int, ...] = (2, 4),
     tokens: Tensor | None = None,
+    reduced: ReducedOptions | None = None,
 ) -> list[PastNRow]:
     """For each method and each probe of multiple * n tokens: recurrent (teacher-forced) vs parallel logits.
 
@@ -168,7 +182,13 @@ def past_n_comparison(
     expected = model(tokens)  # (B, 4n, V) parallel, TNN kernel at every lag
     rows = []
     for method in methods:
-        candidate = attach_ssm(copy.deepcopy(model), length=length, method=method, full_state=full_state)
+        candidate = attach_ssm(
+            copy.deepcopy(model),
+            length=length,
+            method=method,
+            full_state=full_state and method != "reduced",
+            reduced=reduced,
+        )
         got, _ = candidate.recurrent_logits(tokens)  # (B, 4n, V), equal to prefill + step (tested)
         for multiple in multiples:
             size = multiple * length

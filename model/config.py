@@ -18,7 +18,8 @@ FORMAT_VERSION = 1
 
 Decay = Literal["fixed", "learned", "none"]
 NormPosition = Literal["pre", "post"]
-SsmMethod = Literal["etsc", "etsc-inclusive", "etsc-tail"]
+SsmMethod = Literal["reduced", "etsc-tail", "etsc-inclusive", "etsc"]
+ETSC_METHODS: tuple[SsmMethod, ...] = ("etsc-tail", "etsc-inclusive", "etsc")  # exact to lag n-1 (DFT-grid poles)
 
 # The activation names of the original lookup table (spec §2.2); anything else there means identity,
 # which we spell "none" and refuse unknown strings instead of silently treating them as identity.
@@ -31,16 +32,37 @@ class SsmConfig:
 
     method: SsmMethod
     length: int  # conversion length n: the kernel is exact for lags 0..n-1 (0..n for etsc-inclusive, etsc-tail)
-    modes: int  # complex modes per channel kept in the recurrent state (after conjugate halving)
-    full_state: bool = False  # True: all modes kept, no conjugate halving
+    modes: int | tuple[int, ...]  # complex modes (state slots) per channel: one for every layer, or per layer
+    full_state: bool = False  # True: all modes kept, no conjugate halving (ETSC methods)
+    fir_length: int = 0  # exact FIR head (lags 0..h-1) of the reduced method; the state keeps the last h inputs
 
     def __post_init__(self) -> None:
         _check_literal("ssm.method", self.method, SsmMethod)
         _check_positive("ssm.length", self.length)
-        _check_positive("ssm.modes", self.modes)
+        if isinstance(self.modes, list | tuple):
+            if not self.modes:
+                raise ValueError("ssm.modes must not be an empty list")
+            for count in self.modes:
+                _check_positive("ssm.modes", count)
+            object.__setattr__(self, "modes", tuple(self.modes))
+        else:
+            _check_positive("ssm.modes", self.modes)
+        if not isinstance(self.fir_length, int) or isinstance(self.fir_length, bool) or self.fir_length < 0:
+            raise ValueError(f"ssm.fir_length must be an integer >= 0, got {self.fir_length!r}")
+
+    def layer_modes(self, n_layers: int) -> tuple[int, ...]:
+        """Modes of each layer."""
+        if isinstance(self.modes, tuple):
+            if len(self.modes) != n_layers:
+                raise ValueError(f"ssm.modes lists {len(self.modes)} layers, the model has {n_layers}")
+            return self.modes
+        return (self.modes,) * n_layers
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if isinstance(self.modes, tuple):
+            data["modes"] = list(self.modes)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SsmConfig:

@@ -1,20 +1,45 @@
-"""Attach the ETSC recurrence to a model: each layer's Toeplitz kernel becomes a diagonal SSM (tnn.model.ssm).
+"""Attach the recurrence to a model: each layer's Toeplitz kernel becomes a diagonal SSM (tnn.model.ssm).
 
-This is the part of conversion the server needs at load time; `tnn convert` (tnn.convert) adds verification,
-the report and the atomic write.
+Methods: "reduced" (an exact FIR head plus a few damped modes fitted to the kernel in and past n,
+tnn.model.ssm.reduced), and the exact DFT-grid conversions "etsc-tail" (the default), "etsc-inclusive", "etsc"
+(tnn.model.ssm.etsc). This is the part of conversion the server needs at load time; `tnn convert`
+(tnn.convert) adds verification, the report and the atomic write.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import torch
 
 from tnn.model.config import SsmConfig, SsmMethod
-from tnn.model.ssm import SsmParams, etsc
+from tnn.model.ssm import LayerParams, etsc, require_stable
+from tnn.model.ssm.reduced import (
+    DEFAULT_FIR_LENGTH,
+    DEFAULT_MAX_MODES,
+    DEFAULT_TOLERANCE,
+    FIT_MULTIPLE,
+    ReducedFit,
+    fit_reduced,
+)
 from tnn.model.tnn import TnnLM, Tno
 from tnn.model.toeplitz import fft_dtype
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_LENGTH = 512
 DEFAULT_METHOD: SsmMethod = "etsc-tail"
+
+
+@dataclass(frozen=True)
+class ReducedOptions:
+    """Knobs of the reduced-order fit (`tnn convert --tolerance --max-modes --fir-length --fit-multiple`)."""
+
+    tolerance: float = DEFAULT_TOLERANCE  # max kernel error / max |kernel| per channel, over lags 0..K-1
+    max_modes: int = DEFAULT_MAX_MODES  # model order cap per channel (a conjugate pair counts 2, a real pole 1)
+    fir_length: int = DEFAULT_FIR_LENGTH  # exact FIR head h: lags 0..h-1
+    fit_multiple: int = FIT_MULTIPLE  # fit lags 0..fit_multiple * n - 1
 
 
 def conversion_refusal(model: TnnLM) -> str | None:
@@ -28,11 +53,26 @@ def conversion_refusal(model: TnnLM) -> str | None:
 
 
 @torch.no_grad()
-def layer_ssm(tno: Tno, length: int, method: SsmMethod, full_state: bool) -> SsmParams:
+def layer_ssm(tno: Tno, length: int, method: SsmMethod, full_state: bool) -> LayerParams:
     """ETSC for one Tno in float64. Non-identity kernel activations and learned decays are handled by
     converting the final kernel a_k divided by gamma_eff^k, so that the poles keep the decay (spec §6.4)."""
     t, gamma = tno.undecayed_coefficients(length + 1)  # (n+1, D) lags 0..n, (D,)
     return etsc(t, gamma, method=method, full_state=full_state)
+
+
+@torch.no_grad()
+def layer_reduced(tno: Tno, length: int, options: ReducedOptions) -> ReducedFit:
+    """The reduced-order fit of one Tno's realised kernel over lags 0..fit_multiple * n - 1, in float64."""
+    kernel, _ = tno.coefficients(options.fit_multiple * length, torch.float64)  # (K, D)
+    return fit_reduced(
+        kernel,
+        length=length,
+        tolerance=options.tolerance,
+        max_modes=options.max_modes,
+        fir_length=options.fir_length,
+        etsc_fallback=lambda: layer_ssm(tno, length, "etsc-tail", full_state=False),
+        max_radius=tno.decay_rate(torch.float64),
+    )
 
 
 def conversion_length(model: TnnLM, length: int | None) -> int:
@@ -43,22 +83,64 @@ def conversion_length(model: TnnLM, length: int | None) -> int:
     return n
 
 
+def convert_layers(
+    model: TnnLM,
+    *,
+    length: int | None = None,
+    method: SsmMethod = DEFAULT_METHOD,
+    full_state: bool = False,
+    reduced: ReducedOptions | None = None,
+) -> list[ReducedFit]:
+    """Convert every layer in place and record the conversion in `model.config.ssm`.
+    Returns the per-layer fits for the reduced method (empty for ETSC methods)."""
+    refusal = conversion_refusal(model)
+    if refusal is not None:
+        raise ValueError(f"cannot convert this model: {refusal}")
+    if full_state and method == "reduced":
+        raise ValueError("full_state applies to the ETSC methods only")
+    n = conversion_length(model, length)
+    options = reduced or ReducedOptions()
+    real_dtype = fft_dtype(model.dtype)
+    fits: list[ReducedFit] = []
+    for i, layer in enumerate(model.layers):
+        tno = layer.gtu.tno
+        if method == "reduced":
+            fit = layer_reduced(tno, n, options)
+            fits.append(fit)
+            params: LayerParams = fit.params
+            require_stable(params.poles, f"layer {i}")  # the fit guarantees it; never attach an unstable pole
+            logger.info(
+                "layer %d: %d modes, %d fallback channel(s), kernel error %.2e inside n, %.2e past n",
+                i,
+                fit.n_modes,
+                int(fit.fallback.sum()),
+                fit.error_inside.max().item(),
+                fit.error_past.max().item(),
+            )
+        else:
+            params = layer_ssm(tno, n, method, full_state)
+        tno.ssm = params.to(device=model.device, real_dtype=real_dtype)
+    modes = tuple(layer.gtu.tno.ssm.n_modes for layer in model.layers)  # type: ignore[union-attr]
+    model.config = model.config.replace(
+        ssm=SsmConfig(
+            method=method,
+            length=n,
+            modes=modes if method == "reduced" else modes[0],
+            full_state=full_state,
+            fir_length=options.fir_length if method == "reduced" else 0,
+        )
+    )
+    return fits
+
+
 def attach_ssm(
     model: TnnLM,
     *,
     length: int | None = None,
     method: SsmMethod = DEFAULT_METHOD,
     full_state: bool = False,
+    reduced: ReducedOptions | None = None,
 ) -> TnnLM:
-    """Convert every layer in place and record the conversion in `model.config.ssm`. Returns the model."""
-    refusal = conversion_refusal(model)
-    if refusal is not None:
-        raise ValueError(f"cannot convert this model: {refusal}")
-    n = conversion_length(model, length)
-    real_dtype = fft_dtype(model.dtype)
-    for layer in model.layers:
-        params = layer_ssm(layer.gtu.tno, n, method, full_state)
-        layer.gtu.tno.ssm = params.to(device=model.device, real_dtype=real_dtype)
-    modes = model.layers[0].gtu.tno.ssm.n_modes  # type: ignore[union-attr]
-    model.config = model.config.replace(ssm=SsmConfig(method=method, length=n, modes=modes, full_state=full_state))
+    """Convert every layer in place (`convert_layers`) and return the model."""
+    convert_layers(model, length=length, method=method, full_state=full_state, reduced=reduced)
     return model

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from tnn.model.config import TnnConfig
 from tnn.model.fairseq import load_fairseq
-from tnn.model.ssm import SsmParams
+from tnn.model.ssm import ModalParams, SsmParams, UnstablePole, require_stable
 from tnn.model.tnn import TnnLM
 from tnn.model.toeplitz import fft_dtype
 
@@ -123,46 +123,64 @@ def copy_tokenizer(source: Path, destination: Path) -> bool:
 
 
 def save_ssm(model: TnnLM, path: Path) -> None:
-    """Per layer: poles and weights (real/imag), mode indices, the kernel period and decay, in float64."""
+    """Per layer, in float64: poles and weights (real/imag); ETSC adds mode indices, kernel period and decay,
+    the reduced method its FIR taps ("fir", (h, D))."""
     tensors: dict[str, Tensor] = {}
     for i, layer in enumerate(model.layers):
         params = layer.gtu.tno.ssm
         assert params is not None  # is_converted checked by the caller
+        require_stable(params.poles, f"layer {i}")  # never write an unstable pole
         prefix = f"layers.{i}."
         tensors[prefix + "poles.real"] = params.poles.real.double()
         tensors[prefix + "poles.imag"] = params.poles.imag.double()
         tensors[prefix + "weights.real"] = params.weights.real.double()
         tensors[prefix + "weights.imag"] = params.weights.imag.double()
-        tensors[prefix + "modes"] = params.modes.long()
-        tensors[prefix + "period"] = params.period.double()
-        tensors[prefix + "decay"] = params.decay.double()
+        if isinstance(params, SsmParams):
+            tensors[prefix + "modes"] = params.modes.long()
+            tensors[prefix + "period"] = params.period.double()
+            tensors[prefix + "decay"] = params.decay.double()
+        else:
+            tensors[prefix + "fir"] = params.fir.double()
     save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
 def attach_ssm_file(model: TnnLM, path: Path) -> None:
-    """Load ssm.safetensors onto the model's Tno modules, in the model's compute precision."""
+    """Load ssm.safetensors onto the model's Tno modules, in the model's compute precision.
+
+    Checks every key's presence and shape against config.json and refuses a pole with |lambda| >= 1,
+    naming the file and the key."""
     tensors = _read_safetensors(path)
     real_dtype = fft_dtype(model.dtype)
     ssm = model.config.ssm
     assert ssm is not None
-    for i, layer in enumerate(model.layers):
+    channels = model.config.d_inner
+    for i, (layer, modes) in enumerate(zip(model.layers, ssm.layer_modes(len(model.layers)), strict=True)):
         prefix = f"layers.{i}."
 
-        def get(name: str, prefix: str = prefix) -> Tensor:
-            if prefix + name not in tensors:
-                raise ValueError(f"{path}: missing key {prefix + name!r}")
-            return tensors[prefix + name]
+        def get(name: str, shape: tuple[int, ...] | None, prefix: str = prefix) -> Tensor:
+            key = prefix + name
+            if key not in tensors:
+                raise ValueError(f"{path}: missing key {key!r}")
+            if shape is not None and tuple(tensors[key].shape) != shape:
+                raise ValueError(f"{path}: key {key!r} has shape {tuple(tensors[key].shape)}, expected {shape}")
+            return tensors[key]
 
-        params = SsmParams(
-            poles=torch.complex(get("poles.real"), get("poles.imag")),
-            weights=torch.complex(get("weights.real"), get("weights.imag")),
-            modes=get("modes"),
-            period=get("period"),
-            decay=get("decay"),
-        )
-        expected = (ssm.modes, model.config.d_inner)
-        if tuple(params.weights.shape) != expected or tuple(params.poles.shape) != expected:
-            raise ValueError(
-                f"{path}: layer {i} weights/poles have shape {tuple(params.weights.shape)}, expected {expected}"
+        expected = (modes, channels)
+        poles = torch.complex(get("poles.real", expected).double(), get("poles.imag", expected).double())
+        try:
+            require_stable(poles, f"{path}: key {prefix + 'poles'!r}")
+        except UnstablePole as exc:
+            raise ValueError(str(exc)) from exc
+        weights = torch.complex(get("weights.real", expected).double(), get("weights.imag", expected).double())
+        params: SsmParams | ModalParams
+        if ssm.method == "reduced":
+            params = ModalParams(poles=poles, weights=weights, fir=get("fir", (ssm.fir_length, channels)).double())
+        else:
+            params = SsmParams(
+                poles=poles,
+                weights=weights,
+                modes=get("modes", (modes,)),
+                period=get("period", None).double(),
+                decay=get("decay", (channels,)).double(),
             )
         layer.gtu.tno.ssm = params.to(device=model.device, real_dtype=real_dtype)

@@ -6,10 +6,10 @@ The GTU gates a Toeplitz operator (Tno) whose coefficients a_k = gamma^|k| RPE(k
 
 Three named entry points, no hidden mode switch:
 - `forward(tokens)`: the parallel FFT path over the whole sequence, TNN kernels at every lag (the oracle).
-- `prefill(tokens, state)`: prompt logits by FFT with the converted (ETSC) kernel, plus the recurrent state.
-- `step(tokens, state)`: one token per sequence, O(1) in position.
+- `prefill(tokens, state)`: prompt logits by FFT with the converted kernel, plus the recurrent state.
+- `step(tokens, state)`: one token per sequence, O(1) in position, updating `state` in place.
 
-Shapes: B batch, L tokens, d `d_model`, D `d_inner` (Toeplitz channels), N modes, V vocabulary.
+Shapes: B batch, L tokens, d `d_model`, D `d_inner` (Toeplitz channels), N modes, h FIR head, V vocabulary.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tnn.model.config import TnnConfig
-from tnn.model.ssm import SsmParams, ssm_prefill, ssm_step, zero_state
+from tnn.model.ssm import (
+    LayerParams,
+    StepWeights,
+    fused_step_available,
+    ssm_prefill,
+    ssm_step,
+    ssm_step_fused,
+    step_weights,
+    zero_state,
+)
 from tnn.model.toeplitz import fft_dtype, toeplitz_matmul_fft
 
 SRMS_EPS = 1e-8
@@ -116,7 +125,17 @@ class Tno(nn.Module):
             self.gamma = nn.Parameter(torch.full((config.d_inner,), config.gamma), requires_grad=False)
         elif config.decay == "learned":
             self.gamma = nn.Parameter(torch.randn(config.d_inner))
-        self.ssm: SsmParams | None = None  # attached by conversion (tnn.model.conversion)
+        self.ssm = None  # attached by conversion (tnn.model.conversion) or loading
+        self.fused_step = False  # use the torch.compile'd step (TnnLM.fuse_step)
+
+    @property
+    def ssm(self) -> LayerParams | None:
+        return self._ssm
+
+    @ssm.setter
+    def ssm(self, params: LayerParams | None) -> None:
+        self._ssm = params
+        self._step_weights = None if params is None else step_weights(params)
 
     def decay_rate(self, dtype: torch.dtype) -> Tensor:
         """Effective gamma per channel, (D,); ones for a model without decay."""
@@ -164,21 +183,28 @@ class Tno(nn.Module):
             y = y / toeplitz_matmul_fft(torch.ones_like(v[:1], dtype=dt), coef_pos, coef_neg)
         return y.to(v.dtype)
 
-    def _require_ssm(self) -> SsmParams:
-        if self.ssm is None:
+    def _require_ssm(self) -> LayerParams:
+        if self._ssm is None:
             raise RuntimeError(
                 "this model has no recurrent form yet: convert it (tnn convert) or call "
                 "tnn.model.conversion.attach_ssm before prefill/step"
             )
-        return self.ssm
+        return self._ssm
+
+    def empty_state(self, batch_size: int) -> Tensor:
+        """(B, 2N + h, D) zeros (tnn.model.ssm.step's layout)."""
+        return zero_state(batch_size, self._require_ssm())
 
     def prefill(self, v: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """v: (B, L, D) -> (B, L, D) with the converted kernel, and the state (B, N, D) after it."""
+        """v: (B, L, D) -> (B, L, D) with the converted kernel, and a new state (B, 2N + h, D) after it."""
         return ssm_prefill(v, state, self._require_ssm())
 
     def step(self, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """v: (B, D) one token -> (B, D), new state (B, N, D)."""
-        return ssm_step(v, state, self._require_ssm())
+        """v: (B, D) one token -> (B, D); `state` (B, 2N + h, D) is updated in place and returned."""
+        self._require_ssm()
+        weights: StepWeights = self._step_weights  # type: ignore[assignment]  (set with ssm)
+        step = ssm_step_fused if self.fused_step else ssm_step
+        return step(v, state, weights), state
 
 
 class Gtu(nn.Module):
@@ -272,13 +298,16 @@ class TnnBlock(nn.Module):
 
 @dataclass(frozen=True)
 class TnnState:
-    """Recurrent state of a batch of sequences: per layer (B, N, D) complex.
+    """Recurrent state of a batch of sequences: per layer one real (B, 2N + h, D) tensor, batch first
+    (rows [0, N) the modes' real parts, [N, 2N) their imaginary parts, [2N, 2N + h) the FIR history;
+    tnn.model.ssm.step). float32 for float32/bf16/fp16 models, float64 for float64 models.
 
     Its size is fixed, independent of how many tokens were seen; that is what makes a TNN cheap to serve.
-    complex64 for float32/bf16 models, complex128 for float64 models.
+    `TnnLM.step` updates it in place; `rows` is a view of a row range (a slot pool's running prefix), so the
+    engine can step [0, B) of a preallocated pool without copying.
     """
 
-    layers: tuple[Tensor, ...]  # n_layers x (B, N, D) complex
+    layers: tuple[Tensor, ...]  # n_layers x (B, 2N + h, D) real
 
     @property
     def batch_size(self) -> int:
@@ -287,6 +316,26 @@ class TnnState:
     @property
     def nbytes(self) -> int:
         return sum(s.numel() * s.element_size() for s in self.layers)
+
+    def rows(self, start: int, stop: int) -> TnnState:
+        """A view of rows [start, stop): writes through it (`TnnLM.step`, `copy_rows_`) land in this state."""
+        if not 0 <= start <= stop <= self.batch_size:
+            raise ValueError(f"rows [{start}, {stop}) out of range for a batch of {self.batch_size}")
+        return TnnState(tuple(s[start:stop] for s in self.layers))
+
+    def copy_rows_(self, start: int, other: TnnState) -> None:
+        """Write `other`'s batch into rows [start, start + other.batch_size), in place (a slot, a prefix cache
+        entry restored into the pool); no index tensor, no allocation."""
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            mine[start : start + theirs.shape[0]].copy_(theirs)
+
+    def zero_rows_(self, start: int, stop: int) -> None:
+        """Reset rows [start, stop) to the fresh-sequence state, in place."""
+        for s in self.layers:
+            s[start:stop].zero_()
+
+    def clone(self) -> TnnState:
+        return TnnState(tuple(s.clone() for s in self.layers))
 
     def gather(self, rows: Tensor | list[int]) -> TnnState:
         """The state of `rows` (in that order), as a new batch."""
@@ -357,8 +406,18 @@ class TnnLM(nn.Module):
         return all(layer.gtu.tno.ssm is not None for layer in self.layers)
 
     def empty_state(self, batch_size: int) -> TnnState:
-        """The zero state for `batch_size` sequences (what a fresh sequence starts from)."""
-        return TnnState(tuple(zero_state(batch_size, layer.gtu.tno._require_ssm()) for layer in self.layers))
+        """The zero state for `batch_size` sequences (what a fresh sequence starts from), allocated once:
+        a slot pool is `empty_state(slots)`, stepped through `rows(0, B)`."""
+        return TnnState(tuple(layer.gtu.tno.empty_state(batch_size) for layer in self.layers))
+
+    def fuse_step(self, enabled: bool = True) -> bool:
+        """Use the torch.compile'd step (state read and written once per step) instead of the eager in-place
+        ops. Returns whether the fused step is in use; compilation happens at the first step of each batch shape
+        family (seconds), so call this once at start-up and warm up. The eager step is the default."""
+        fused = enabled and fused_step_available()
+        for layer in self.layers:
+            layer.gtu.tno.fused_step = fused
+        return fused
 
     def state_bytes_per_sequence(self) -> int:
         """Bytes of recurrent state one sequence holds, known before any request (for capacity planning)."""
@@ -409,15 +468,16 @@ class TnnLM(nn.Module):
 
     @torch.inference_mode()
     def step(self, tokens: Tensor, state: TnnState) -> tuple[Tensor, TnnState]:
-        """One token per sequence: tokens (B,) int64 -> logits (B, V) and the next state. O(1) in position."""
+        """One token per sequence: tokens (B,) int64 -> logits (B, V). O(1) in position.
+
+        `state` is updated in place (no new state buffers) and returned as the same object; it may be a
+        `rows(0, B)` view of a larger preallocated pool."""
         if tokens.ndim != 1 or tokens.shape[0] != state.batch_size:  # no range check: no host sync per token
             raise ValueError(f"step needs tokens (B={state.batch_size},), got shape {tuple(tokens.shape)}")
         x = self._embed(tokens)  # (B, d)
-        new_layers = []
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
-            x, layer_state = layer.step(x, layer_state)
-            new_layers.append(layer_state)
-        return self._logits(x), TnnState(tuple(new_layers))
+            x, _ = layer.step(x, layer_state)
+        return self._logits(x), state
 
     def save(self, directory: str | object) -> None:
         """Write the model directory (config.json, model.safetensors, ssm.safetensors if converted)."""

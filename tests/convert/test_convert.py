@@ -54,13 +54,13 @@ def native_dir(tmp_path: Path) -> Path:
 def test_golden_checkpoint_converts_and_decodes_like_the_original(tmp_path: Path) -> None:
     folder = golden_lm()
     dst = tmp_path / "golden"
-    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, progress=False)
+    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, method="etsc-tail", progress=False)
     assert report.method == "etsc-tail" and report.length == 16 and report.source_format == "fairseq"
     assert len(report.kernel_checks) == 2
     assert all(k.rel_error_modes <= 1e-12 and k.lag_n_rel_error <= 1e-12 for k in report.kernel_checks)
     assert report.logits_check.float64_rel_error <= 1e-12 and report.logits_check.float32_rel_error <= 1e-4
     methods = {(row.method, row.length) for row in report.past_n}
-    assert methods == {(m, size) for m in ("etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+    assert methods == {(m, size) for m in ("reduced", "etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
 
     on_disk = json.loads((dst / "conversion.json").read_text())
     for key in ("method", "length", "modes", "full_state", "kernel_checks", "logits_check", "past_n", "timings_s"):
@@ -98,6 +98,7 @@ def test_cli_end_to_end_on_the_golden_checkpoint(tmp_path: Path) -> None:
         "length": 16,
         "modes": 8,
         "full_state": False,
+        "fir_length": 0,
     }
     assert leftovers(tmp_path) == []
 
@@ -107,11 +108,11 @@ def test_cli_native_directory_force_and_tokenizer(
     tmp_path: Path, native_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dst = tmp_path / "served"
-    result = tnn_cli("convert", str(native_dir), str(dst), "--full-state")
+    result = tnn_cli("convert", str(native_dir), str(dst), "--full-state", "--method", "etsc-tail")
     assert result.returncode == 0, result.stderr
     assert (dst / "tokenizer.json").exists() and (dst / "tokenizer_config.json").exists()
     config = json.loads((dst / "config.json").read_text())
-    assert config["ssm"] == {"method": "etsc-tail", "length": 32, "modes": 33, "full_state": True}
+    assert config["ssm"] == {"method": "etsc-tail", "length": 32, "modes": 33, "full_state": True, "fir_length": 0}
     umask = os.umask(0)
     os.umask(umask)
     assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: the server may run as another user

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import get_args
-
 import pytest
 import torch
 
-from tnn.model.config import SsmMethod
+from tnn.model.config import ETSC_METHODS, SsmMethod
 from tnn.model.ssm import (
     MAX_AMPLIFICATION,
     TAIL_MODE,
@@ -18,11 +16,12 @@ from tnn.model.ssm import (
     ssm_kernel_from_modes,
     ssm_prefill,
     ssm_scan,
+    step_weights,
     tail_dampings,
     zero_state,
 )
 
-METHODS = get_args(SsmMethod)
+METHODS = ETSC_METHODS
 D = 5
 
 
@@ -100,15 +99,15 @@ def test_halved_state_equals_full_state(method: SsmMethod) -> None:
     half = etsc(t, gamma, method=method)
     torch.testing.assert_close(ssm_kernel_from_modes(half, 3 * n), ssm_kernel_from_modes(full, 3 * n))
     v = torch.randn(2, 3 * n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out_full, _ = ssm_scan(v, zero_state(2, full), full)
-    out_half, _ = ssm_scan(v, zero_state(2, half), half)
+    out_full, _ = ssm_scan(v, zero_state(2, full), step_weights(full))
+    out_half, _ = ssm_scan(v, zero_state(2, half), step_weights(half))
     torch.testing.assert_close(out_half, out_full, rtol=0, atol=1e-12)
 
 
 def scanned_state(params: SsmParams, length: int, seed: int) -> torch.Tensor:
     """A reachable state: the one after scanning `length` random inputs from zero. (2, N, D)."""
     v = torch.randn(2, length, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    return ssm_scan(v, zero_state(2, params), params)[1]
+    return ssm_scan(v, zero_state(2, params), step_weights(params))[1]
 
 
 @pytest.mark.parametrize("length", [1, 6, 31])  # 31 > 3m: the folded FFT sums several periods
@@ -121,7 +120,7 @@ def test_prefill_equals_scan(method: SsmMethod, full_state: bool, length: int) -
     v = torch.randn(2, length, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for state in (None, scanned_state(params, 13, seed=3)):
         start = zero_state(2, params) if state is None else state
-        expected_out, expected_state = ssm_scan(v, start, params)
+        expected_out, expected_state = ssm_scan(v, start, step_weights(params))
         out, new_state = ssm_prefill(v, state, params)
         torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-12)
         torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-12)
@@ -142,17 +141,17 @@ def test_chunked_prefill_equals_one_shot(method: SsmMethod) -> None:
     torch.testing.assert_close(state, expected_state, rtol=0, atol=1e-12)
 
 
-def test_complex64_state_from_a_float64_conversion() -> None:
-    """Params cast to complex64 after a float64 conversion: outputs within float32 round-off (spec §6.7)."""
+def test_float32_state_from_a_float64_conversion() -> None:
+    """Params cast to float32 planes after a float64 conversion: outputs within float32 round-off (spec §6.7)."""
     n = 64
     t, gamma = coefficients(n)
     params = etsc(t, gamma)
     v = torch.randn(2, n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    expected, _ = ssm_scan(v, zero_state(2, params), params)
+    expected, _ = ssm_scan(v, zero_state(2, params), step_weights(params))
     single = params.to(real_dtype=torch.float32)
     assert single.weights.dtype == torch.complex64
-    out, state = ssm_scan(v.float(), zero_state(2, single), single)
-    assert state.dtype == torch.complex64 and out.dtype == torch.float32
+    out, state = ssm_scan(v.float(), zero_state(2, single), step_weights(single))
+    assert state.dtype == torch.float32 and out.dtype == torch.float32
     assert (out.double() - expected).abs().max() / expected.abs().max() < 1e-5
 
 

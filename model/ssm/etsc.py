@@ -57,6 +57,11 @@ class SsmParams:
         return self.modes.shape[0]
 
     @property
+    def fir(self) -> Tensor:
+        """(0, D): ETSC has no FIR head (the step's shared layout, tnn.model.ssm.step)."""
+        return self.period.new_zeros(0, self.period.shape[1])
+
+    @property
     def grid(self) -> Tensor:
         """(N,) bool: which modes lie on the DFT grid (all but the tail mode)."""
         return self.modes != TAIL_MODE
@@ -182,35 +187,13 @@ def ssm_kernel_from_modes(params: SsmParams, length: int) -> Tensor:
     return (powers * params.weights.to(torch.complex128)[None]).sum(1).real
 
 
-def ssm_step(v: Tensor, state: Tensor, params: SsmParams) -> tuple[Tensor, Tensor]:
-    """One token: S <- lambda S + b v, o = Re sum_j S_j.  v: (B, D) real, state: (B, N, D) complex."""
-    # one new (B, N, D) buffer per step instead of three: the state is the largest tensor a decode step touches
-    new_state = params.poles * state  # (B, N, D)
-    new_state.addcmul_(params.weights, v[:, None, :].to(state.dtype))
-    return new_state.real.sum(1).to(v.dtype), new_state  # (B, D)
-
-
-def ssm_scan(v: Tensor, state: Tensor, params: SsmParams) -> tuple[Tensor, Tensor]:
-    """Slow twin of `ssm_prefill`: `ssm_step` token by token. v: (B, L, D) -> o (B, L, D), state (B, N, D)."""
-    outputs = []
-    for i in range(v.shape[1]):
-        o, state = ssm_step(v[:, i], state, params)
-        outputs.append(o)
-    return torch.stack(outputs, dim=1), state
-
-
-def zero_state(batch: int, params: SsmParams) -> Tensor:
-    """(B, N, D) complex zeros in the params' complex dtype."""
-    return params.weights.new_zeros(batch, *params.weights.shape)
-
-
-def ssm_prefill(v: Tensor, state: Tensor | None, params: SsmParams) -> tuple[Tensor, Tensor]:
-    """Outputs and final state for a block of L tokens, continuing from `state` (None: zero state).
+def etsc_prefill(v: Tensor, state: Tensor | None, params: SsmParams) -> tuple[Tensor, Tensor]:
+    """Outputs and final complex state for a block of L tokens, continuing from `state` (None: zero state).
 
     No loop over positions: the outputs are one FFT convolution with the realised kernel plus the
     contribution of the incoming state, and the new state is one m-point FFT of the decay-weighted,
     folded input per channel (plus a decay-weighted sum for the tail mode).
-    v: (B, L, D) real -> o (B, L, D), state (B, N, D) complex.
+    v: (B, L, D) real -> o (B, L, D), state (B, N, D) complex (the step's planes are built from it by the caller).
     """
     batch, length, channels = v.shape
     m = params.period.shape[0]

@@ -1,0 +1,156 @@
+"""A diagonal SSM with arbitrary stable poles and an optional FIR head: the reduced-order recurrence.
+
+Per channel the realised kernel is
+    K_k = fir_k                                  for k < h  (an exact head: the first h lags)
+    K_k = Re sum_j w_j lambda_j^(k - h)          for k >= h (N damped modes fed the input delayed by h)
+so the modes never contribute to the head and the head never to the tail. A complex-conjugate pair is one
+mode with its weight doubled (the real part of the sum is unchanged); a real pole has a real weight; unused
+slots (channels needing fewer modes than the layer) have lambda = 0, w = 0. Every |lambda| < 1.
+
+Step (tnn.model.ssm.step): S <- lambda S + w v_{t-h};  o_t = Re sum_j S_j + sum_{i<h} fir_i v_{t-i}.
+Prefill here: outputs by one FFT convolution with the realised kernel; the final modes by a chunked contraction
+of the input with pole powers (no Python loop over positions), continuing from a carried state and history.
+
+Shapes: B batch, L tokens, D channels, N modes, h FIR head length, C a chunk of lags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tnn.model.toeplitz import toeplitz_matmul_fft
+
+POWER_CHUNK_ELEMENTS = 1 << 20  # a chunk of pole powers (C, N, D) complex128 stays at 16 MB
+MAX_POWER_CHUNK = 256  # lags per chunk at most
+
+
+class UnstablePole(ValueError):
+    """A pole with |lambda| >= 1: the recurrence would not forget (or would blow up)."""
+
+
+@dataclass(frozen=True)
+class ModalParams:
+    """One layer's reduced-order recurrence. Complex tensors share a dtype; `fir` is the real dtype."""
+
+    poles: Tensor  # (N, D) complex, |lambda| < 1
+    weights: Tensor  # (N, D) complex: w_j, doubled for a conjugate pair
+    fir: Tensor  # (h, D) real: exact taps for lags 0..h-1 (h = 0: no head, modes fed v_t)
+
+    @property
+    def n_modes(self) -> int:
+        return self.poles.shape[0]
+
+    def to(self, device: torch.device | str | None = None, real_dtype: torch.dtype | None = None) -> ModalParams:
+        real_dtype = real_dtype or self.fir.dtype
+        complex_dtype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
+        return ModalParams(
+            poles=self.poles.to(device=device, dtype=complex_dtype),
+            weights=self.weights.to(device=device, dtype=complex_dtype),
+            fir=self.fir.to(device=device, dtype=real_dtype),
+        )
+
+
+def require_stable(poles: Tensor, what: str) -> None:
+    """Raise UnstablePole naming `what` if any |lambda| >= 1 (or is not finite)."""
+    radius = poles.abs()
+    bad = ~(radius < 1.0)  # NaN counts as unstable
+    if bool(bad.any()):
+        worst = radius[bad].max().item() if bool(torch.isfinite(radius[bad]).any()) else float("nan")
+        raise UnstablePole(f"{what}: {int(bad.sum())} pole(s) with |lambda| >= 1 (largest {worst:.9g})")
+
+
+def pole_power_chunks(poles: Tensor, length: int, first: int = 0) -> Iterator[tuple[int, Tensor]]:
+    """(start, lambda^(first + start .. first + start + C - 1)) over exponents 0..length-1 in chunks,
+    (C, N, D) complex128. Within a chunk by cumulative products from a base power: no log of lambda = 0."""
+    poles = poles.to(torch.complex128)
+    chunk = max(2, min(MAX_POWER_CHUNK, POWER_CHUNK_ELEMENTS // max(1, poles.numel())))
+    steps = torch.cat([torch.ones_like(poles)[None], poles.expand(chunk - 1, *poles.shape)])
+    within = torch.cumprod(steps, dim=0)  # (C, N, D): lambda^0 .. lambda^(C-1)
+    chunk_factor = within[-1] * poles  # lambda^C
+    base = _integer_power(poles, first)  # (N, D)
+    for start in range(0, length, chunk):
+        size = min(chunk, length - start)
+        yield start, within[:size] * base
+        base = base * chunk_factor
+
+
+def _integer_power(poles: Tensor, exponent: int) -> Tensor:
+    """lambda^exponent by repeated squaring (exact for lambda = 0: 0^0 = 1)."""
+    result = torch.ones_like(poles)
+    square = poles
+    while exponent:
+        if exponent & 1:
+            result = result * square
+        square = square * square
+        exponent >>= 1
+    return result
+
+
+def modal_kernel(params: ModalParams, length: int) -> Tensor:
+    """The realised kernel K_k for k = 0..length-1: (length, D), computed in float64, cast to fir's dtype."""
+    h = params.fir.shape[0]
+    kernel = torch.zeros(length, params.fir.shape[1], dtype=torch.float64, device=params.fir.device)
+    kernel[: min(h, length)] = params.fir[:length].to(torch.float64)
+    weights = params.weights.to(torch.complex128)
+    for start, powers in pole_power_chunks(params.poles, max(0, length - h)):
+        lags = slice(h + start, h + start + powers.shape[0])
+        kernel[lags] = torch.einsum("cnd,nd->cd", powers, weights).real
+    return kernel.to(params.fir.dtype)
+
+
+def modal_kernel_from_powers(params: ModalParams, length: int) -> Tensor:
+    """Slow twin of `modal_kernel`: every lag's powers by exp(k log lambda) at once, (length, N, D) complex128."""
+    h = params.fir.shape[0]
+    kernel = torch.zeros(length, params.fir.shape[1], dtype=torch.float64)
+    kernel[: min(h, length)] = params.fir[:length].double().cpu()
+    lags = torch.arange(max(0, length - h), dtype=torch.float64)[:, None, None]
+    poles = params.poles.to(torch.complex128).cpu()
+    safe = torch.where(poles == 0, torch.full_like(poles, 1e-300), poles)
+    powers = torch.exp(lags * torch.log(safe)[None])  # (L - h, N, D)
+    powers[0] = 1.0
+    kernel[h:] = (powers * params.weights.to(torch.complex128).cpu()[None]).sum(1).real
+    return kernel
+
+
+def modal_prefill(
+    v: Tensor, modes: Tensor | None, history: Tensor | None, params: ModalParams
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Outputs, final modes and final history for a block of L tokens, continuing from (modes, history).
+
+    v: (B, L, D) real; modes: (B, N, D) complex or None (zero); history: (B, h, D) real, most recent first, or
+    None (zero). Returns o (B, L, D) in v's dtype, modes (B, N, D) complex, history (B, h, D) real.
+    With u the mode input sequence (the input delayed by h, the history first), the modes after L tokens are
+    lambda^L S + w sum_r lambda^r u_{L-1-r}: one contraction of u with pole powers per chunk of lags.
+    """
+    batch, length, channels = v.shape
+    h = params.fir.shape[0]
+    real_dtype = params.fir.dtype
+    complex_dtype = params.weights.dtype
+    x = v.to(real_dtype)
+    if history is None:
+        history = x.new_zeros(batch, h, channels)
+    extended = torch.cat([history.flip(1).to(real_dtype), x], dim=1)  # (B, h + L, D): oldest first
+    o = toeplitz_matmul_fft(extended, modal_kernel(params, h + length))[:, h:]  # (B, L, D)
+
+    inputs = extended[:, :length].flip(1)  # (B, L, D): position r is u_{L-1-r}
+    driven = torch.zeros(batch, params.n_modes, channels, dtype=complex_dtype, device=v.device)  # (B, N, D)
+    for start, powers in pole_power_chunks(params.poles, length):
+        chunk = inputs[:, start : start + powers.shape[0]].to(complex_dtype)  # (B, C, D)
+        driven += torch.einsum("bcd,cnd->bnd", chunk, powers.to(complex_dtype))
+    new_modes = params.weights * driven  # (B, N, D)
+
+    if modes is not None:
+        carried = torch.empty_like(o)  # (B, L, D): + Re sum_j lambda_j^(i+1) S_j at position i
+        for start, powers in pole_power_chunks(params.poles, length, first=1):
+            size = powers.shape[0]
+            carried[:, start : start + size] = torch.einsum(
+                "cnd,bnd->bcd", powers.to(complex_dtype), modes.to(complex_dtype)
+            ).real
+        o = o + carried
+        new_modes = new_modes + _integer_power(params.poles, length).to(complex_dtype) * modes
+    new_history = extended[:, length:].flip(1)  # (B, h, D): the last h inputs, most recent first
+    return o.to(v.dtype), new_modes, new_history.contiguous()

@@ -1,0 +1,260 @@
+"""The reduced-order recurrence: the fit over random kernels, its prefill against the step loop, the fused step
+against the eager one, the TNN link (golden fairseq case and a random model), and the stability guarantees."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.model.decoding import random_tokens
+from tests.model.helpers import relative_error, tiny_model
+from tnn.convert.verify import teacher_forced_logits as teacher_forced
+from tnn.model import TnnLM, attach_ssm, load, save_model
+from tnn.model.conversion import ReducedOptions
+from tnn.model.ssm import (
+    ModalParams,
+    UnstablePole,
+    etsc,
+    modal_kernel,
+    modal_kernel_from_powers,
+    ssm_prefill,
+    ssm_scan,
+    ssm_step,
+    ssm_step_fused,
+    step_weights,
+    zero_state,
+)
+from tnn.model.ssm.reduced import MAX_RADIUS, fit_reduced
+
+K = 256  # fitted lags
+N_CONV = 64  # "conversion length" splitting the errors into inside / past n
+D = 6
+
+
+def lags(count: int = K) -> torch.Tensor:
+    return torch.arange(count, dtype=torch.float64)[:, None]
+
+
+def smooth_kernels() -> torch.Tensor:
+    """Decaying sums of a few exponentials and damped oscillations, like an RPE behind a decay: (K, D)."""
+    k = lags()
+    gen = torch.Generator().manual_seed(0)
+    columns = []
+    for _ in range(D):
+        rate = 0.9 + 0.08 * torch.rand(3, generator=gen, dtype=torch.float64)
+        freq = 0.3 * torch.rand(3, generator=gen, dtype=torch.float64)
+        amp = torch.randn(3, generator=gen, dtype=torch.float64)
+        columns.append((amp * rate**k * torch.cos(freq * k)).sum(1))
+    return torch.stack(columns, dim=1)
+
+
+def spiky_kernels() -> torch.Tensor:
+    """A smooth decaying tail plus large random taps at lags 0..2 (what the FIR head is for)."""
+    kernel = smooth_kernels()
+    kernel[:3] += 5.0 * torch.randn(3, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return kernel
+
+
+def nearly_undamped_kernels() -> torch.Tensor:
+    """Slowly decaying oscillations, |lambda| = 0.999."""
+    k = lags()
+    freqs = torch.linspace(0.05, 1.0, D, dtype=torch.float64)
+    return 0.999**k * torch.cos(freqs * k)
+
+
+def check_fit(kernel: torch.Tensor, tolerance: float, fir_length: int) -> None:
+    fit = fit_reduced(kernel, length=N_CONV, tolerance=tolerance, max_modes=12, fir_length=fir_length)
+    assert not fit.fallback.any()
+    assert bool((fit.params.poles.abs() < 1).all()) and fit.params.poles.abs().max() <= MAX_RADIUS
+    realised = modal_kernel(fit.params, K)
+    scale = kernel.abs().amax(0)
+    error = ((realised - kernel).abs() / scale).amax(0)
+    assert bool((error <= tolerance * (1 + 1e-9)).all())
+    torch.testing.assert_close(torch.maximum(fit.error_inside, fit.error_past), error, rtol=1e-9, atol=1e-15)
+    torch.testing.assert_close(realised[:fir_length], kernel[:fir_length], rtol=0, atol=0)  # the head is exact
+    assert fit.n_modes <= 12
+
+
+@pytest.mark.parametrize("fir_length", [0, 2])
+def test_smooth_kernels_fit_with_few_modes(fir_length: int) -> None:
+    check_fit(smooth_kernels(), 1e-8, fir_length)  # sums of 3 exponentials: exact up to round-off
+
+
+def test_spiky_kernels_fit_with_a_fir_head() -> None:
+    check_fit(spiky_kernels(), 1e-8, fir_length=3)
+
+
+def test_nearly_undamped_kernels_fit() -> None:
+    check_fit(nearly_undamped_kernels(), 1e-6, fir_length=0)
+
+
+def test_a_kernel_without_decay_falls_back_or_is_refused() -> None:
+    """A constant kernel needs |lambda| = 1: the fit pulls the pole inside (error ~ K (1 - MAX_RADIUS)), misses
+    a tight tolerance, falls back to exact ETSC modes when they decay, and is refused when they do not."""
+    flat = torch.ones(K, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="no ETSC fallback"):
+        fit_reduced(flat, length=N_CONV, tolerance=1e-9, max_modes=4, fir_length=0)
+    undecayed = torch.ones(N_CONV + 1, 2, dtype=torch.float64)
+    with pytest.raises(UnstablePole, match="do not decay"):
+        fit_reduced(
+            flat,
+            length=N_CONV,
+            tolerance=1e-9,
+            max_modes=4,
+            fir_length=0,
+            etsc_fallback=lambda: etsc(undecayed, torch.ones(2, dtype=torch.float64), method="etsc-tail"),
+        )
+    loose = fit_reduced(flat, length=N_CONV, tolerance=1e-3, max_modes=4, fir_length=0)
+    assert bool((loose.params.poles.abs() < 1).all())
+
+
+def test_a_channel_that_misses_the_tolerance_keeps_exact_etsc_modes() -> None:
+    """White-noise kernel: no few-mode fit exists; the channel falls back and is then exact to lag n."""
+    gamma = torch.full((2,), 0.97, dtype=torch.float64)
+    t = torch.randn(N_CONV + 1, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    kernel = torch.cat([0.97 ** lags(N_CONV + 1) * t, torch.zeros(K - N_CONV - 1, 2, dtype=torch.float64)])
+    smooth = smooth_kernels()[:, :1]
+    kernel = torch.cat([kernel[:, :1], smooth], dim=1)  # channel 0 noise, channel 1 smooth
+    exact = etsc(torch.cat([t[:, :1], smooth[: N_CONV + 1] / 0.97 ** lags(N_CONV + 1)], 1), gamma, method="etsc-tail")
+    fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_modes=6, fir_length=2, etsc_fallback=lambda: exact)
+    assert fit.fallback.tolist() == [True, False]
+    assert fit.n_modes == exact.n_modes  # the fallback widens the layer to the ETSC mode count
+    realised = modal_kernel(fit.params, K)
+    torch.testing.assert_close(realised[:N_CONV, 0], kernel[:N_CONV, 0], rtol=0, atol=1e-12)
+    assert fit.error_inside[1] <= 1e-6 and bool((fit.params.poles.abs() < 1).all())
+
+
+def modal_params(n_modes: int = 4, fir_length: int = 3, seed: int = 0) -> ModalParams:
+    gen = torch.Generator().manual_seed(seed)
+    radius = 0.5 + 0.49 * torch.rand(n_modes, D, generator=gen, dtype=torch.float64)
+    angle = math.pi * torch.rand(n_modes, D, generator=gen, dtype=torch.float64)
+    angle[0] = 0.0  # a real pole
+    weights = torch.complex(*torch.randn(2, n_modes, D, generator=gen, dtype=torch.float64))
+    weights[0] = weights[0].real.to(weights.dtype)
+    return ModalParams(
+        poles=torch.polar(radius, angle),
+        weights=weights,
+        fir=torch.randn(fir_length, D, generator=gen, dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize("fir_length", [0, 1, 3])
+def test_modal_kernel_equals_its_twins(fir_length: int) -> None:
+    params = modal_params(fir_length=fir_length)
+    kernel = modal_kernel(params, 600)  # several power chunks
+    torch.testing.assert_close(kernel, modal_kernel_from_powers(params, 600), rtol=0, atol=1e-12)
+    v = torch.zeros(1, 40, D, dtype=torch.float64)
+    v[0, 0] = 1.0  # an impulse: the step loop's response is the kernel
+    impulse, _ = ssm_scan(v, zero_state(1, params), step_weights(params))
+    torch.testing.assert_close(impulse[0], kernel[:40], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("length", [1, 5, 300])  # 300 > one chunk of pole powers
+@pytest.mark.parametrize("fir_length", [0, 3])
+def test_modal_prefill_equals_scan(fir_length: int, length: int) -> None:
+    """Outputs and state after a block, from zero and from a carried state with FIR history: equal to stepping."""
+    params = modal_params(fir_length=fir_length)
+    weights = step_weights(params)
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(2, length, D, generator=gen, dtype=torch.float64)
+    _, carried = ssm_scan(torch.randn(2, 7, D, generator=gen, dtype=torch.float64), zero_state(2, params), weights)
+    for state in (None, carried):
+        start = zero_state(2, params) if state is None else state
+        expected_out, expected_state = ssm_scan(v, start, weights)
+        out, new_state = ssm_prefill(v, state, params)
+        torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-11)
+        torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fir_length", [0, 3])
+def test_fused_step_equals_the_eager_step(dtype: torch.dtype, fir_length: int) -> None:
+    """torch.compile'd step vs the eager in-place twin, on a row range of a pool: 1e-5 relative in float32,
+    1e-12 in float64, over 20 steps (the fused path falls back to the eager one, logged, without a compiler)."""
+    params = modal_params(fir_length=fir_length).to(real_dtype=dtype)
+    weights = step_weights(params)
+    gen = torch.Generator().manual_seed(4)
+    pool = torch.randn(9, 2 * params.n_modes + fir_length, D, generator=gen, dtype=torch.float64).to(dtype)
+    reference = pool.clone()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for _ in range(20):
+        v = torch.randn(5, D, generator=gen, dtype=torch.float64).to(dtype)
+        with torch.inference_mode():
+            got = ssm_step_fused(v, pool[:5], weights)
+        expected = ssm_step(v, reference[:5], weights)
+        assert relative_error(got, expected) <= tolerance
+    assert relative_error(pool, reference) <= tolerance
+    torch.testing.assert_close(pool[5:], reference[5:], rtol=0, atol=0)  # rows past the view untouched
+
+
+def reduced_model(model: TnnLM, length: int, tolerance: float = 1e-6) -> TnnLM:
+    options = ReducedOptions(tolerance=tolerance, max_modes=16, fir_length=2)
+    return attach_ssm(model, length=length, method="reduced", reduced=options)
+
+
+def test_random_model_prefill_and_step_track_the_parallel_forward() -> None:
+    """A random tiny model (n = 64), kernel tolerance 1e-6: logits within 1e-4 relative of the TNN inside n
+    (float64), within 1e-3 with a float32 state; past n (to 2.5n, where fallback channels use etsc-tail's
+    tail) within 2e-2."""
+    model = reduced_model(tiny_model(seed=0), 64)
+    tokens = random_tokens(2, 160)
+    expected = model(tokens)  # (2, 160, V)
+    for split in (1, 30, 63):
+        got = teacher_forced(model, tokens[:, :64], split)
+        assert relative_error(got, expected[:, split - 1 : 64]) <= 1e-4
+    single = reduced_model(tiny_model(seed=0, dtype=torch.float32), 64)
+    assert relative_error(teacher_forced(single, tokens[:, :64], 40), expected[:, 39:64]) <= 1e-3
+    assert relative_error(teacher_forced(model, tokens, 100), expected[:, 99:]) <= 2e-2
+
+
+def test_golden_fairseq_lm_reduced(golden: Path) -> None:
+    """The original implementation's logits (n = 16, positions < n): reduced at tolerance 1e-6 within 1e-4."""
+    folder = golden / "lm_decay99_pre_tiny"
+    model = reduced_model(load(folder / "checkpoint.pt", dtype=torch.float64), 16)
+    tokens = load_file(folder / "inputs.safetensors")["tokens"][:, :16]
+    expected = load_file(folder / "expected.safetensors")["logits"][:, :16]
+    for split in (1, 8, 15):
+        assert relative_error(teacher_forced(model, tokens, split), expected[:, split - 1 :]) <= 1e-4
+
+
+def test_reduced_conversion_round_trips(tmp_path: Path) -> None:
+    model = reduced_model(tiny_model(seed=5), 64, tolerance=1e-4)
+    save_model(model, tmp_path / "m")
+    loaded = load(tmp_path / "m", dtype=torch.float64)
+    assert loaded.config.ssm == model.config.ssm
+    tokens = random_tokens(1, 30)
+    torch.testing.assert_close(loaded.recurrent_logits(tokens)[0], model.recurrent_logits(tokens)[0])
+
+
+def test_loading_refuses_an_unstable_pole_naming_the_key(tmp_path: Path) -> None:
+    model = reduced_model(tiny_model(seed=6), 32, tolerance=1e-4)
+    save_model(model, tmp_path / "m")
+    path = tmp_path / "m" / "ssm.safetensors"
+    tensors = load_file(path)
+    tensors["layers.1.poles.real"][0, 3] = 1.0
+    tensors["layers.1.poles.imag"][0, 3] = 0.0
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match=r"layers\.1\.poles.*\|lambda\| >= 1"):
+        load(tmp_path / "m")
+    tensors["layers.1.poles.real"] = tensors["layers.1.poles.real"][:-1]
+    save_file(tensors, str(path))
+    with pytest.raises(ValueError, match=r"layers\.1\.poles\.real.*shape"):
+        load(tmp_path / "m")
+
+
+def test_saving_refuses_an_unstable_pole(tmp_path: Path) -> None:
+    model = reduced_model(tiny_model(seed=6), 32, tolerance=1e-4)
+    broken = copy.deepcopy(model)
+    tno = broken.layers[0].gtu.tno
+    assert isinstance(tno.ssm, ModalParams)
+    poles = tno.ssm.poles.clone()
+    poles[0, 0] = 1.0001
+    tno.ssm = ModalParams(poles=poles, weights=tno.ssm.weights, fir=tno.ssm.fir)
+    with pytest.raises(UnstablePole, match="layer 0"):
+        save_model(broken, tmp_path / "b")
