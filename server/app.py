@@ -66,9 +66,9 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
             engine = await asyncio.to_thread(build_engine, settings, state.metrics)
         model = engine.model
         logger.info(
-            "model %s (%s) on %s (%d cpu threads), %s, %s step; %s",
+            "model %s (%s) on %s (%d cpu threads), %s, %s SSM update, %s; %s",
             state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
-            "fused" if engine.fused_step else "eager", engine.slot_plan.describe(),
+            "fused" if engine.fused_step else "eager", engine.decode_step.describe(), engine.slot_plan.describe(),
         )  # fmt: skip
         if settings.warmup:
             seconds = await asyncio.to_thread(engine.warmup)

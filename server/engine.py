@@ -25,6 +25,7 @@ from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
 from tnn.server.capacity import parse_memory, plan_slots
+from tnn.server.decode_graphs import DecodeStep
 from tnn.server.generation import (
     ChoiceDelta,
     Event,
@@ -143,6 +144,10 @@ class Engine:
         self._active: list[_Tracker] = []
         self._prefilling: list[_PrefillUnit] = []
         self._batch: RunningBatch[_Sequence] = RunningBatch(model.empty_state(self.slot_plan.slots))  # allocated once
+        use_graphs = self.device.type == "cuda" and not settings.enforce_eager and settings.warmup
+        self.decode_step = DecodeStep(
+            model, self._batch.pool, use_graphs=use_graphs, max_batch=settings.cuda_graph_max_batch
+        )  # graphs captured at warm-up (none without it)
         self._pending: list[tuple[RequestHandle, Event]] = []
         self._wake = threading.Event()
         self._stopping = False
@@ -191,7 +196,8 @@ class Engine:
 
     @torch.inference_mode()
     def warmup(self) -> float:
-        """Run the largest shapes once (prefill budget, a one-row and a full-pool step) before serving. Seconds.
+        """Run the largest shapes once (prefill budget, a one-row and a full-pool step) before serving, then capture
+        the decode step's CUDA graphs (on CUDA without --enforce-eager). Seconds.
 
         The pool's rows hold garbage afterwards; every admission overwrites its row whole."""
         start = time.perf_counter()
@@ -203,6 +209,7 @@ class Engine:
         for batch in sorted({1, min(2, slots), slots}):  # a compiled step specialises batch 1
             for _ in range(2):
                 logits, _ = self.model.step(tokens[:batch], self._batch.pool.rows(0, batch))
+        self.decode_step.capture()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -358,9 +365,7 @@ class Engine:
         sequences = list(self._batch.rows)
         start = time.perf_counter()
         try:
-            last = [seq.tokens[-1] for seq in sequences]
-            tokens = torch.tensor(last, dtype=torch.long, device=self.device)  # (B,)
-            logits, _ = self.model.step(tokens, self._batch.state)  # (B, V); the pool's rows [0, B) in place
+            logits = self.decode_step([seq.tokens[-1] for seq in sequences])  # (B, V); pool rows [0, B) in place
             sampled, logprobs, finite = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
@@ -390,7 +395,8 @@ class Engine:
             output_counts=[seq.counts for seq in sequences],  # None for the rows without penalties
             prompt_mask=[seq.prompt_mask for seq in sequences],
         )
-        tokens = result.tokens.tolist()
+        host = torch.stack([result.tokens, result.finite.long()]).tolist()  # the step's one device-to-host copy
+        tokens, finite = host[0], [bool(ok) for ok in host[1]]
         logprobs: list[TokenLogprob | None] = [None] * len(sequences)
         rows = [i for i, seq in enumerate(sequences) if seq.tracker.request.logprobs is not None]
         if rows:
@@ -400,7 +406,7 @@ class Engine:
             for i, entry in zip(rows, entries, strict=True):
                 wanted = sequences[i].tracker.request.logprobs or 0
                 logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
-        return tokens, logprobs, result.finite.tolist()
+        return tokens, logprobs, finite
 
     def _accept_token(self, seq: _Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         request = seq.tracker.request

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="bind address (0.0.0.0 in containers)")
     port: int = Field(default=8000, ge=0, le=65535, description="port")
     device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:N")
-    dtype: DType = Field(default="float32", description="weights dtype (the state stays complex64/128)")
+    dtype: DType = Field(
+        default="float32", description="weights dtype (the state is float32, float64 for float64 weights)"
+    )
     threads: int = Field(
         default=0, ge=0, le=1024, description="torch CPU threads; 0: torch's default (1 is best on a shared, busy CPU)"
     )
@@ -58,6 +60,14 @@ class Settings(BaseSettings):
         default=False,
         description="torch.compile the SSM update of the decode step (compiles at warm-up: tens of seconds on CPU; "
         "falls back to eager)",
+    )
+    enforce_eager: bool = Field(
+        default=False,
+        description="on CUDA, run the decode step eagerly instead of replaying CUDA graphs captured at warm-up "
+        "(the CPU is always eager)",
+    )
+    cuda_graph_max_batch: int = Field(
+        default=256, ge=1, le=4096, description="largest batch whose decode step is captured; larger ones run eagerly"
     )
     max_waiting_requests: int = Field(
         default=128, ge=0, le=100_000, description="queued sequences beyond the slots; then 429 + Retry-After"
