@@ -1,7 +1,8 @@
 """The decode step padded to buckets (and, on CUDA, replayed from captured graphs) equals the plain eager step.
 
-The padding runs on the CPU here (the same code path the graphs replay); the graph tests need CUDA and skip
-without it.
+The padding runs on the CPU here (the same code path the graphs replay): padded == plain. The graph tests need
+CUDA and skip without it: replay == the eager padded step of the same bucket (the same kernels, so identical
+tokens; bf16 matmuls may pick other kernels for another batch size, which is why the reference is padded too).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ SLOTS = 40
 STEPS = 4
 
 
-def converted_model(device: str = "cpu") -> TnnLM:
+def converted_model(device: str = "cpu", dtype: torch.dtype = torch.float32, fused: bool = False) -> TnnLM:
     torch.manual_seed(0)
     config = TnnConfig(vocab_size=97, d_model=32, n_layers=2, d_glu=32, d_rpe=16, train_length=64, dropout=0.0)
-    return attach_ssm(TnnLM(config).eval()).to(device)
+    model = attach_ssm(TnnLM(config).to(device=device, dtype=dtype).eval())
+    if fused and not model.fuse_step(True):
+        pytest.skip("torch.compile is unavailable here")
+    return model
 
 
 def filled_pool(model: TnnLM, slots: int) -> TnnState:
@@ -58,8 +62,9 @@ def test_bucket_ladder_covers_every_batch_with_bounded_padding() -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 3, 5, 8, 17, SLOTS])
-def test_padded_step_equals_the_plain_step(batch: int) -> None:
-    model = converted_model()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padded_step_equals_the_plain_step(batch: int, dtype: torch.dtype) -> None:
+    model = converted_model(dtype=dtype)
     pool = filled_pool(model, SLOTS)
     plain = DecodeStep(model, clone(pool), use_graphs=False)
     padded = DecodeStep(model, clone(pool), use_graphs=False, pad=True)
@@ -82,16 +87,29 @@ def test_graphs_need_cuda() -> None:
         DecodeStep(model, model.empty_state(4), use_graphs=True)
 
 
+def test_a_step_must_fit_the_pool() -> None:
+    model = converted_model()
+    step = DecodeStep(model, model.empty_state(4), use_graphs=False, pad=True)
+    assert step.capture() == 0.0 and step.describe() == "eager decode step"
+    for batch in (0, 5):
+        with pytest.raises(ValueError, match=f"a step of {batch} rows on a pool of 4 slots"):
+            step([1] * batch)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_graph_replay_equals_the_eager_step_on_every_bucket() -> None:
-    model = converted_model("cuda")
+@pytest.mark.parametrize(("dtype", "fused"), [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
+def test_graph_replay_equals_the_eager_step_on_every_bucket(dtype: torch.dtype, fused: bool) -> None:
+    model = converted_model("cuda", dtype, fused)
     pool = filled_pool(model, SLOTS)
     graphed = DecodeStep(model, model.empty_state(SLOTS), use_graphs=True)
     graphed.capture()  # garbage in the pool: restore the real rows after it
-    for batch in graphed.buckets:
+    assert sorted(graphed.graphs) == graphed.buckets and graphed.describe().startswith("CUDA-graph decode step")
+    below = [0, *graphed.buckets[:-1]]
+    batches = sorted({*graphed.buckets, *(b + 1 for b in below)})  # every bucket, full and padded
+    for batch in batches:
         graphed.pool.copy_rows_(0, pool)
-        eager = DecodeStep(model, clone(pool), use_graphs=False)
+        eager = DecodeStep(model, clone(pool), use_graphs=False, pad=True)  # the same shapes, launched one by one
         tokens = torch.arange(batch, device="cuda") % model.config.vocab_size
         eager_logits, eager_tokens = run_steps(eager, tokens)
         graph_logits, graph_tokens = run_steps(graphed, tokens)
