@@ -151,13 +151,11 @@ def measure_decode(
     return {name: failed.get(name) or 1000 * statistics.median(times[name]) for name in variants}
 
 
-def decode_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, write: Callable[[], None],
+def decode_rows(args: argparse.Namespace, models: dict[str, TnnLM], dtype: torch.dtype, write: Callable[[], None],
                 rows: list[dict[str, object]]) -> None:  # fmt: skip
+    """One row per (batch, position): each variant's median ms (and tokens/s, ratio to GPT-2), written as it goes."""
+    device = models["eager"].device
     steps = WARMUP + args.repeats
-    models = {"eager": load_tnn(device, dtype, fused=False)}
-    if device.type == "cuda":
-        models["graphs"] = models["eager"]
-        models["graphs fused"] = load_tnn(device, dtype, fused=True)
     gpt2 = matched_gpt2(max(args.positions) + steps).to(device=device, dtype=dtype)
     for batch in args.batch:
         tnn_steps = {name: TnnStep(model, batch, graphs=name != "eager") for name, model in models.items()}
@@ -188,12 +186,11 @@ def _out_of_memory() -> None:
     raise torch.OutOfMemoryError("the StaticCache did not fit")
 
 
-def bandwidth_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                   rows: list[dict[str, object]]) -> dict[str, object]:  # fmt: skip
+def bandwidth_rows(args: argparse.Namespace, model: TnnLM, rows: list[dict[str, object]]) -> dict[str, object]:
     """Achieved bytes/s of the server's step (graphs on CUDA, eager on CPU) per batch, against copy bandwidth."""
+    device = model.device
     copy = copy_bandwidth(device, args.repeats)
     best = "graphs" if device.type == "cuda" else "eager"
-    model = load_tnn(device, dtype, fused=False)
     per_batch = []
     for batch in args.batch:
         ms = [r[f"{best}_ms"] for r in rows if r["batch"] == batch and isinstance(r.get(f"{best}_ms"), float)]
@@ -207,8 +204,8 @@ def bandwidth_rows(args: argparse.Namespace, device: torch.device, dtype: torch.
     return {"copy_bytes_per_s": copy, "rows": per_batch}
 
 
-def prefill_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict[str, object]]:
-    model = load_tnn(device, dtype, fused=False)
+def prefill_rows(args: argparse.Namespace, model: TnnLM) -> list[dict[str, object]]:
+    device = model.device
     vocab = model.config.vocab_size
     rows: list[dict[str, object]] = []
     for length in args.prefill_lengths:
@@ -289,14 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     def write() -> None:
         json_path.write_text(json.dumps(results, indent=2) + "\n")
 
-    decode: list[dict[str, object]] = results["decode"]  # type: ignore[assignment]
-    decode_rows(args, device, dtype, write, decode)
     model = load_tnn(device, dtype, fused=False)
+    models = {"eager": model}
+    if device.type == "cuda":
+        models |= {"graphs": model, "graphs fused": load_tnn(device, dtype, fused=True)}
     results["tnn_parameters"] = count_parameters(model)
     results["tnn_state_bytes_per_sequence"] = model.state_bytes_per_sequence()
-    results["bandwidth"] = bandwidth_rows(args, device, dtype, decode)
+    decode: list[dict[str, object]] = results["decode"]  # type: ignore[assignment]
+    decode_rows(args, models, dtype, write, decode)
+    results["bandwidth"] = bandwidth_rows(args, model, decode)
     write()
-    results["prefill"] = prefill_rows(args, device, dtype)
+    results["prefill"] = prefill_rows(args, model)
     write()
     plot(results, args.out / "gpu_decode.png")
     print(f"wrote {json_path} and {args.out / 'gpu_decode.png'}")
