@@ -1,7 +1,7 @@
 """Attach the recurrence to a model: each layer's Toeplitz kernel becomes a diagonal SSM (tnn.model.ssm).
 
-Methods: "reduced" (an exact FIR head plus a few damped modes fitted to the kernel in and past n,
-tnn.model.ssm.reduced), and the exact DFT-grid conversions "etsc-tail" (the default), "etsc-inclusive", "etsc"
+Methods: "reduced" (the default: an exact FIR head plus a few damped modes fitted to the kernel in and past n,
+tnn.model.ssm.reduced), and the exact DFT-grid conversions "etsc-tail", "etsc-inclusive", "etsc"
 (tnn.model.ssm.etsc). This is the part of conversion the server needs at load time; `tnn convert`
 (tnn.convert) adds verification, the report and the atomic write.
 """
@@ -29,7 +29,7 @@ from tnn.model.toeplitz import fft_dtype
 logger = logging.getLogger(__name__)
 
 DEFAULT_LENGTH = 512
-DEFAULT_METHOD: SsmMethod = "etsc-tail"
+DEFAULT_METHOD: SsmMethod = "reduced"
 
 
 @dataclass(frozen=True)

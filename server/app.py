@@ -48,8 +48,8 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
         torch.set_num_threads(settings.threads)
     model = tnn.model.load(settings.model_dir, device=device, dtype=getattr(torch, settings.dtype))
     if not model.is_converted:
-        logger.info("%s is not converted: running ETSC conversion on load (tnn convert does it once, offline)",
-                    settings.model_dir)  # fmt: skip
+        logger.info("%s is not converted: converting on load with the default method %r (tnn convert does it "
+                    "once, offline)", settings.model_dir, tnn.model.conversion.DEFAULT_METHOD)  # fmt: skip
         tnn.model.attach_ssm(model)
     tokenizer = ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
     if tokenizer.vocab_size > model.config.vocab_size:

@@ -171,7 +171,7 @@ def test_failed_verification_writes_nothing(tmp_path: Path, native_dir: Path, mo
     monkeypatch.setattr(convert_module, "KERNEL_TOLERANCE", 0.0)
     dst = tmp_path / "out"
     with pytest.raises(VerificationFailed, match="kernel error"):
-        convert_checkpoint(src=native_dir, dst=dst, progress=False, compare_past_n=False)
+        convert_checkpoint(src=native_dir, dst=dst, method="etsc-tail", progress=False, compare_past_n=False)
     assert not dst.exists() and leftovers(tmp_path) == []
 
 

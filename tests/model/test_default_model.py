@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -34,10 +35,16 @@ def test_default_model_loads_converts_and_decodes_like_the_parallel_path() -> No
     prompt = "MACBETH:\nIs this a dagger which I see before me,\nThe handle toward my hand?"
     tokens = torch.tensor([[0, *encode(tokenizer, prompt)]])  # (1, L)
     parallel = model(tokens)  # (1, L, V)
-    tnn.model.attach_ssm(model)
-    assert model.config.ssm is not None and model.config.ssm.length == model.config.train_length
-    recurrent, _ = model.recurrent_logits(tokens)
+    exact = tnn.model.attach_ssm(copy.deepcopy(model), method="etsc-tail")
+    assert exact.config.ssm is not None and exact.config.ssm.length == model.config.train_length
+    recurrent, _ = exact.recurrent_logits(tokens)
     torch.testing.assert_close(recurrent, parallel, rtol=1e-4, atol=1e-3)  # float32 FFTs of different length
+    tnn.model.attach_ssm(model)  # the default, reduced: at most 1/10 of the exact state, every pole inside
+    assert model.config.ssm is not None and model.config.ssm.method == "reduced"
+    assert model.state_bytes_per_sequence() <= exact.state_bytes_per_sequence() / 10
+    assert all(bool((layer.gtu.tno.ssm.poles.abs() < 1).all()) for layer in model.layers)
+    reduced, _ = model.recurrent_logits(tokens)
+    assert (reduced - parallel).abs().max() / parallel.abs().max() <= 2e-2  # kernel tolerance 2e-2
     # trained, not random: a famous line costs far less than a uniform guess (ln V nats per token)
     loss = torch.nn.functional.cross_entropy(parallel[0, :-1], tokens[0, 1:])
     assert loss < 0.7 * math.log(model.config.vocab_size)
