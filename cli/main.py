@@ -14,6 +14,10 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("tnn.convert.cli", "convert a TNN checkpoint (model directory or fairseq .pt) for serving"),
+    "attach-tokenizer": (
+        "tnn.convert.attach_cli",
+        "add a tokenizer (optionally a fairseq dict.txt) to a model directory",
+    ),
     "serve": ("tnn.server.cli", "serve a model directory over an OpenAI-compatible HTTP API"),
     "generate": ("tnn.clients.cli_generate", "complete a prompt on a running server, streaming the text"),
     "chat": ("tnn.clients.cli_chat", "chat interactively with a running server"),

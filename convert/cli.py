@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--full-state", action="store_true", help="keep all modes (no conjugate halving)")
     parser.add_argument("--tokenizer", default=None, metavar="DIR", help="Hugging Face tokenizer directory to attach")
+    parser.add_argument(
+        "--fairseq-dict",
+        default=None,
+        metavar="FILE",
+        help="the dict.txt a fairseq checkpoint was trained with; --tokenizer is then its GPT-2 BPE, and the "
+        "tokenizer written maps text to the checkpoint's fairseq ids",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the stored weights")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     parser.add_argument("--no-past-n", action="store_true", help="skip the 2n/4n comparison of the methods")
@@ -106,6 +113,9 @@ def format_report(report: ConversionReport) -> str:
                 f"  {r.top1_agreement:>11.3f}  {r.nll_parallel:>12.4f}  {r.nll_recurrent:>13.4f}"
             )
     lines += ["", "timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report.timings_s.items())]
+    if report.fairseq_dict:
+        lines += [f"tokenizer: {report.tokenizer} remapped to the fairseq ids of {report.fairseq_dict}"]
+    lines += [f"WARNING: {warning}" for warning in report.warnings]
     return "\n".join(lines)
 
 
@@ -118,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             length=args.length,
             full_state=args.full_state,
             tokenizer=args.tokenizer,
+            fairseq_dict=args.fairseq_dict,
             force=args.force,
             dtype=DTYPES[args.dtype],
             compare_past_n=not args.no_past_n,

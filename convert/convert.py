@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, get_args
@@ -25,6 +26,7 @@ from typing import Any, get_args
 import torch
 from tqdm import tqdm
 
+from tnn.convert.tokenizer import NO_TOKENIZER_WARNING, REPORT_FILE, install_tokenizer, require_tokenizer_dir
 from tnn.convert.verify import (
     KernelCheck,
     LogitsCheck,
@@ -48,7 +50,6 @@ from tnn.model.tnn import TnnLM
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "conversion.json"
 # float64 conversion reconstructs the kernel to ~1e-13 relative; 1e-9 leaves room for long n and large D
 KERNEL_TOLERANCE = 1e-9
 LOGITS_TOLERANCE_FLOAT64 = 1e-8
@@ -87,6 +88,9 @@ class ConversionReport:
     past_n: list[PastNRow]
     tokenizer: str | None
     reduced: dict[str, Any] | None = None  # reduced method: options, fallbacks, per-layer kernel errors
+    fairseq_dict: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    tokenizer_details: dict[str, Any] = field(default_factory=dict)  # dict.txt lines and sha256
     timings_s: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -111,6 +115,9 @@ class ConversionReport:
                 "rows": [r.to_dict() for r in self.past_n],
             },
             "tokenizer": self.tokenizer,
+            "fairseq_dict": self.fairseq_dict,
+            **self.tokenizer_details,
+            "warnings": self.warnings,
             "timings_s": self.timings_s,
             "versions": self.versions,
             "created": self.created,
@@ -133,6 +140,7 @@ def convert_checkpoint(
     length: int | None = None,
     full_state: bool = False,
     tokenizer: str | Path | None = None,
+    fairseq_dict: str | Path | None = None,
     force: bool = False,
     dtype: torch.dtype = torch.float32,
     compare_past_n: bool = True,
@@ -142,7 +150,9 @@ def convert_checkpoint(
     """Convert `src` into the model directory `dst` and return the report (also written as conversion.json).
 
     length: conversion length n (default: the config's train_length, else 512). dtype: the stored weights
-    (ssm.safetensors is always float64). reduced: the fit's options for method "reduced". Raises FileExistsError (dst exists, no force), ConversionRefused,
+    (ssm.safetensors is always float64). reduced: the fit's options for method "reduced". tokenizer: a Hugging Face
+    tokenizer directory to attach; with fairseq_dict (the dict.txt of a fairseq checkpoint) it is a GPT-2 BPE whose
+    ids are remapped to fairseq's. Raises FileExistsError (dst exists, no force), ConversionRefused,
     VerificationFailed, and ValueError/FileNotFoundError naming the file for unreadable input.
     """
     src, dst = Path(src), Path(dst)
@@ -150,22 +160,30 @@ def convert_checkpoint(
         raise ValueError(f"unknown method {method!r}; expected one of {get_args(SsmMethod)}")
     if dst.exists() and not force:
         raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
-    if tokenizer is not None and not (Path(tokenizer) / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{tokenizer}: no tokenizer.json (expected a Hugging Face tokenizer directory)")
+    if tokenizer is not None:
+        require_tokenizer_dir(tokenizer)
+    elif fairseq_dict is not None:
+        raise ValueError("--fairseq-dict needs --tokenizer: the GPT-2 BPE tokenizer the dict.txt ids refer to")
     timings: dict[str, float] = {}
+    stages = tqdm(total=6, desc="tnn convert", unit="stage", disable=not progress, leave=False)
 
+    stages.set_postfix_str("load")
     start = time.perf_counter()
     model = load(src, dtype=torch.float64)  # conversion and checks in float64; weights are cast on save
     timings["load"] = time.perf_counter() - start
+    stages.update()
     refusal = conversion_refusal(model)
     if refusal is not None:
         raise ConversionRefused(f"{src}: cannot convert: {refusal}")
     n = conversion_length(model, length)
 
+    stages.set_postfix_str("convert")
     start = time.perf_counter()
     options = reduced or ReducedOptions()
     fits = convert_layers(model, length=n, method=method, full_state=full_state, reduced=options)
     timings["convert"] = time.perf_counter() - start
+    stages.update()
+    stages.set_postfix_str("kernel check")
     logger.info("converted %d layers with %s, n=%d (%.2fs)", len(model.layers), method, n, timings["convert"])
 
     start = time.perf_counter()
@@ -179,19 +197,25 @@ def convert_checkpoint(
     fallbacks = [int(f.fallback.sum()) for f in fits] or [0] * len(model.layers)
     kernel_checks = [check_kernel(i, layer.gtu.tno, n, fallback_channels=fallbacks[i]) for i, layer in layers]
     timings["verify_kernels"] = time.perf_counter() - start
+    stages.update()
 
+    stages.set_postfix_str("logits check")
     start = time.perf_counter()
     tokens = probe_tokens(model.config.vocab_size, n)
     logits_check = check_logits(model, tokens, split=max(1, n - STEPPED_TOKENS))
     timings["verify_logits"] = time.perf_counter() - start
+    stages.update()
     reduced_summary = _reduced_summary(options, fits) if method == "reduced" else None
     _require_passed(kernel_checks, logits_check, _thresholds(method, reduced_summary))
 
     past_n: list[PastNRow] = []
+    stages.set_postfix_str("past-n comparison")
     if compare_past_n:
         start = time.perf_counter()
         past_n = past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state, reduced=options)
         timings["past_n"] = time.perf_counter() - start
+    stages.update()
+    stages.set_postfix_str("write")
 
     report = ConversionReport(
         source=str(src),
@@ -212,7 +236,13 @@ def convert_checkpoint(
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    _write_atomically(dst, force=force, fill=lambda tmp: _fill_directory(tmp, model, src, tokenizer, dtype, report))
+    fill = partial(_fill_directory, model=model, src=src, tokenizer=tokenizer, fairseq_dict=fairseq_dict,
+                   dtype=dtype, report=report)  # fmt: skip
+    _write_atomically(dst, force=force, fill=fill)
+    stages.update()
+    stages.close()
+    for warning in report.warnings:
+        logger.warning("%s\n%s\n%s", "!" * 100, warning, "!" * 100)
     logger.info("wrote %s", dst)
     return report
 
@@ -278,18 +308,24 @@ def served_state_bytes(model: TnnLM) -> int:
 
 def _fill_directory(
     directory: Path,
+    *,
     model: TnnLM,
     src: Path,
     tokenizer: str | Path | None,
+    fairseq_dict: str | Path | None,
     dtype: torch.dtype,
     report: ConversionReport,
 ) -> None:
     start = time.perf_counter()
     save_model(model.to(dtype), directory)  # ssm.safetensors stays float64 whatever the weights' dtype
     if tokenizer is not None:
-        copy_tokenizer(Path(tokenizer), directory)
+        record = install_tokenizer(directory, tokenizer, vocab_size=model.config.vocab_size, fairseq_dict=fairseq_dict)
+        report.tokenizer, report.fairseq_dict = record.pop("tokenizer"), record.pop("fairseq_dict")
+        report.tokenizer_details = record
     elif src.is_dir() and copy_tokenizer(src, directory):
         report.tokenizer = str(src)
+    else:
+        report.warnings.append(NO_TOKENIZER_WARNING.format(dst=report.destination))
     report.timings_s["write"] = time.perf_counter() - start
     (directory / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 

@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 Arch = Literal["tnn", "gpt2"]
 CHECKPOINT_FILE = "checkpoint.pt"
 RECORD_FILE = "training.json"
+# --minutes: the schedule's length is estimated from the measured time per step after this many steps of a
+# session (the first ones include warm-up costs, so the estimate starts pessimistic) and again every so often
+ESTIMATE_AFTER_STEPS = 5
+REESTIMATE_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 200
     checkpoint_every: int = 200
-    minutes: float | None = None  # wall-clock budget; stops early, the schedule stays step-based
+    minutes: float | None = None  # wall-clock budget: stops there; warmup and cosine cover the steps that fit
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -144,12 +148,25 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine decay from `lr` to `min_lr` at `max_steps`."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+def learning_rate(step: int, config: TrainConfig, horizon: int | None = None) -> float:
+    """Linear warmup over `warmup_steps`, then cosine decay from `lr` to `min_lr` at `max_steps`.
+
+    horizon: the steps that fit a time budget (`steps_that_fit`), when fewer than `max_steps`: the schedule is
+    compressed onto them, the warmup by the same fraction (at least one step).
+    """
+    total, warmup = config.max_steps, config.warmup_steps
+    if horizon is not None and horizon < total:
+        total, warmup = horizon, max(1, round(warmup * horizon / total))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def steps_that_fit(step: int, max_steps: int, *, remaining_s: float, seconds_per_step: float) -> int:
+    """The schedule's end under a time budget: the steps done plus the remaining seconds over the measured seconds
+    per step (validation included), at most `max_steps`, at least the next step."""
+    return max(step + 1, min(max_steps, step + int(remaining_s / seconds_per_step)))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -277,13 +294,15 @@ def train(
 
     model.train()
     budget_s = None if config.minutes is None else 60.0 * config.minutes
+    horizon: int | None = None  # with a budget: the steps that fit, re-estimated as steps are measured
+    session_start, session_first_step = time.perf_counter(), step
     bar = tqdm(total=config.max_steps, initial=step, disable=not progress, desc=config.arch, unit="step")
     start = time.perf_counter() - elapsed
     train_time = 0.0  # seconds spent in training steps this session (tokens/s excludes validation)
     train_tokens = 0
     while step < config.max_steps and (budget_s is None or elapsed < budget_s):
         t0 = time.perf_counter()
-        lr = learning_rate(step, config)
+        lr = learning_rate(step, config, horizon)
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = random_batch(data.train, config, generator)
@@ -322,6 +341,11 @@ def train(
             )
         if step % config.checkpoint_every == 0:
             save_checkpoint()
+        session_steps = step - session_first_step
+        if budget_s is not None and (session_steps == ESTIMATE_AFTER_STEPS or session_steps % REESTIMATE_EVERY == 0):
+            per_step = (time.perf_counter() - session_start) / session_steps
+            horizon = steps_that_fit(step, config.max_steps, remaining_s=budget_s - elapsed, seconds_per_step=per_step)
+            logger.debug("step %d: %.3fs per step, the schedule ends at step %d", step, per_step, horizon)
     bar.close()
     save_checkpoint()
 
@@ -339,6 +363,7 @@ def train(
         "parameters": n_params,
         "steps": step,
         "stopped_by_time_budget": step < config.max_steps,
+        "schedule_steps": horizon or config.max_steps,
         "tokens_seen": tokens_seen,
         "wall_time_s": round(elapsed, 1),
         "train_tokens_per_s": round(train_tokens / train_time, 1) if train_time else None,
@@ -358,8 +383,17 @@ def train(
         "history": history,
     }
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    make_readable(out_dir)
     logger.info("wrote %s: val %.3f, test %.3f bits/byte", out_dir, val.bits_per_byte, test.bits_per_byte)
     return record
+
+
+def make_readable(directory: Path) -> None:
+    """Model files 0644 and the directory 0755 whatever the umask: a container's user (uid 1000) must read them."""
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
 
 
 def _resumable(train_config: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,9 @@ def chat(page: Page, url: str, turns: list[str], *, seed: int) -> None:
     page.fill("#stop", "\\n\\n")
     if page.viewport_size and page.viewport_size["width"] < 760:
         page.click("#settings summary")  # fold the settings again on a phone
-    for turn in turns:
+    for index, turn in enumerate(turns):
+        if index:
+            page.fill("#seed", str(seed + index))  # a new seed per turn
         page.fill("#input", turn)
         page.press("#input", "Enter")
         page.wait_for_function("document.querySelector('.entry.assistant:last-child')?.classList.contains('done')")

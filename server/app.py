@@ -21,11 +21,11 @@ from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
 from tnn.server.metrics import Metrics
 from tnn.server.middleware import ApiKeyMiddleware, RequestLimitMiddleware
-from tnn.server.routes import health, openai, playground, tokenize
+from tnn.server.routes import admin, health, openai, playground, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
-from tnn.server.tokenizer import ServerTokenizer
+from tnn.server.tokenizer import ServerTokenizer, TokenIdTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def build_engine(settings: Settings, metrics: Metrics) -> Engine:
         logger.info("%s is not converted: converting on load with the default method %r (tnn convert does it "
                     "once, offline)", settings.model_dir, tnn.model.conversion.DEFAULT_METHOD)  # fmt: skip
         tnn.model.attach_ssm(model)
-    tokenizer = ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
+    tokenizer = (
+        TokenIdTokenizer() if settings.skip_tokenizer else ServerTokenizer(settings.model_dir, add_bos=settings.add_bos)
+    )
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}"
@@ -88,8 +90,8 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; with `engine` given (tests), its model, tokenizer and metrics are used instead of loading."""
-    metrics = engine.metrics if engine is not None else Metrics()
     name = settings.served_model_name or (settings.model_dir.name if settings.model_dir else "tnn")
+    metrics = engine.metrics if engine is not None else Metrics(name)
     state = AppState(settings=settings, metrics=metrics, model_name=name)
 
     @asynccontextmanager
@@ -110,6 +112,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(tokenize.router)
+    app.include_router(admin.router)
     if settings.playground:
         playground.mount(app)
     app.add_middleware(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -18,6 +20,8 @@ from tnn.server.settings import Settings
 from tnn.server.state import AppState
 
 logger = logging.getLogger(__name__)
+
+DRAIN_POLL_SECONDS = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +52,32 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, plus: the first SIGTERM/SIGINT marks the app draining (/ready 503, new requests 503)."""
+    """uvicorn's server, plus a drain before uvicorn's shutdown: the first SIGTERM/SIGINT marks the app draining
+    while the port stays open (/ready 503, new requests 503, running ones finish); once none is left, or after
+    --drain-timeout, uvicorn shuts down (it stops listening, then waits for open connections for what is left of
+    the timeout). A second signal, or one before the model is ready, goes straight to uvicorn's shutdown."""
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
         self.app_state = state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            logger.info(
-                "signal %d: draining running requests (at most %gs)", sig, self.app_state.settings.drain_timeout
-            )
-        self.app_state.begin_drain()
+        state = self.app_state
+        if state.phase != "ready" or self.should_exit:
+            state.begin_drain()
+            super().handle_exit(sig, frame)
+            return
+        logger.info("signal %d: draining running requests (at most %gs); /ready answers 503",
+                    sig, state.settings.drain_timeout)  # fmt: skip
+        state.begin_drain()
+        threading.Thread(target=self._exit_when_drained, args=(sig, frame), name="tnn-drain", daemon=True).start()
+
+    def _exit_when_drained(self, sig: int, frame: FrameType | None) -> None:
+        deadline = time.monotonic() + self.app_state.settings.drain_timeout
+        engine = self.app_state.engine
+        while engine is not None and engine.outstanding > 0 and time.monotonic() < deadline:
+            time.sleep(DRAIN_POLL_SECONDS)
+        self.config.timeout_graceful_shutdown = max(1, round(deadline - time.monotonic()))
         super().handle_exit(sig, frame)
 
 
@@ -79,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         logger.error("%s is not a model directory (no config.json)%s", model_dir,
                      "" if settings.model_dir else ": the default model is not installed yet")  # fmt: skip
+        return 2
+    if not settings.skip_tokenizer and not (model_dir / "tokenizer.json").is_file():
+        logger.error("%s has no tokenizer (no tokenizer.json): attach one with `tnn attach-tokenizer %s TOKENIZER_DIR`, "
+                     "or serve token ids with --skip-tokenizer", model_dir, model_dir)  # fmt: skip
         return 2
     settings = settings.model_copy(update={"model_dir": model_dir})
     app = create_app(settings)

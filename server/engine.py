@@ -5,6 +5,9 @@ into free state slots (FIFO, all of a request's sequences at once); prefill unde
 (equal-length chunks share one `prefill` call, long prompts continue next iteration from the carried state);
 prefilled sequences sample their first token and join the running batch (n > 1 copies the prompt's state);
 then one batched `step` for every running sequence, per-row sampling, detokenization and stop checks.
+With the prefix-state cache (tnn.server.prefix_cache), admission restores the longest cached prefix of each
+prompt, prefill stops at the cache's boundaries to store states, and a finished sequence stores its final state
+(and, for chat, a "fill" unit extends it to where the next turn continues: a prefill with no sequences).
 Events reach each request's asyncio queue through `loop.call_soon_threadsafe`, once per phase.
 The event loop never runs model code; nothing here blocks it.
 """
@@ -27,6 +30,7 @@ from tnn.server.batch import RunningBatch
 from tnn.server.capacity import parse_memory, plan_slots
 from tnn.server.decode_graphs import DecodeStep
 from tnn.server.generation import (
+    CachedPrompt,
     ChoiceDelta,
     Event,
     FinishReason,
@@ -37,6 +41,7 @@ from tnn.server.generation import (
     TokenLogprob,
 )
 from tnn.server.metrics import Metrics
+from tnn.server.prefix_cache import PrefixCache, build_prefix_cache, cache_boundaries
 from tnn.server.scheduler import SlotPool, group_by, plan_prefill
 from tnn.server.settings import Settings
 from tnn.server.textstream import TextStream
@@ -83,7 +88,7 @@ class _Sequence:
             request.sampling, seed=(seed + index) % SEED_MODULUS
         )  # fmt: skip
         self.generator = self.params.generator(engine.device)
-        self.stream = TextStream(engine.tokenizer.decode, request.stop)
+        self.stream = TextStream(engine.tokenizer.detokenizer(), request.stop)
         vocab = engine.vocab_size
         p = self.params
         needs_counts = p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
@@ -100,23 +105,37 @@ class _Sequence:
 
 
 class _PrefillUnit:
-    """One prompt being prefilled (possibly over several iterations) for its n sequences."""
+    """One prompt being prefilled (possibly over several iterations) for its n sequences; without a tracker, a
+    cache fill (tokens prefilled only to store their state)."""
 
-    def __init__(self, tracker: _Tracker, prompt_index: int, prompt: list[int], sequences: list[_Sequence]) -> None:
+    def __init__(
+        self, tracker: _Tracker | None, prompt_index: int, prompt: list[int], sequences: list[_Sequence]
+    ) -> None:
         self.tracker = tracker
         self.prompt_index = prompt_index
+        self.prompt = prompt
         self.tokens = torch.tensor([prompt], dtype=torch.long)  # (1, L), moved to the device per chunk
         self.position = 0
         self.state: TnnState | None = None
         self.sequences = sequences
         self.prompt_logprobs: list[TokenLogprob | None] | None = (
-            [] if tracker.request.prompt_logprobs is not None else None
+            [] if tracker is not None and tracker.request.prompt_logprobs is not None else None
         )
         self.carry_logprobs: Tensor | None = None  # (V,) log-probs after the last prefilled token
+        self.stops: list[int] = []  # positions where the prefix cache stores the state (ascending)
 
     @property
     def remaining(self) -> int:
         return self.tokens.shape[1] - self.position
+
+    @property
+    def until_stop(self) -> int:
+        """Tokens to prefill before the next cache boundary (or the end)."""
+        return next((p for p in self.stops if p > self.position), self.tokens.shape[1]) - self.position
+
+    @property
+    def closed(self) -> bool:
+        return self.tracker is not None and self.tracker.closed
 
 
 class Engine:
@@ -136,6 +155,7 @@ class Engine:
         self.slots = SlotPool(self.slot_plan.slots)
         self.fused_step = model.fuse_step(settings.fused_step)  # False where torch.compile is unavailable
         self.capacity = self.slot_plan.slots + settings.max_waiting_requests  # sequences
+        self.prefix_cache: PrefixCache | None = build_prefix_cache(model, settings, metrics)
         self.accepting = False
         self._outstanding = 0  # sequences submitted and not finished
         self._lock = threading.Lock()
@@ -167,6 +187,11 @@ class Engine:
         self.accepting = True
 
     @property
+    def outstanding(self) -> int:
+        """Sequences submitted and not finished (running or queued)."""
+        return self._outstanding
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -191,6 +216,8 @@ class Engine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.prefix_cache is not None:
+            self.prefix_cache.close()  # the disk tier keeps what is in memory (not bounded by `timeout`)
 
     # ---- warm-up ------------------------------------------------------------------------------------------------
 
@@ -247,6 +274,7 @@ class Engine:
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
             self._close(tracker, "abort")
+        self._prefill(fills_only=True)  # first: a chat's next turn, if already here, finds its previous answer's state
         self._admit()
         self._prefill()
         self._deliver()
@@ -272,16 +300,34 @@ class Engine:
                     for i in range(request.n)
                 ]
                 tracker.sequences.extend(sequences)
-                self._prefilling.append(_PrefillUnit(tracker, p, prompt, sequences))
+                unit = _PrefillUnit(tracker, p, prompt, sequences)
+                if self.prefix_cache is not None and request.cache_prompt:
+                    self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
+                self._prefilling.append(unit)
                 self.metrics.prompt_tokens.inc(len(prompt))
+                self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
                 self._prompt_tokens += len(prompt)
 
-    def _prefill(self) -> None:
-        if not self._prefilling:
+    def _restore(self, unit: _PrefillUnit, *, lookup: bool = True) -> None:
+        """Start `unit` from the longest cached prefix of its prompt and plan where it stores states."""
+        assert self.prefix_cache is not None
+        request = unit.tracker.request if unit.tracker is not None else None
+        if lookup:
+            with self.prefix_cache.lookup(unit.prompt, count=unit.tracker is not None) as hit:
+                if hit is not None:
+                    unit.position = hit.length
+                    unit.state = self.prefix_cache.copy_out(hit, self.device)
+            if unit.position and unit.tracker is not None:
+                self._emit(unit.tracker, CachedPrompt(unit.prompt_index, unit.position))
+        extra = request.cache_boundaries if request is not None else ()
+        unit.stops = cache_boundaries(unit.position, len(unit.prompt), self.settings.state_cache_interval, extra)
+
+    def _prefill(self, *, fills_only: bool = False) -> None:
+        units = [u for u in self._prefilling if u.tracker is None or not fills_only]
+        if not units:
             return
-        units = list(self._prefilling)
         remaining = [
-            min(u.remaining, PROMPT_LOGPROBS_CHUNK) if u.prompt_logprobs is not None else u.remaining for u in units
+            min(u.until_stop, PROMPT_LOGPROBS_CHUNK) if u.prompt_logprobs is not None else u.until_stop for u in units
         ]
         plan = plan_prefill(remaining, self.settings.max_prefill_tokens)
         chosen = [(unit, chunk) for unit, chunk in zip(units, plan, strict=True) if chunk > 0]
@@ -290,7 +336,7 @@ class Engine:
             for unit, chunk in chosen
         ]
         for group in group_by(keys):
-            members = [chosen[i][0] for i in group if not chosen[i][0].tracker.closed]
+            members = [chosen[i][0] for i in group if not chosen[i][0].closed]
             if not members:
                 continue
             try:
@@ -298,7 +344,10 @@ class Engine:
             except Exception:
                 logger.exception("prefill failed for %d prompt(s)", len(members))
                 for unit in members:
-                    self._fail(unit.tracker, "internal error during prefill")
+                    if unit.tracker is None:
+                        self._prefilling.remove(unit)
+                    else:
+                        self._fail(unit.tracker, "internal error during prefill")
 
     def _prefill_group(self, units: list[_PrefillUnit], chunk: int) -> None:
         tokens = torch.cat([u.tokens[:, u.position : u.position + chunk] for u in units]).to(self.device)  # (k, C)
@@ -312,9 +361,12 @@ class Engine:
         for i, unit in enumerate(units):
             unit.position += chunk
             unit.state = new_state if len(units) == 1 else new_state.gather([i])
+            if self.prefix_cache is not None and unit.position in unit.stops:
+                self.prefix_cache.store(unit.prompt[: unit.position], unit.state)
             if unit.remaining == 0:
                 self._prefilling.remove(unit)
-                self._start_decoding(unit, last_logits[i : i + 1])
+                if unit.tracker is not None:
+                    self._start_decoding(unit, last_logits[i : i + 1])
 
     def _record_prompt_logprobs(self, unit: _PrefillUnit, tokens: Tensor, logits: Tensor) -> None:
         """Logprob of each prompt token given the tokens before it. tokens (C,), logits (C, V)."""
@@ -334,6 +386,7 @@ class Engine:
     def _start_decoding(self, unit: _PrefillUnit, logits: Tensor) -> None:
         """The prompt is in the state: sample each choice's first token and join the running batch. logits (1, V)."""
         tracker = unit.tracker
+        assert tracker is not None
         request = tracker.request
         if unit.prompt_logprobs is not None:
             self._emit(tracker, PromptLogprobs(unit.prompt_index, unit.prompt_logprobs))
@@ -456,11 +509,34 @@ class Engine:
         self.metrics.requests.labels(finish_reason=reason).inc()
         self.slots.release([seq.slot])
         if seq in self._batch.rows:
+            if reason in ("stop", "length"):
+                self._store_finished(seq)
             self._batch.remove(seq)
         tracker = seq.tracker
         tracker.open -= 1
         if tracker.open == 0:
             self._retire(tracker, observe_latency=reason != "abort")
+
+    def _store_finished(self, seq: _Sequence) -> None:
+        """Cache a finished sequence's state (prompt + every generated token but the last, which was sampled and
+        never fed) and, for chat, queue a fill to the boundary where the conversation's next turn continues."""
+        request = seq.tracker.request
+        if self.prefix_cache is None or not request.cache_prompt:
+            return
+        assert self._batch.state is not None
+        prompt = request.prompts[seq.index // request.n]
+        fed = prompt + seq.tokens[:-1]
+        self.prefix_cache.store(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
+        if request.continuation is None:
+            return
+        target = request.continuation(seq.stream.text)  # (chat template + tokenizer: about a millisecond)
+        if len(target) <= len(prompt) or self.prefix_cache.contains(target):
+            return
+        fill = _PrefillUnit(None, 0, target, [])
+        self._restore(fill)
+        if fill.remaining > 0:
+            self._prefilling.append(fill)
+            self.metrics.prefill_tokens.labels(kind="cache_fill").inc(fill.remaining)
 
     def _close(self, tracker: _Tracker, reason: FinishReason) -> None:
         """End every unfinished choice of a request with `reason` (abort: cancelled; error: failed)."""

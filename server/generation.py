@@ -29,6 +29,11 @@ class GenerationRequest:
     logprobs: int | None = None  # top alternatives per generated token; None: no logprobs
     prompt_logprobs: int | None = None  # same for prompt tokens (echo); None: none
     arrival: float = 0.0  # time.monotonic() when the HTTP request arrived
+    # prefix-state cache: look up and store this request's states (False: the caller opted out)
+    cache_prompt: bool = True
+    cache_boundaries: tuple[int, ...] = ()  # prompt positions worth a stored state (a chat's system prompt end)
+    # chat: answer text -> the tokens the conversation's next turn starts with (its state is stored at the end)
+    continuation: Callable[[str], list[int]] | None = None
 
     @property
     def n_sequences(self) -> int:
@@ -62,13 +67,21 @@ class PromptLogprobs:
 
 
 @dataclass(frozen=True)
+class CachedPrompt:
+    """How many leading tokens of a prompt came from the prefix-state cache (sent at admission on a hit)."""
+
+    prompt_index: int
+    tokens: int
+
+
+@dataclass(frozen=True)
 class RequestError:
     message: str
     status: int = 500
     code: str = "generation_error"
 
 
-Event = ChoiceDelta | PromptLogprobs | RequestError
+Event = ChoiceDelta | PromptLogprobs | CachedPrompt | RequestError
 
 
 class RequestHandle:

@@ -13,6 +13,7 @@ from tnn.server.errors import BodyTooLarge, error_body
 from tnn.server.metrics import Metrics
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})  # probes and scraping never need the key
+SELF_AUTHENTICATED = "/admin/"  # admin routes check the admin key themselves (tnn.server.routes.admin)
 
 
 async def _send_error(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]]) -> None:
@@ -36,7 +37,8 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS or self.is_public(path) or scope["method"] == "OPTIONS":
+        exempt = path in OPEN_PATHS or path.startswith(SELF_AUTHENTICATED) or self.is_public(path)
+        if scope["type"] != "http" or exempt or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")

@@ -5,6 +5,8 @@ waiting on events (with disconnect and timeout checks) and the response / SSE ch
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import logging
 import time
@@ -20,6 +22,7 @@ from tnn.model.sampling import SamplingParams
 from tnn.server.engine import Engine, NotAccepting, Overloaded
 from tnn.server.errors import ApiError, sse_error
 from tnn.server.generation import (
+    CachedPrompt,
     ChoiceDelta,
     Event,
     GenerationRequest,
@@ -42,6 +45,7 @@ from tnn.server.schemas import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptTokensDetails,
     TopLogprob,
     Usage,
 )
@@ -202,6 +206,7 @@ class Serving:
             logprobs=body.logprobs,
             prompt_logprobs=body.logprobs if body.echo else None,
             arrival=arrival,
+            cache_prompt=body.cache_prompt,
         )
         handle = self._submit(request)
         formatter = _CompletionFormat(self, request, texts if body.echo else None)
@@ -244,6 +249,10 @@ class Serving:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = await asyncio.to_thread(self.chat_prompt, messages)
         self._check_prompt(prompt, "messages")
+        system = list(itertools.takewhile(lambda m: m["role"] == "system", messages))
+        boundaries: tuple[int, ...] = ()
+        if body.cache_prompt and system and len(system) < len(messages):  # users sharing a system prompt
+            boundaries = (len(await asyncio.to_thread(self.next_turn_prefix, system)),)
         request = GenerationRequest(
             request_id=f"chatcmpl-{uuid.uuid4().hex}",
             prompts=[prompt],
@@ -254,6 +263,9 @@ class Serving:
             ignore_eos=body.ignore_eos,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
             arrival=arrival,
+            cache_prompt=body.cache_prompt,
+            cache_boundaries=boundaries,
+            continuation=functools.partial(self._answered_prefix, messages) if body.cache_prompt else None,
         )
         handle = self._submit(request)
         formatter = _ChatFormat(self, request)
@@ -268,6 +280,22 @@ class Serving:
         except Exception as exc:  # a template error is the request's fault (e.g. roles it does not accept)
             raise ApiError(400, f"the chat template failed: {exc}", param="messages", code="invalid_value") from exc
         return self.tokenizer.encode(text, add_bos=self.settings.add_bos)
+
+    def next_turn_prefix(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The tokens every prompt that continues `messages` with a user message starts with: the template's
+        rendering of the conversation so far, up to where the next user message's text begins (found as the
+        common prefix of two probe continuations, so that it holds for any template and tokenizer)."""
+        a, b = (self.chat_prompt([*messages, {"role": "user", "content": probe}]) for probe in ("a", "b"))
+        return a[: _common_prefix_length(a, b)]
+
+    def _answered_prefix(self, messages: list[dict[str, Any]], answer: str) -> list[int]:
+        """next_turn_prefix after the assistant answered `answer` (the engine stores the state there);
+        [] when the template refuses the conversation (nothing is stored then)."""
+        try:
+            return self.next_turn_prefix([*messages, {"role": "assistant", "content": answer}])
+        except ApiError as exc:
+            logger.debug("no prefix-cache continuation for this conversation: %s", exc)
+            return []
 
     # ---- waiting on the engine --------------------------------------------------------------------------------
 
@@ -338,6 +366,10 @@ class Serving:
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def _sse(chunk: dict[str, Any]) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
@@ -351,15 +383,20 @@ class _Format:
         self.created = int(time.time())
         self.choices = [_Choice() for _ in range(request.n_sequences)]
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
+        self.cached_tokens = 0
 
     def usage(self) -> Usage:
         prompt = sum(len(p) for p in self.request.prompts)
         completion = sum(len(c.tokens) for c in self.choices)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens))  # fmt: skip
 
     def _record(self, event: Event) -> _Choice | None:
         if isinstance(event, PromptLogprobs):
             self.prompt_logprobs[event.prompt_index] = event.entries
+            return None
+        if isinstance(event, CachedPrompt):
+            self.cached_tokens += event.tokens
             return None
         assert isinstance(event, ChoiceDelta)
         choice = self.choices[event.index]

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
 from tnn.server.capacity import parse_memory
@@ -86,10 +86,31 @@ class Settings(BaseSettings):
     max_logprobs: int = Field(default=20, ge=0, le=100, description="largest logprobs / top_logprobs")
     max_stop: int = Field(default=4, ge=0, le=64, description="most stop strings per request")
     max_stop_length: int = Field(default=64, ge=1, le=1024, description="longest stop string (characters)")
+    skip_tokenizer: bool = Field(
+        default=False,
+        description="serve without the model's tokenizer (vLLM's --skip-tokenizer-init): token-id prompts only; "
+        "generated ids come back as logprobs tokens 'token_id:N', the text is empty",
+    )
     add_bos: bool = Field(
         default=True,
         description="prepend the tokenizer's bos token to text prompts (how the shipped model was trained)",
     )
+
+    # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
+    # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.
+    state_cache_memory: ByteSize | None = Field(
+        default=None, description="prefix-state cache budget: bytes or 512MiB, 2GB; 0: off; none: 5% of RAM, <= 2 GiB"
+    )
+    state_cache_on_device: bool = Field(
+        default=False, description="keep cached prefix states on the model's device instead of host memory"
+    )
+    state_cache_interval: int = Field(
+        default=512, ge=0, description="also cache a prompt's state every K tokens (0: only at prompt ends)"
+    )
+    state_cache_dir: Path | None = Field(
+        default=None, description="disk tier for cached states: evicted and shutdown-time ones, reloaded on start"
+    )
+    state_cache_disk: ByteSize = Field(default=ByteSize(4 * 2**30), description="bytes the disk tier may use")
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0, description="seconds from arrival to the last token")
@@ -97,6 +118,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024, description="larger request bodies get 413")
     api_key: SecretStr | None = Field(
         default=None, description="require 'Authorization: Bearer KEY' (prefer TNN_API_KEY: flags show in ps)"
+    )
+    admin_key: SecretStr | None = Field(
+        default=None, description="key for /admin/* routes; none: the API key (prefer TNN_ADMIN_KEY: flags show in ps)"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins: comma-separated (or a JSON list)"
@@ -111,7 +135,7 @@ class Settings(BaseSettings):
         parse_memory(value)  # ValueError names the accepted forms
         return value
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None

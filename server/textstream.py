@@ -1,47 +1,49 @@
 """Token ids -> text a client may see: incremental detokenization (complete UTF-8 only) and stop strings.
 
-The detokenizer keeps TGI's two offsets into the token list: it decodes a small window (`prefix..read` and
-`prefix..end`) and emits the growth only when the longer text does not end in U+FFFD, i.e. when the last token did
-not stop inside a multi-byte character. Stop strings are matched on the accumulated text; while streaming, the
-longest suffix that could still become a stop string is held back, so a partial stop string is never emitted.
+The detokenizer is `tokenizers`' DecodeStream (Rust): it keeps two offsets into the token list (TGI's and vLLM's
+scheme), decodes a small window and returns the growth only when it does not end inside a multi-byte character.
+It is about 3x cheaper per token than the same scheme in Python, which the server used before (2.9x on English,
+3.6x on mixed scripts: 3.0 vs 8.8 and 2.8 vs 10.1 us per token; benchmarks/detokenizer.py). Stop strings are matched on the accumulated text; while streaming, the longest
+suffix that could still become a stop string is held back, so a partial stop string is never emitted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
-REPLACEMENT_CHAR = "\ufffd"
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
-Decode = Callable[[Sequence[int]], str]
+
+class Detokenizer(Protocol):
+    def add(self, token: int) -> str: ...
+
+    def flush(self) -> str: ...
 
 
 class IncrementalDetokenizer:
-    """Turns tokens into text deltas that never end inside a UTF-8 character."""
+    """Turns tokens into text deltas that never end inside a UTF-8 character (special tokens are not text)."""
 
-    def __init__(self, decode: Decode) -> None:
-        self._decode = decode
-        self.tokens: list[int] = []
-        self._prefix = 0  # start of the decoding window
-        self._read = 0  # tokens before this one have been emitted
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self._pending: list[int] = []  # tokens added since the last text came out
 
     def add(self, token: int) -> str:
         """Append a token; return the newly complete text (possibly empty)."""
-        self.tokens.append(token)
-        return self._advance(final=False)
+        self._pending.append(token)
+        text = self._stream.step(self._tokenizer, token)
+        if text is None:
+            return ""
+        self._pending.clear()
+        return text
 
     def flush(self) -> str:
         """At the end of generation: whatever is held back, decoded as is (U+FFFD for a truncated character)."""
-        return self._advance(final=True)
-
-    def _advance(self, *, final: bool) -> str:
-        if self._read == len(self.tokens):
-            return ""
-        before = self._decode(self.tokens[self._prefix : self._read])
-        after = self._decode(self.tokens[self._prefix :])
-        if not final and (len(after) <= len(before) or after.endswith(REPLACEMENT_CHAR)):
-            return ""
-        self._prefix, self._read = self._read, len(self.tokens)
-        return after[len(before) :]
+        text = self._tokenizer.decode(self._pending, skip_special_tokens=True) if self._pending else ""
+        self._pending.clear()
+        return text
 
 
 def partial_stop_length(text: str, stops: Sequence[str]) -> int:
@@ -68,8 +70,8 @@ def find_stop(text: str, stops: Sequence[str], start: int) -> tuple[int, str] | 
 class TextStream:
     """One choice's output text: detokenized, cut at the first stop string, released with hold-back."""
 
-    def __init__(self, decode: Decode, stops: Sequence[str]) -> None:
-        self._detokenizer = IncrementalDetokenizer(decode)
+    def __init__(self, detokenizer: Detokenizer, stops: Sequence[str]) -> None:
+        self._detokenizer = detokenizer
         self._stops = [s for s in stops if s]
         self.text = ""
         self.stop_reason: str | None = None  # the stop string that ended the text

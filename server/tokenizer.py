@@ -9,6 +9,10 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
+from tnn.model.fairseq_dict import unk_beyond_vocab
+from tnn.server.errors import ApiError
+from tnn.server.textstream import IncrementalDetokenizer
+
 logger = logging.getLogger(__name__)
 
 # Used when tokenizer_config.json has no chat_template: plain "Role: text" turns, which any base LM can continue.
@@ -34,6 +38,10 @@ class ServerTokenizer:
         self.eos_id: int | None = tokenizer.eos_token_id
         self.bos_id: int | None = tokenizer.bos_token_id if add_bos else None
         self.vocab_size = self._backend.get_vocab_size()
+        # a fairseq dict.txt without a line for some tokens: their ids (from here up) are <unk> (tnn.model.fairseq_dict)
+        self._fairseq_vocab_size: int | None = tokenizer.init_kwargs.get("fairseq_vocab_size")
+        if self._fairseq_vocab_size is not None:
+            self.vocab_size = self._fairseq_vocab_size
         self.chat_template: str = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
         if tokenizer.chat_template is None:
             logger.warning(
@@ -43,11 +51,17 @@ class ServerTokenizer:
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
         """Token ids of a text prompt, with the bos token first when the server adds one."""
         ids = self._backend.encode(text, add_special_tokens=False).ids
+        if self._fairseq_vocab_size is not None:
+            ids = unk_beyond_vocab(ids, self._fairseq_vocab_size)
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def decode(self, tokens: Sequence[int]) -> str:
         """Text of generated tokens (special tokens such as eos are not text)."""
         return self._backend.decode(list(tokens), skip_special_tokens=True)
+
+    def detokenizer(self) -> IncrementalDetokenizer:
+        """A fresh incremental detokenizer for one generated sequence."""
+        return IncrementalDetokenizer(self._backend)
 
     def token_text(self, token: int) -> str:
         """One token as text for logprobs (special tokens by name; a partial character decodes to U+FFFD)."""
@@ -60,3 +74,44 @@ class ServerTokenizer:
         )
         assert isinstance(text, str)
         return text
+
+
+class NoText:
+    """The detokenizer of `TokenIdTokenizer`: no text, ever."""
+
+    def add(self, token: int) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
+
+
+class TokenIdTokenizer:
+    """`tnn serve --skip-tokenizer` (vLLM's --skip-tokenizer-init): the model directory's tokenizer is not loaded.
+
+    Prompts must be token ids; generated text is empty and the ids come out as logprobs tokens "token_id:N" (vLLM's
+    --return-tokens-as-token-ids). Text prompts, chat messages and /tokenize get a 400 saying why. No eos token is
+    known, so generation ends at max_tokens (or a stop token id).
+    """
+
+    eos_id: int | None = None
+    bos_id: int | None = None
+    vocab_size = 0  # no ids of its own: any id below the model's vocabulary size is accepted
+    chat_template = ""
+
+    def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
+        raise ApiError(400, "this server runs with --skip-tokenizer: send the prompt as a list of token ids",
+                       param="prompt", code="tokenizer_skipped")  # fmt: skip
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        raise ApiError(400, "this server runs with --skip-tokenizer (no tokenizer, no chat template): use "
+                       "/v1/completions with token-id prompts", param="messages", code="tokenizer_skipped")  # fmt: skip
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return ""
+
+    def detokenizer(self) -> NoText:
+        return NoText()
+
+    def token_text(self, token: int) -> str:
+        return f"token_id:{token}"

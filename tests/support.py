@@ -46,17 +46,24 @@ def make_tiny_model_dir(
     vocab_size: int = 384,
     converted: bool = True,
     chat_template: bool = True,
+    tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it."""
+    """Write a tiny random TNN model directory (config, weights, ssm, tokenizer) to `path` and return it.
+    `tokenizer_dir`: copy that directory's tokenizer (e.g. the shipped model's) instead of training one."""
     import torch
 
     from tnn.model import TnnConfig, TnnLM, attach_ssm, save_model
-    from tnn.model.tokenizer import CHAT_TEMPLATE, save_tokenizer, train_tokenizer
+    from tnn.model.loading import copy_tokenizer
+    from tnn.model.tokenizer import CHAT_TEMPLATE, load_tokenizer, save_tokenizer, train_tokenizer
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(CORPUS * 4, vocab_size=vocab_size)
-    save_tokenizer(tokenizer, path, chat_template=CHAT_TEMPLATE if chat_template else None)
+    if tokenizer_dir is None:
+        tokenizer = train_tokenizer(CORPUS * 4, vocab_size=vocab_size)
+        save_tokenizer(tokenizer, path, chat_template=CHAT_TEMPLATE if chat_template else None)
+    else:
+        copy_tokenizer(Path(tokenizer_dir), path)
+        tokenizer = load_tokenizer(path)
 
     config = TnnConfig(
         vocab_size=tokenizer.get_vocab_size(),
@@ -75,6 +82,50 @@ def make_tiny_model_dir(
     if converted:
         attach_ssm(model)
     save_model(model, path)
+    return path
+
+
+# native name -> fairseq-evo name (the inverse of tnn.model.fairseq's key map), for synthetic .pt checkpoints
+FAIRSEQ_NAMES = [
+    (r"^embed\.weight$", "decoder.embed_tokens.weight"),
+    (r"^final_norm\.(weight|bias)$", r"decoder.layer_norm.\1"),
+    (r"^layers\.(\d+)\.gtu\.out_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.o.\2"),
+    (r"^layers\.(\d+)\.gtu\.([uv]_proj)\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.\2.\3"),
+    (r"^layers\.(\d+)\.gtu\.tno\.gamma$", r"decoder.layers.\1.self_attn.gtu.toep.gamma"),
+    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.pos_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.toep.rpe.pos_proj.\2"),
+    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.layers\.(\d+)\.linear\.(weight|bias)$",
+     r"decoder.layers.\1.self_attn.gtu.toep.rpe.layers.\2.2.\3"),
+    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.out\.linear\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.toep.rpe.out.2.\2"),
+    (r"^layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"decoder.layers.\1.glu.\2.\3"),
+]  # fmt: skip
+
+
+def make_fairseq_checkpoint(path: str | Path, *, vocab_size: int, seed: int = 0) -> Path:
+    """Write a tiny random TNN as an original fairseq-evo checkpoint (`tnn_v2_decay_99_pre` layout, d_model 32,
+    2 layers, tokens_per_sample 64) with `vocab_size` embedding rows; returns the path. Every key is checked to map
+    back to its native name, so the file is what tnn.model's fairseq loader reads."""
+    import re
+
+    import torch
+
+    from tnn.model import TnnConfig, TnnLM
+    from tnn.model.fairseq import native_key
+
+    config = TnnConfig(vocab_size=vocab_size, d_model=32, n_layers=2, expand_ratio=3.0, d_glu=32, d_rpe=16,
+                       n_rpe_layers=1, padding_idx=1, dropout=0.0, train_length=64)  # fmt: skip
+    torch.manual_seed(seed)
+    state = {}
+    for name, tensor in TnnLM(config).state_dict().items():
+        pattern, template = next((p, t) for p, t in FAIRSEQ_NAMES if re.match(p, name))
+        key = re.sub(pattern, template, name)
+        assert native_key(key) == name, (key, name)
+        state[key] = tensor.reshape(config.n_heads, 1, -1) if name.endswith("tno.gamma") else tensor
+    state["decoder.version"] = torch.tensor([3.0])
+    model_args = {"arch": "tnn_v2_decay_99_pre", "decoder_embed_dim": 32, "decoder_layers": 2, "glu_dim": 32,
+                  "rpe_embedding": 16, "rpe_layers": 1, "decoder_attention_heads": 1, "expand_ratio": 3}  # fmt: skip
+    checkpoint = {"args": None, "cfg": {"model": model_args, "task": {"tokens_per_sample": 64}}, "model": state}
+    path = Path(path)
+    torch.save(checkpoint, path)
     return path
 
 
@@ -194,5 +245,9 @@ def scrape_metrics(
 
 
 def metric_value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """One sample (0.0 if absent), e.g. metric_value(s, "tnn_requests_total", finish_reason="length")."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of the samples `name` whose labels include `labels` (0.0 if none), e.g.
+    metric_value(s, "tnn_requests_total", finish_reason="length"): over every `model_name` (a server has one)."""
+    wanted = set(labels.items())
+    return sum(
+        value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels
+    )

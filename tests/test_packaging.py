@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ["tnn.cli", "tnn.model", "tnn.model.ssm", "tnn.convert", "tnn.server", "tnn.server.routes", "tnn.clients"]
-PLAYGROUND = ["index.html", "playground.js", "playground.css"]
+PLAYGROUND = ["index.html", "playground.js", "sse.js", "playground.css"]
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 // figures, a server panel from /metrics. No dependencies, no build step; the page only talks to its own origin.
 // Model output is only ever set as textContent, never parsed as HTML.
 
+import { sseEvents } from "./sse.js";
+
 const KEY_STORAGE = "tnn-serve.api-key"; // sessionStorage only: gone when the tab closes
 const METRICS_EVERY_MS = 1000;
 const PHONE_WIDTH = "(max-width: 760px)";
@@ -63,30 +65,6 @@ async function api(path, options = {}) {
     throw error;
   }
   return response;
-}
-
-// Server-sent events of a streaming response: yields each `data:` payload parsed, ends at [DONE]
-async function* sseEvents(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value.replaceAll("\r\n", "\n");
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = block
-        .split("\n")
-        .filter((line) => line.startsWith("data:"))
-        .map((line) => line.slice(5).replace(/^ /, ""))
-        .join("\n");
-      if (!data) continue; // a comment (keep-alive)
-      if (data === "[DONE]") return;
-      yield JSON.parse(data);
-    }
-  }
 }
 
 // ---- formatting -----------------------------------------------------------------------------------------------------
@@ -413,7 +391,9 @@ async function send() {
   try {
     params = requestParams();
   } catch (error) {
-    showError(addEntry("assistant"), { message: error.message, info: { type: "this page" } });
+    const entry = addEntry("assistant");
+    showError(entry, { message: error.message, info: { type: "this page" } });
+    entry.classList.add("done");
     return;
   }
   const common = { ...params, stream: true, stream_options: { include_usage: true } };

@@ -38,6 +38,9 @@ async def tokenize(body: TokenizeRequest, serving: ServingDep) -> TokenizeRespon
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, serving: ServingDep) -> DetokenizeResponse:
     serving.check_model(body.model)
+    if serving.settings.skip_tokenizer:
+        raise ApiError(400, "this server runs with --skip-tokenizer: it has no tokenizer to detokenize with",
+                       param="tokens", code="tokenizer_skipped")  # fmt: skip
     if body.tokens and max(body.tokens) >= serving.engine.vocab_size:
         raise ApiError(400, f"token ids must be below the vocabulary size {serving.engine.vocab_size}",
                        param="tokens", code="invalid_value")  # fmt: skip

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.deploy
 
 DASHBOARD = json.loads((REPO / "deploy/grafana/dashboards/tnn-serve.json").read_text())
 DATASOURCES = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
-METRIC_NAME = re.compile(r"\btnn_[a-z0-9_]+")
+METRIC_NAME = re.compile(r"\b(?:tnn|process)_[a-z0-9_]+")
 # Series that legitimately have no samples after a few successful requests
 MAY_BE_EMPTY = {"tnn_errors_total"}
 
@@ -31,7 +31,7 @@ def targets() -> list[tuple[str, str]]:
 
 def runnable(expr: str) -> str:
     """expr with Grafana's variables replaced as Grafana would: all instances, a window covering the test."""
-    return expr.replace("$__rate_interval", "1h").replace("$instance", ".*")
+    return expr.replace("$__rate_interval", "1h").replace("$instance", ".*").replace("$model_name", ".*")
 
 
 def panel_exprs(title_word: str) -> str:
@@ -60,6 +60,16 @@ def test_panels_cover_throughput_finish_reasons_queue_slots_and_errors() -> None
     slots = panel_exprs("State slots")
     assert "tnn_state_slots_used" in slots and "tnn_state_slots_total" in slots
     assert "sum by (code) (rate(tnn_errors_total" in panel_exprs("Errors")
+
+
+def test_tnn_queries_filter_by_model_name_and_process_panels_exist() -> None:
+    for title, expr in targets():
+        if "tnn_" in expr:
+            assert expr.count("tnn_") == expr.count('model_name=~"$model_name"'), title
+    assert "process_resident_memory_bytes" in panel_exprs("memory")
+    assert "rate(process_cpu_seconds_total" in panel_exprs("CPU")
+    names = [variable["name"] for variable in DASHBOARD["templating"]["list"]]
+    assert names == ["instance", "model_name"]
 
 
 def test_layout_ids_and_datasource() -> None:
@@ -115,7 +125,7 @@ def test_every_query_names_a_metric_the_server_exports(served: str) -> None:
     variable_queries = [variable["definition"] for variable in DASHBOARD["templating"]["list"]]
     for title, expr in [*targets(), *(("$instance", query) for query in variable_queries)]:
         names = set(METRIC_NAME.findall(expr))
-        assert names, f"{title}: {expr} names no tnn_ metric"
+        assert names, f"{title}: {expr} names no tnn_ or process_ metric"
         assert names <= exported, f"{title}: {sorted(names - exported)} not exported by the server"
 
 

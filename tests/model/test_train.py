@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from tnn.model.corpus import Splits
 from tnn.model.loading import load
-from tnn.model.train import TrainConfig, build_model, count_parameters, learning_rate, train
+from tnn.model.train import TrainConfig, build_model, count_parameters, learning_rate, steps_that_fit, train
 
 SPLITS = Splits(
     train="MACBETH:\nSo foul and fair a day I have not seen.\n\nBANQUO:\nHow far is't call'd to Forres?\n\n" * 30,
@@ -89,3 +91,29 @@ def test_learning_rate_warms_up_then_decays_to_min_lr() -> None:
     assert learning_rate(9, config) == pytest.approx(1e-3)
     assert learning_rate(60, config) == pytest.approx(5.5e-4)
     assert learning_rate(110, config) == pytest.approx(1e-4)
+
+
+def test_a_time_budget_compresses_warmup_and_cosine_onto_the_steps_that_fit() -> None:
+    config = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=2000)
+    horizon = steps_that_fit(5, 2000, remaining_s=39.0, seconds_per_step=0.2)
+    assert horizon == 5 + 195
+    assert learning_rate(9, config, horizon) == pytest.approx(1e-3)  # warmup: 100 * 200 / 2000 = 10 steps
+    assert learning_rate(105, config, horizon) == pytest.approx(5.5e-4)  # half way through the cosine
+    assert learning_rate(200, config, horizon) == pytest.approx(1e-4)  # min_lr when the budget runs out
+    assert learning_rate(1000, config, 5000) == learning_rate(1000, config)  # more time than steps: unchanged
+    assert steps_that_fit(7, 2000, remaining_s=-1.0, seconds_per_step=0.2) == 8
+    assert steps_that_fit(7, 50, remaining_s=1e6, seconds_per_step=0.2) == 50
+
+
+def test_budgeted_run_records_its_schedule_and_writes_files_others_can_read(tmp_path: Path) -> None:
+    old_umask = os.umask(0o077)  # a private umask must not leak into the model files
+    try:
+        record = run(dataclasses.replace(TINY, max_steps=6, minutes=60.0), tmp_path / "out")
+    finally:
+        os.umask(old_umask)
+    assert record["schedule_steps"] == 6  # an hour fits all six steps
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "training.json"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes

@@ -44,7 +44,10 @@ def test_completion_shape_and_usage(client: httpx.Client) -> None:
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["finish_reason"] == "length" and choice["logprobs"] is None
     prompt_tokens = client.post("/tokenize", json={"prompt": "To be"}).json()["count"]
-    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7}
+    cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]  # the prefix-state cache (test_prefix_cache)
+    assert 0 <= cached < prompt_tokens
+    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7,
+                             "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
 
 
 def test_token_id_prompts_and_batches_of_prompts(client: httpx.Client) -> None:

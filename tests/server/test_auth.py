@@ -35,7 +35,8 @@ def test_probes_and_metrics_stay_open(secured: ServerProcess) -> None:
 
 def test_playground_page_loads_without_the_key_but_its_api_calls_need_it(secured: ServerProcess) -> None:
     """The page holds no secret; it asks for the key and sends it with every API call (the browser tests)."""
-    for path in ("/", "/playground", "/playground/assets/playground.js", "/playground/assets/playground.css"):
+    for path in ("/", "/playground", "/playground/assets/playground.js", "/playground/assets/sse.js",
+                 "/playground/assets/playground.css"):  # fmt: skip
         assert httpx.get(secured.url + path).status_code == 200, path
     for path in ("/playground/", "/playground/assets", "/playground/assets/", "/playground/assets/missing.js",
                  "/playground/assets/../../v1/models", "/playground/x"):  # fmt: skip

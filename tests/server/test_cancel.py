@@ -38,7 +38,7 @@ def test_disconnect_mid_stream_frees_the_slot(server: ServerProcess) -> None:
         with http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
-            assert wait_for(server.url, "tnn_state_slots_used", 1)["tnn_state_slots_used", frozenset()] == 1
+            assert metric_value(wait_for(server.url, "tnn_state_slots_used", 1), "tnn_state_slots_used") == 1
     after = wait_idle(server.url)
     assert metric_value(after, "tnn_state_slots_used") == 0 and metric_value(after, "tnn_num_requests_running") == 0
     assert aborted(after) - aborted(before) == 1
@@ -91,7 +91,7 @@ def test_queued_request_disconnect_and_429_when_full(small_server: ServerProcess
     assert metric_value(samples, "tnn_num_requests_running") == 1
     assert aborted(samples) - aborted(before) == 1
     queued = Stream(url, LONG)  # fills the one queue place (its first bytes are the response headers only)
-    assert wait_for(url, "tnn_num_requests_waiting", 1)[("tnn_num_requests_waiting", frozenset())] == 1
+    assert metric_value(wait_for(url, "tnn_num_requests_waiting", 1), "tnn_num_requests_waiting") == 1
     start = time.monotonic()
     response = httpx.post(url + "/v1/completions", json=LONG, timeout=30)
     assert time.monotonic() - start < 2.0

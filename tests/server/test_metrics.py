@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.server.conftest import wait_idle
-from tests.support import ServerProcess, metric_value
+from tests.support import ServerProcess, metric_value, scrape_metrics
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,6 +69,17 @@ def test_metrics_are_open_and_prometheus_formatted(server: ServerProcess) -> Non
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     for name in ("tnn_time_to_first_token_seconds_bucket", "tnn_errors_total", "tnn_state_bytes", "tnn_batch_size"):
         assert name in response.text
+    assert "_created" not in response.text
+
+
+def test_every_tnn_series_has_the_model_name_and_process_metrics_are_there(server: ServerProcess) -> None:
+    model = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    samples = scrape_metrics(server.url)
+    tnn_series = [(name, dict(labels)) for name, labels in samples if name.startswith("tnn_")]
+    assert len(tnn_series) > 20
+    assert all(labels.get("model_name") == model for _, labels in tnn_series), tnn_series
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert metric_value(samples, name) > 0, name
 
 
 def test_n_choices_share_one_prefill(server: ServerProcess) -> None:

@@ -16,11 +16,16 @@ from tests.support import ServerProcess, metric_value, scrape_metrics
 from tnn.cli.main import build_parser
 from tnn.server.app import create_app
 from tnn.server.cli import settings_from
+from tnn.server.routes.playground import PAGE_DIR
 from tnn.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(180)
 
-ASSETS = {"/playground/assets/playground.js": "text/javascript", "/playground/assets/playground.css": "text/css"}
+ASSETS = {
+    "/playground/assets/playground.js": "text/javascript",
+    "/playground/assets/sse.js": "text/javascript",
+    "/playground/assets/playground.css": "text/css",
+}
 
 
 @pytest.mark.parametrize("path", ["/", "/playground"])
@@ -37,7 +42,8 @@ def test_page_is_served_at_root_and_playground(server: ServerProcess, path: str)
 def test_assets_are_served(server: ServerProcess, path: str, kind: str) -> None:
     response = httpx.get(server.url + path)
     assert response.status_code == 200 and response.headers["content-type"].startswith(kind)
-    assert len(response.content) > 1000 and "http://" not in response.text and "https://" not in response.text
+    assert response.content == (PAGE_DIR / path.rsplit("/", 1)[1]).read_bytes()
+    assert "http://" not in response.text and "https://" not in response.text
 
 
 @pytest.mark.parametrize(

@@ -207,6 +207,29 @@ def test_chat_streams_text_and_shows_the_figures(tab: Tab) -> None:
     tab.wait_done()
 
 
+def test_event_parser_joins_events_and_characters_split_anywhere(tab: Tab) -> None:
+    """The page's SSE reader gets the same events however the network cuts the bytes (mid-event, mid-character)."""
+    events = [{"text": "Café 🙂 日本語"}, {"choices": [], "usage": {"prompt_tokens": 3}}]
+    stream = ": keep-alive\n\n" + "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events)
+    stream += 'data: [DONE]\n\ndata: {"after": "done"}\n\n'  # nothing after [DONE] counts
+    for size in (1, 2, 3, 7, len(stream.encode())):
+        got = tab.page.evaluate(
+            """async ([bytes, size]) => {
+                const { sseEvents } = await import("/playground/assets/sse.js");
+                const data = new Uint8Array(bytes);
+                const body = new ReadableStream({ start(controller) {
+                    for (let i = 0; i < data.length; i += size) controller.enqueue(data.slice(i, i + size));
+                    controller.close();
+                } });
+                const out = [];
+                for await (const event of sseEvents(new Response(body))) out.push(event);
+                return out;
+            }""",
+            [list(stream.encode()), size],
+        )
+        assert got == events, size
+
+
 def test_empty_settings_show_the_server_defaults(tab: Tab) -> None:
     """An empty field is left out of the request; its grey placeholder says what the server will use instead."""
     tab.wait_for_model()

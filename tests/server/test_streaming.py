@@ -57,7 +57,15 @@ def test_openai_chat(oai: openai.OpenAI) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == result.choices[0].message.content
-    assert chunks[-1].choices == [] and chunks[-1].usage == result.usage
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None and result.usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        result.usage.prompt_tokens,
+        result.usage.completion_tokens,
+    )
+    assert usage.prompt_tokens_details is not None and result.usage.prompt_tokens_details is not None
+    # the second request continues the first's system-prompt state (the prefix-state cache)
+    assert usage.prompt_tokens_details.cached_tokens >= result.usage.prompt_tokens_details.cached_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == result.choices[0].finish_reason
 
 

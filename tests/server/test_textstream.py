@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import random
 from pathlib import Path
 
 import pytest
 
-from tnn.server.textstream import IncrementalDetokenizer, TextStream, find_stop, partial_stop_length
+from tnn.server.textstream import TextStream, find_stop, partial_stop_length
 from tnn.server.tokenizer import ServerTokenizer
 
 
@@ -40,7 +42,7 @@ def _bytes_to_unicode() -> list[str]:
 
 def test_detokenizer_never_splits_a_character(tokenizer: ServerTokenizer) -> None:
     text = "héllo 日本 🙂!"
-    detokenizer = IncrementalDetokenizer(tokenizer.decode)
+    detokenizer = tokenizer.detokenizer()
     deltas = [detokenizer.add(t) for t in byte_tokens(tokenizer, text)]
     deltas.append(detokenizer.flush())
     assert "".join(deltas) == text
@@ -50,14 +52,28 @@ def test_detokenizer_never_splits_a_character(tokenizer: ServerTokenizer) -> Non
 
 def test_detokenizer_matches_full_decode_on_real_tokens(tokenizer: ServerTokenizer) -> None:
     text = "Café, naïve — 日本語のテキスト 🚀 and more"
-    ids = tokenizer.encode(text, add_bos=False)
-    detokenizer = IncrementalDetokenizer(tokenizer.decode)
-    streamed = "".join(detokenizer.add(t) for t in ids) + detokenizer.flush()
-    assert streamed == tokenizer.decode(ids) == text
+    ids = tokenizer.encode(text, add_bos=True)  # the bos (a special token) is not text
+    detokenizer = tokenizer.detokenizer()
+    deltas = [detokenizer.add(t) for t in ids]
+    assert "".join(deltas) + detokenizer.flush() == tokenizer.decode(ids) == text
+    assert all("\ufffd" not in d for d in deltas)
+
+
+def test_detokenizer_matches_full_decode_on_every_prefix_of_random_tokens(tokenizer: ServerTokenizer) -> None:
+    """The slow twin: after each token, text out so far + flush == decode of all tokens so far (random ids hit
+    partial characters often)."""
+    rng = random.Random(0)
+    ids = [rng.randrange(tokenizer.vocab_size) for _ in range(400)]
+    detokenizer = tokenizer.detokenizer()
+    out = ""
+    for n, token in enumerate(ids, 1):
+        out += detokenizer.add(token)
+        held = copy.deepcopy(detokenizer)
+        assert out + held.flush() == tokenizer.decode(ids[:n]), n
 
 
 def test_flush_releases_a_truncated_character(tokenizer: ServerTokenizer) -> None:
-    detokenizer = IncrementalDetokenizer(tokenizer.decode)
+    detokenizer = tokenizer.detokenizer()
     first_byte_of_emoji = byte_tokens(tokenizer, "🙂")[:1]
     assert detokenizer.add(first_byte_of_emoji[0]) == ""
     assert detokenizer.flush() == "\ufffd"
@@ -83,13 +99,21 @@ def test_find_stop_earliest_and_across_the_boundary() -> None:
     assert find_stop("abcdef", ["ab"], start=3) is None  # entirely in old text: already checked
 
 
-def piece_decoder(pieces: list[str]):  # noqa: ANN201 (test helper)
-    """A decode function where token i is the text pieces[i]."""
-    return lambda tokens: "".join(pieces[t] for t in tokens)
+class PieceDetokenizer:
+    """A detokenizer where token i is the text pieces[i] (always complete)."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def add(self, token: int) -> str:
+        return self.pieces[token]
+
+    def flush(self) -> str:
+        return ""
 
 
 def test_text_stream_holds_back_partial_stop_then_cuts() -> None:
-    stream = TextStream(piece_decoder(["Hel", "lo ", "wo", "rld!"]), stops=["world"])
+    stream = TextStream(PieceDetokenizer(["Hel", "lo ", "wo", "rld!"]), stops=["world"])
     emitted = []
     for token in range(4):
         stopped = stream.add(token)
@@ -102,7 +126,7 @@ def test_text_stream_holds_back_partial_stop_then_cuts() -> None:
 
 
 def test_text_stream_releases_held_text_when_no_stop_follows() -> None:
-    stream = TextStream(piece_decoder(["ab", "c", "x"]), stops=["cd"])
+    stream = TextStream(PieceDetokenizer(["ab", "c", "x"]), stops=["cd"])
     assert not stream.add(0)
     assert stream.take(final=False) == "ab"
     assert not stream.add(1)
