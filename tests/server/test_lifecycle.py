@@ -93,6 +93,6 @@ def test_drain_is_bounded_and_unconverted_models_convert_on_load(tmp_path: Path)
         assert server.stop() in (0, -signal.SIGTERM)
         assert time.monotonic() - begin < 15
     log = server.log()
-    assert "not converted: running ETSC conversion on load" in log
+    assert "is not converted: converting on load with the default method" in log
     assert "has no chat_template" in log
     assert "timeout graceful shutdown exceeded" in log

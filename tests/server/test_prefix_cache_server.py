@@ -15,6 +15,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+import tnn.model
 from tests.support import ServerProcess, make_tiny_model_dir, metric_value, scrape_metrics
 from tnn.model import default_model_dir
 
@@ -170,7 +171,8 @@ def test_admin_reset_needs_the_admin_key_and_empties_the_cache(cached: ServerPro
 
 @pytest.mark.slow
 def test_small_budget_evicts_and_stays_within_it(model_dir: Path) -> None:
-    entry = 2 * 33 * 64 * 8  # tiny model: 2 layers x 33 modes x 64 channels complex64
+    model = tnn.model.load(model_dir)
+    entry = (model if model.is_converted else tnn.model.attach_ssm(model)).state_bytes_per_sequence()  # one entry
     with ServerProcess(model_dir, env={"TNN_STATE_CACHE_MEMORY": str(3 * entry)}) as server:
         for i in range(6):
             chat(server.url, [{"role": "user", "content": f"Question {i} about Hamlet?"}], max_tokens=3)
