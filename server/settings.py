@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         default=True,
         description="prepend the tokenizer's bos token to text prompts (how the shipped model was trained)",
     )
+    generation_config: str = Field(
+        default="auto",
+        description="request defaults: auto (the model directory's generation_config.json), none, "
+        "or a generation_config.json file or directory",
+    )
+    embedding_pooling: Literal["mean", "last"] = Field(
+        default="mean", description="/v1/embeddings: mean of the final hidden states, or the last token's"
+    )
 
     # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
     # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.
@@ -121,6 +129,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins: comma-separated (or a JSON list)"
     )
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(
+        default=["*"],
+        description="request headers CORS preflights may ask for: comma-separated; * (default): any",
+    )
     log_level: CliSuppress[LogLevel] = "INFO"  # the flag is `tnn --log-level`, before the subcommand
     warmup: bool = Field(default=True, description="warm up before /ready")
     playground: bool = Field(default=True, description="serve the browser playground at / and /playground")
@@ -147,7 +159,7 @@ class Settings(BaseSettings):
     def _empty_admin_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "cors_allow_headers", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
