@@ -55,7 +55,10 @@ class Grammars:
 
     def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token: int) -> None:
         self.vocab_size = vocab_size
-        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size, eos_token=eos_token)
+        # llguidance needs every id the tokenizer can produce; a remapped fairseq tokenizer has aliases above the
+        # model's vocabulary (mapped to <unk> after encoding), which masks then cut off at vocab_size
+        self.n_vocab = max(vocab_size, len(hf_tokenizer))
+        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=self.n_vocab, eos_token=eos_token)
 
     def compile(self, spec: GrammarSpec) -> str:
         """The llguidance grammar of `spec`, validated against the vocabulary. Raises GrammarError."""
@@ -77,7 +80,7 @@ class Grammars:
         return grammar
 
     def matcher(self, grammar: str) -> TokenMatcher:
-        return TokenMatcher(llguidance.LLMatcher(self.tokenizer, grammar, log_level=0), self.vocab_size)
+        return TokenMatcher(llguidance.LLMatcher(self.tokenizer, grammar, log_level=0), self.n_vocab)
 
 
 class TokenMatcher:
