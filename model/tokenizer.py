@@ -101,7 +101,7 @@ def check_tokenizer_dir(directory: str | Path, *, vocab_size: int) -> Tokenizer:
             raise ValueError(f"{config_file}: not valid JSON: {exc}") from exc
         if not isinstance(config, dict):
             raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1  # ids 0..size-1
     size = min(size, config.get("fairseq_vocab_size") or size)  # a remapped fairseq tokenizer maps the rest to <unk>
     if size > vocab_size:
         raise ValueError(

@@ -25,7 +25,10 @@ def check_servable(model: TnnLM, tokenizer: ServerTokenizer | None, model_dir: P
     else:
         check_tokenizer_dir(model_dir, vocab_size=model.config.vocab_size)
         probe = tokenizer.encode(PROBE_TEXT, add_bos=True)
-    check_finite_logits(model, probe, model_dir)
+    if model.is_converted:
+        check_finite_logits(model, probe, model_dir)
+    else:  # an encoder (bidirectional: no recurrent form) serves embeddings from the parallel forward
+        check_finite_forward(model, probe, model_dir)
 
 
 @torch.inference_mode()
@@ -41,6 +44,15 @@ def check_finite_logits(model: TnnLM, tokens: list[int], model_dir: Path) -> Non
     for step in range(PROBE_STEPS):
         logits, state = model.step(logits.argmax(dim=-1), state)  # (1,) -> (1, V)
         _require_finite(logits, f"decode step {step + 1}", model, prompt, model_dir)
+
+
+@torch.inference_mode()
+def check_finite_forward(model: TnnLM, tokens: list[int], model_dir: Path) -> None:
+    """The parallel forward of `tokens` (what an encoder serves) must be finite at every layer."""
+    prompt = torch.tensor([tokens], dtype=torch.long, device=model.device)  # (1, L)
+    if any(not bool(torch.isfinite(hidden).all()) for hidden in model.hidden_states(prompt)):
+        raise ValueError(f"{model_dir}: the forward of a {prompt.shape[1]}-token probe is non-finite; "
+                         f"{_first_non_finite_layer(model, prompt)}")  # fmt: skip
 
 
 def _require_finite(logits: Tensor, stage: str, model: TnnLM, prompt: Tensor, model_dir: Path) -> None:
