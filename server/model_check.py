@@ -33,12 +33,8 @@ def check_servable(model: TnnLM, tokenizer: ServerTokenizer | None, model_dir: P
 
 @torch.inference_mode()
 def check_finite_logits(model: TnnLM, tokens: list[int], model_dir: Path) -> None:
-    """Prefill `tokens`, then decode PROBE_STEPS greedy tokens: every logit must be finite. A bidirectional model
-    (an encoder: no recurrent form) runs its parallel forward instead."""
+    """Prefill `tokens`, then decode PROBE_STEPS greedy tokens: every logit must be finite."""
     prompt = torch.tensor([tokens], dtype=torch.long, device=model.device)  # (1, L)
-    if not model.config.causal:
-        _require_finite(model(prompt), "forward", model, prompt, model_dir)  # (1, L, V)
-        return
     logits, state = model.prefill(prompt)  # (1, V)
     _require_finite(logits, "prefill", model, prompt, model_dir)
     for step in range(PROBE_STEPS):
