@@ -4,6 +4,9 @@ through the engine in-process, so the HTTP/SSE overhead is a measured ratio.
     .venv/bin/python benchmarks/serve_load.py                        # random tiny model (seconds to build)
     .venv/bin/python benchmarks/serve_load.py --model small          # random model of the shipped model's shape
     .venv/bin/python benchmarks/serve_load.py --model-dir DIR        # any model directory
+    .venv/bin/python benchmarks/serve_load.py --methods etsc-tail reduced --state-memory 256MiB --levels 16 64 256
+        # the shipped model converted by each method, one server each under the same state budget, HTTP only,
+        # the methods' rounds interleaved; writes serve_methods.json/.png
 
 Closed loop: `c` clients each send requests back to back (streaming, ignore_eos, fixed prompt/generation length
 mix). Per level: a warm-up round, then `--repeats` measured rounds; each statistic is the median over rounds.
@@ -31,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support (tiny model, ServerProcess)
 
+import tnn.model  # noqa: E402
 from tests.support import ServerProcess, make_tiny_model_dir  # noqa: E402
 from tnn.model import TnnConfig, TnnLM, attach_ssm, save_model  # noqa: E402
 from tnn.model.loading import copy_tokenizer  # noqa: E402
@@ -219,6 +223,100 @@ async def run_engine_levels(settings: Settings, levels: list[int], args: argpars
     return out
 
 
+def converted_dir(source: Path, method: str, root: Path) -> Path:
+    """`source` converted by `method`, saved as a model directory (with its tokenizer) under root."""
+    model = attach_ssm(tnn.model.load(source), method=method)  # type: ignore[arg-type]
+    directory = root / method
+    save_model(model, directory)
+    copy_tokenizer(source, directory)
+    return directory
+
+
+def slots_from_log(log: str) -> int:
+    """The slot count of the startup line 'N state slots x ...'."""
+    for line in log.splitlines():
+        if " state slots x " in line:
+            return int(line.split(" state slots x ")[0].split()[-1])
+    raise RuntimeError(f"no slot line in the server log:\n{log}")
+
+
+def compare_methods(args: argparse.Namespace) -> int:
+    """One server per conversion method under the same --state-memory; rounds interleaved per level."""
+    source = args.model_dir or tnn.model.default_model_dir()
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    flags = ["--device", args.device, "--threads", str(args.threads), "--state-memory", args.state_memory,
+             "--max-num-seqs", str(args.max_num_seqs), "--max-waiting-requests", "4096"]  # fmt: skip
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {
+            m: ServerProcess(converted_dir(source, m, Path(tmp)), args=flags, ready_timeout=600) for m in args.methods
+        }
+        try:
+            for server in servers.values():
+                server.start()
+            slots = {m: slots_from_log(server.log()) for m, server in servers.items()}
+            for server in servers.values():  # warm-up: a small round each
+                asyncio.run(http_round(server.url, workload(4, 1, vocab)))
+            for c in args.levels:
+                clients = workload(c, args.requests_per_client, vocab)
+                rounds: dict[str, list[Round]] = {m: [] for m in servers}
+                for _ in range(args.repeats):
+                    for method, server in servers.items():
+                        rounds[method].append(asyncio.run(http_round(server.url, clients)))
+                for method in servers:
+                    results.setdefault(method, {})[c] = median_stats(rounds[method])
+                    print(f"{method} c={c} slots={slots[method]}: {results[method][c]}", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+    out = {
+        "model": source.name,
+        "device": args.device,
+        "threads": args.threads,
+        "state_memory": args.state_memory,
+        "max_num_seqs": args.max_num_seqs,
+        "torch": torch.__version__,
+        "prompt_lengths": PROMPT_LENGTHS,
+        "generation_lengths": GENERATION_LENGTHS,
+        "requests_per_client": args.requests_per_client,
+        "repeats": args.repeats,
+        "slots": slots,
+        "levels": [{"concurrency": c, **{m: results[m][c] for m in args.methods}} for c in args.levels],
+    }
+    output = args.output if args.output != RESULTS / "serve_load.json" else RESULTS / "serve_methods.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(out, indent=2) + "\n")
+    plot_methods(out, output.with_suffix(".png"))
+    print(f"wrote {output} and {output.with_suffix('.png')}")
+    return 0
+
+
+def plot_methods(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = [r["concurrency"] for r in results["levels"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, slots in results["slots"].items():
+        label = f"{method} ({slots} slots)"
+        axes[0].plot(levels, [r[method]["tokens_per_s"] for r in results["levels"]], marker="o", label=label)
+        axes[1].plot(levels, [r[method]["itl_p50_ms"] for r in results["levels"]], marker="o", label=f"{label} p50")
+        axes[1].plot(levels, [r[method]["itl_p99_ms"] for r in results["levels"]], marker="x", ls="--",
+                     label=f"{label} p99")  # fmt: skip
+    for ax, title in zip(axes, ("generated tokens/s", "inter-token latency (ms)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.suptitle(f"tnn serve by conversion method, --state-memory {results['state_memory']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "small"], default="tiny")
@@ -229,12 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in both modes (0: torch default)")
     parser.add_argument("--output", type=Path, default=RESULTS / "serve_load.json")
+    parser.add_argument("--methods", nargs="+", default=None, help="compare conversion methods (HTTP only)")
+    parser.add_argument("--state-memory", default="256MiB", help="with --methods: each server's state budget")
+    parser.add_argument("--max-num-seqs", type=int, default=4096, help="with --methods: the slot cap")
     args = parser.parse_args(argv)
+    if args.methods:
+        return compare_methods(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or build_model_dir(args.model, Path(tmp))
         slots = max(args.levels)
         flags = ["--device", args.device, "--threads", str(args.threads), "--max-num-seqs", str(slots),
+                 "--state-memory", "0.5",
                  "--max-waiting-requests", "1024", "--max-prompt-tokens", "4096"]  # fmt: skip
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
         http: dict[int, dict[str, float]] = {}
@@ -245,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 http[c] = median_stats([asyncio.run(http_round(server.url, clients)) for _ in range(args.repeats)])
                 print(f"http c={c}: {http[c]}", flush=True)
         settings = Settings(model_dir=model_dir, device=args.device, threads=args.threads, max_num_seqs=slots,
-                            max_waiting_requests=1024, max_prompt_tokens=4096)  # fmt: skip
+                            state_memory="0.5", max_waiting_requests=1024, max_prompt_tokens=4096)  # fmt: skip
         engine = asyncio.run(run_engine_levels(settings, args.levels, args, vocab))
 
     results = {

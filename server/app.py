@@ -70,13 +70,15 @@ async def _start(app: FastAPI, state: AppState, engine: Engine | None) -> None:
         if engine is None:
             engine = await asyncio.to_thread(build_engine, settings, state.metrics)
         model = engine.model
-        per_seq = engine.state_bytes_per_sequence
-        logger.info(
-            "model %s (%s) on %s (%d cpu threads), %s; %d state slots x %.2f MiB = %.1f MiB of recurrent state "
-            "at full load",
-            state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
-            settings.max_num_seqs, per_seq / 2**20, per_seq * settings.max_num_seqs / 2**20,
-        )  # fmt: skip
+        if engine.decode_step is not None and engine.slot_plan is not None:
+            logger.info(
+                "model %s (%s) on %s (%d cpu threads), %s, %s SSM update, %s; %s",
+                state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype,
+                "fused" if engine.fused_step else "eager", engine.decode_step.describe(), engine.slot_plan.describe(),
+            )  # fmt: skip
+        else:
+            logger.info("model %s (%s) on %s (%d cpu threads), %s: an encoder, embeddings only",
+                        state.model_name, settings.model_dir, model.device, torch.get_num_threads(), model.dtype)  # fmt: skip
         defaults = GenerationDefaults()
         if settings.model_dir is not None:
             defaults = load_generation_defaults(settings.model_dir, settings.generation_config)

@@ -1,10 +1,9 @@
-"""The running batch: one row of recurrent state per decoding sequence, stepped together.
+"""The running batch: the decoding sequences' recurrent state, rows [0, B) of a slot pool allocated once.
 
-`model.step` returns a new state anyway, so the batch is the state itself, with no idle slots in it. A finished
-sequence leaves a hole; new sequences fill holes in place (`scatter_`, the cost of the new rows only) and extend
-the batch otherwise (`cat`); `compact` removes holes with one `gather` (the engine does so once no newcomer is
-waiting). A preallocated all-slots buffer with gather/scatter around every step copies the whole running state
-twice per token: 1.3-1.5x slower per step (benchmarks/state_layout.py, results/state_layout.json).
+The pool is `model.empty_state(slots)`, preallocated at start-up; `model.step` updates `pool.rows(0, B)` in
+place, so a decode step copies and allocates no state. A sequence joining the batch has its prefilled state
+copied into row B (`copy_rows_`); a finished one is replaced by the last row (one row copied), so the running
+rows stay a dense prefix and no step ever carries a hole.
 """
 
 from __future__ import annotations
@@ -18,40 +17,44 @@ Row = TypeVar("Row")
 
 
 class RunningBatch(Generic[Row]):
-    def __init__(self) -> None:
-        self.rows: list[Row | None] = []  # None: a hole left by a finished sequence
-        self.state: TnnState | None = None  # batch = len(rows)
+    def __init__(self, pool: TnnState) -> None:
+        self.pool = pool  # (slots, ...) per layer, allocated once
+        self.rows: list[Row] = []  # rows[i] is the sequence in pool row i
 
     def __len__(self) -> int:
-        return sum(row is not None for row in self.rows)
+        return len(self.rows)
+
+    @property
+    def capacity(self) -> int:
+        return self.pool.batch_size
+
+    @property
+    def state(self) -> TnnState:
+        """The running rows [0, B) as a view of the pool: stepping it updates the pool in place."""
+        return self.pool.rows(0, len(self.rows))
 
     def add(self, rows: Sequence[Row], state: TnnState) -> None:
-        """Join `rows` whose state is `state` (batch = len(rows)): holes first, then appended."""
+        """Append `rows` whose state is `state` (batch = len(rows)), copied into the pool."""
         if state.batch_size != len(rows):
             raise ValueError(f"{len(rows)} rows but state batch {state.batch_size}")
-        holes = [i for i, row in enumerate(self.rows) if row is None][: len(rows)]
-        if holes:
-            assert self.state is not None
-            self.state.scatter_(holes, state.gather(list(range(len(holes)))) if len(holes) < len(rows) else state)
-            for hole, row in zip(holes, rows, strict=False):
-                self.rows[hole] = row
-        rest = list(rows[len(holes) :])
-        if rest:
-            tail = state.gather(list(range(len(holes), len(rows)))) if holes else state
-            self.state = tail if self.state is None else TnnState.cat([self.state, tail])
-            self.rows.extend(rest)
+        if len(self.rows) + len(rows) > self.capacity:
+            raise ValueError(f"{len(self.rows)} running + {len(rows)} new rows exceed the {self.capacity} slots")
+        self.pool.copy_rows_(len(self.rows), state)
+        self.rows.extend(rows)
 
     def remove(self, row: Row) -> None:
-        """Leave a hole where `row` was (its state is dropped at the next compact)."""
-        self.rows[self.rows.index(row)] = None
+        """Drop `row`: the last running row moves into its place (one row copied)."""
+        index = self.rows.index(row)
+        last = len(self.rows) - 1
+        if index != last:
+            self.pool.copy_rows_(index, self.pool.rows(last, last + 1))
+            self.rows[index] = self.rows[last]
+        self.rows.pop()
 
-    def compact(self) -> None:
-        """Drop the holes so that every stepped row is a live sequence."""
-        keep = [i for i, row in enumerate(self.rows) if row is not None]
-        if len(keep) == len(self.rows):
-            return
-        self.state = self.state.gather(keep) if keep and self.state is not None else None
-        self.rows = [self.rows[i] for i in keep]
+    def clear(self) -> None:
+        self.rows = []
 
     def state_bytes(self) -> int:
-        return 0 if self.state is None else self.state.nbytes
+        if not self.rows:  # also an encoder's empty pool, which has no rows at all
+            return 0
+        return self.pool.nbytes * len(self.rows) // max(self.capacity, 1)

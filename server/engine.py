@@ -31,6 +31,8 @@ from torch import Tensor
 from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
+from tnn.server.capacity import parse_memory, plan_slots
+from tnn.server.decode_graphs import DecodeStep
 from tnn.server.generation import (
     CachedPrompt,
     ChoiceDelta,
@@ -164,11 +166,20 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         # structured output: llguidance's view of the vocabulary (needs an eos token to end constrained output)
         self.grammars = None if tokenizer.eos_id is None else Grammars(tokenizer.hf, self.vocab_size, tokenizer.eos_id)
-        self.slots = SlotPool(settings.max_num_seqs)
-        self.capacity = settings.max_num_seqs + settings.max_waiting_requests  # sequences
-        # a bidirectional model (an encoder) has no recurrent state: it serves embeddings only
+        # a bidirectional model (an encoder) has no recurrent state: it serves embeddings only, no slot pool
         self.generative = model.config.causal
         self.state_bytes_per_sequence = model.state_bytes_per_sequence() if self.generative else 0
+        self.slot_plan = (
+            plan_slots(
+                parse_memory(settings.state_memory), self.state_bytes_per_sequence, settings.max_num_seqs, self.device
+            )
+            if self.generative
+            else None
+        )
+        slots = self.slot_plan.slots if self.slot_plan is not None else settings.max_num_seqs
+        self.slots = SlotPool(slots)
+        self.fused_step = self.generative and model.fuse_step(settings.fused_step)  # False without torch.compile
+        self.capacity = slots + settings.max_waiting_requests  # sequences
         self.prefix_cache: PrefixCache | None = (
             build_prefix_cache(model, settings, metrics) if self.generative else None
         )
@@ -179,7 +190,15 @@ class Engine:
         self._waiting: deque[_Tracker] = deque()
         self._active: list[_Tracker] = []
         self._prefilling: list[_PrefillUnit] = []
-        self._batch: RunningBatch[_Sequence] = RunningBatch()
+        self._batch: RunningBatch[_Sequence] = RunningBatch(
+            model.empty_state(slots) if self.generative else TnnState(())
+        )  # allocated once
+        use_graphs = self.device.type == "cuda" and not settings.enforce_eager and settings.warmup
+        self.decode_step = (
+            DecodeStep(model, self._batch.pool, use_graphs=use_graphs, max_batch=settings.cuda_graph_max_batch)
+            if self.generative
+            else None
+        )  # graphs captured at warm-up (none without it)
         self._pending: list[tuple[RequestHandle, Event]] = []
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._wake = threading.Event()
@@ -189,7 +208,7 @@ class Engine:
         self._last_stats = (time.monotonic(), 0, 0)  # time, prompt and generated tokens then
         self._prompt_tokens = 0
         self._generated_tokens = 0
-        metrics.state_slots_total.set(settings.max_num_seqs)
+        metrics.state_slots_total.set(slots)
 
     # ---- event-loop side ------------------------------------------------------------------------------------------
 
@@ -215,7 +234,7 @@ class Engine:
         need = request.n_sequences
         with self._lock:
             if self._outstanding + need > self.capacity:
-                raise Overloaded(f"all {self.settings.max_num_seqs} state slots and the queue are in use")
+                raise Overloaded(f"all {self.slots.total} state slots and the queue are in use")
             self._outstanding += need
         handle = RequestHandle(request, on_cancel=self._wake.set)
         self._inbox.append(handle)
@@ -250,20 +269,24 @@ class Engine:
 
     @torch.inference_mode()
     def warmup(self) -> float:
-        """Run the largest shapes once (prefill budget, full batch step, sampling) before serving. Seconds taken."""
+        """Run the largest shapes once (prefill budget, a one-row and a full-pool step) before serving, then capture
+        the decode step's CUDA graphs (on CUDA without --enforce-eager). Seconds.
+
+        The pool's rows hold garbage afterwards; every admission overwrites its row whole."""
         start = time.perf_counter()
-        n = self.settings.max_num_seqs
+        slots = self.slots.total
         length = min(self.settings.max_prefill_tokens, self.settings.max_prompt_tokens)
         prompt = torch.full((1, length), self.tokenizer.eos_id or 0, dtype=torch.long, device=self.device)
         if not self.generative:
             self.model.pooled_features(prompt)
             return time.perf_counter() - start
-        logits, state = self.model.prefill(prompt)
-        state = state.repeat(n)
-        tokens = logits.argmax(dim=-1).expand(n).contiguous()  # (n,)
-        for _ in range(2):
-            logits, state = self.model.step(tokens, state)
-            tokens = logits.argmax(dim=-1)
+        logits, _ = self.model.prefill(prompt)
+        tokens = logits.argmax(dim=-1).expand(slots).contiguous()  # (slots,)
+        for batch in sorted({1, min(2, slots), slots}):  # a compiled step specialises batch 1
+            for _ in range(2):
+                logits, _ = self.model.step(tokens[:batch], self._batch.pool.rows(0, batch))
+        assert self.decode_step is not None
+        self.decode_step.capture()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -284,7 +307,7 @@ class Engine:
                 logger.exception("engine iteration failed; failing the requests in flight")
                 for tracker in list(self._active):
                     self._fail(tracker, "internal error in the engine")
-                self._batch = RunningBatch()
+                self._batch.clear()
                 self._prefilling.clear()
             self._deliver()
         while self._calls:
@@ -320,10 +343,6 @@ class Engine:
         self._admit()
         self._prefill()
         self._deliver()
-        if not self._waiting and not self._prefilling:
-            # Holes are kept while newcomers may fill them: stepping a hole costs 1/B of a step, removing it
-            # and appending a newcomer later ~0.6 of a step (benchmarks/state_layout.py).
-            self._batch.compact()
         if len(self._batch):
             self._decode()
         self._update_gauges()
@@ -459,26 +478,20 @@ class Engine:
             self._accept_token(seq, token, logprob, now)
         live = [i for i, seq in enumerate(sequences) if not seq.finished]
         if live:
-            self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))
+            self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))  # copied
 
     def _decode(self) -> None:
-        rows = self._batch.rows
-        live = [i for i, row in enumerate(rows) if row is not None]
-        sequences = [seq for seq in rows if seq is not None]
+        sequences = list(self._batch.rows)
         start = time.perf_counter()
         try:
-            last = [0 if seq is None else seq.tokens[-1] for seq in rows]  # a hole steps a dummy token
-            tokens = torch.tensor(last, dtype=torch.long, device=self.device)  # (B,) holes included
-            assert self._batch.state is not None
-            logits, self._batch.state = self.model.step(tokens, self._batch.state)  # (B, V)
-            if len(live) < len(rows):
-                logits = logits[torch.tensor(live, device=self.device)]  # (B_live, V)
+            assert self.decode_step is not None
+            logits = self.decode_step([seq.tokens[-1] for seq in sequences])  # (B, V); pool rows [0, B) in place
             sampled, logprobs, failures = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
             for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
                 self._fail(tracker, "internal error during decoding")
-            self._batch = RunningBatch()
+            self._batch.clear()
             return
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(sequences))
@@ -504,7 +517,9 @@ class Engine:
             prompt_mask=[seq.prompt_mask for seq in sequences],
             allowed=self._allowed(sequences),
         )
-        tokens = result.tokens.tolist()
+        # the step's one device-to-host copy: tokens, finite rows, rows with an allowed token
+        host = torch.stack([result.tokens, result.finite.long(), result.any_allowed.long()]).tolist()
+        tokens, finite_rows, allowed_rows_ok = host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
         logprobs: list[TokenLogprob | None] = [None] * len(sequences)
         rows = [i for i, seq in enumerate(sequences) if seq.tracker.request.logprobs is not None]
         if rows:
@@ -515,9 +530,8 @@ class Engine:
                 wanted = sequences[i].tracker.request.logprobs or 0
                 logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
         failures = [
-            None if ok else NON_FINITE if not finite else NO_TOKEN_ALLOWED
-            for finite, allowed in zip(result.finite.tolist(), result.any_allowed.tolist(), strict=True)
-            for ok in [finite and allowed]
+            None if finite and allowed else NON_FINITE if not finite else NO_TOKEN_ALLOWED
+            for finite, allowed in zip(finite_rows, allowed_rows_ok, strict=True)
         ]
         return tokens, logprobs, failures
 

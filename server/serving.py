@@ -185,9 +185,9 @@ class Serving:
         }
 
     def _submit(self, request: GenerationRequest) -> RequestHandle:
-        if request.n_sequences > self.settings.max_num_seqs:
+        if request.n_sequences > self.engine.slots.total:
             raise ApiError(400, f"this request needs {request.n_sequences} sequences (prompts x n); the server "
-                           f"runs at most {self.settings.max_num_seqs}", param="n", code="invalid_value")  # fmt: skip
+                           f"runs at most {self.engine.slots.total}", param="n", code="invalid_value")  # fmt: skip
         try:
             return self.engine.submit(request)
         except Overloaded as exc:

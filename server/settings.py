@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
+from tnn.server.capacity import parse_memory
+
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -39,13 +41,34 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="bind address (0.0.0.0 in containers)")
     port: int = Field(default=8000, ge=0, le=65535, description="port")
     device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:N")
-    dtype: DType = Field(default="float32", description="weights dtype (the state stays complex64/128)")
+    dtype: DType = Field(
+        default="float32", description="weights dtype (the state is float32, float64 for float64 weights)"
+    )
     threads: int = Field(
         default=0, ge=0, le=1024, description="torch CPU threads; 0: torch's default (1 is best on a shared, busy CPU)"
     )
 
-    # Capacity: each running sequence holds one state slot (fixed bytes); the queue is bounded.
-    max_num_seqs: int = Field(default=32, ge=1, le=4096, description="state slots = concurrent sequences")
+    # Capacity: each running sequence holds one state slot (fixed bytes), preallocated at start-up from a memory
+    # budget: slots = min(max_num_seqs, state_memory // state bytes per sequence). The queue is bounded.
+    state_memory: str = Field(
+        default="1GiB",
+        description="memory for the state slot pool: bytes (2GiB, 512MiB) or a fraction (0.25) of free memory "
+        "(host RAM on CPU, device memory on CUDA)",
+    )
+    max_num_seqs: int = Field(default=256, ge=1, le=1_000_000, description="cap on state slots = concurrent sequences")
+    fused_step: bool = Field(
+        default=False,
+        description="torch.compile the SSM update of the decode step (compiles at warm-up: tens of seconds on CPU; "
+        "falls back to eager)",
+    )
+    enforce_eager: bool = Field(
+        default=False,
+        description="on CUDA, run the decode step eagerly instead of replaying CUDA graphs captured at warm-up "
+        "(the CPU is always eager)",
+    )
+    cuda_graph_max_batch: int = Field(
+        default=256, ge=1, le=4096, description="largest batch whose decode step is captured; larger ones run eagerly"
+    )
     max_waiting_requests: int = Field(
         default=128, ge=0, le=100_000, description="queued sequences beyond the slots; then 429 + Retry-After"
     )
@@ -153,6 +176,12 @@ class Settings(BaseSettings):
         if key == "":
             self.api_key = None
         return self
+
+    @field_validator("state_memory")
+    @classmethod
+    def _parseable_memory(cls, value: str) -> str:
+        parse_memory(value)  # ValueError names the accepted forms
+        return value
 
     @field_validator("admin_key")
     @classmethod

@@ -171,7 +171,8 @@ def test_admin_reset_needs_the_admin_key_and_empties_the_cache(cached: ServerPro
 
 @pytest.mark.slow
 def test_small_budget_evicts_and_stays_within_it(model_dir: Path) -> None:
-    entry = tnn.model.load(model_dir).state_bytes_per_sequence()  # one cached row of the tiny model's state
+    model = tnn.model.load(model_dir)
+    entry = (model if model.is_converted else tnn.model.attach_ssm(model)).state_bytes_per_sequence()  # one entry
     with ServerProcess(model_dir, env={"TNN_STATE_CACHE_MEMORY": str(3 * entry)}) as server:
         for i in range(6):
             chat(server.url, [{"role": "user", "content": f"Question {i} about Hamlet?"}], max_tokens=3)

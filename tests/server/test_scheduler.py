@@ -1,4 +1,4 @@
-"""Slots, the prefill plan and the running batch's hole filling, without a server."""
+"""Slots, the prefill plan and the running batch on its slot pool, without a server."""
 
 from __future__ import annotations
 
@@ -31,33 +31,34 @@ def test_group_by_keeps_first_appearance_order() -> None:
 
 
 def state_of(values: list[float]) -> TnnState:
-    """A one-layer state whose row i is filled with values[i]: (B, 1, 2) complex."""
-    rows = torch.tensor(values, dtype=torch.float32)[:, None, None].expand(-1, 1, 2)
-    return TnnState((torch.complex(rows, torch.zeros_like(rows)).contiguous(),))
+    """A one-layer state whose row i is filled with values[i]: (B, 1, 2)."""
+    return TnnState((torch.tensor(values, dtype=torch.float32)[:, None, None].expand(-1, 1, 2).contiguous(),))
 
 
 def row_values(batch: RunningBatch[str]) -> list[float]:
-    assert batch.state is not None
-    return batch.state.layers[0][:, 0, 0].real.tolist()
+    return batch.state.layers[0][:, 0, 0].tolist()
 
 
-def test_running_batch_fills_holes_in_place_then_appends() -> None:
-    batch: RunningBatch[str] = RunningBatch()
+def test_running_batch_is_a_dense_prefix_of_the_pool() -> None:
+    pool = state_of([0, 0, 0, 0, 0])
+    batch: RunningBatch[str] = RunningBatch(pool)
     batch.add(["a", "b", "c"], state_of([1, 2, 3]))
-    batch.remove("b")
-    assert len(batch) == 2 and batch.rows == ["a", None, "c"]
-    batch.add(["d", "e"], state_of([4, 5]))  # d fills b's hole, e is appended
-    assert batch.rows == ["a", "d", "c", "e"]
-    assert row_values(batch) == [1, 4, 3, 5]
+    assert batch.state.layers[0].data_ptr() == pool.layers[0].data_ptr()  # a view: stepping it writes the pool
+    batch.remove("a")  # the last row moves into the hole
+    assert batch.rows == ["c", "b"] and row_values(batch) == [3, 2]
+    batch.add(["d", "e"], state_of([4, 5]))  # appended after the running rows
+    assert batch.rows == ["c", "b", "d", "e"] and row_values(batch) == [3, 2, 4, 5]
+    batch.remove("e")  # the last row: nothing moves
+    assert batch.rows == ["c", "b", "d"] and row_values(batch) == [3, 2, 4]
+    assert batch.state_bytes() == 3 * pool.nbytes // 5
 
 
-def test_running_batch_compacts_leftover_holes() -> None:
-    batch: RunningBatch[str] = RunningBatch()
-    batch.add(["a", "b", "c"], state_of([1, 2, 3]))
-    batch.remove("a")
-    batch.remove("c")
-    batch.compact()
-    assert batch.rows == ["b"] and row_values(batch) == [2]
-    batch.remove("b")
-    batch.compact()
-    assert batch.rows == [] and batch.state is None and batch.state_bytes() == 0
+def test_running_batch_refuses_more_rows_than_slots() -> None:
+    batch: RunningBatch[str] = RunningBatch(state_of([0, 0]))
+    batch.add(["a"], state_of([1]))
+    with pytest.raises(ValueError, match="exceed the 2 slots"):
+        batch.add(["b", "c"], state_of([2, 3]))
+    with pytest.raises(ValueError, match="state batch"):
+        batch.add(["b"], state_of([2, 3]))
+    batch.clear()
+    assert len(batch) == 0 and batch.state_bytes() == 0
