@@ -44,7 +44,7 @@ from tnn.model.conversion import (
     conversion_refusal,
     convert_layers,
 )
-from tnn.model.loading import copy_tokenizer, load, save_model
+from tnn.model.loading import copy_companions, copy_tokenizer, load, save_model
 from tnn.model.ssm import state_rows
 from tnn.model.tnn import TnnLM
 from tnn.model.tokenizer import check_tokenizer_dir
@@ -92,6 +92,7 @@ class ConversionReport:
     fairseq_dict: str | None = None
     warnings: list[str] = field(default_factory=list)
     tokenizer_details: dict[str, Any] = field(default_factory=dict)  # dict.txt lines and sha256
+    carried: list[str] = field(default_factory=list)  # companion files copied from the source directory
     timings_s: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -118,6 +119,7 @@ class ConversionReport:
             "tokenizer": self.tokenizer,
             "fairseq_dict": self.fairseq_dict,
             **self.tokenizer_details,
+            "carried": self.carried,
             "warnings": self.warnings,
             "timings_s": self.timings_s,
             "versions": self.versions,
@@ -331,6 +333,8 @@ def _fill_directory(
         report.tokenizer = str(src)
     else:
         report.warnings.append(NO_TOKENIZER_WARNING.format(dst=report.destination))
+    if src.is_dir():
+        report.carried = copy_companions(src, directory)
     report.timings_s["write"] = time.perf_counter() - start
     (directory / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 

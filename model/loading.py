@@ -25,6 +25,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SSM_FILE = "ssm.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+# what else a model directory may hold that a conversion carries over unchanged: request defaults (read by the
+# server) and the training record (provenance)
+COMPANION_FILES = ("generation_config.json", "training.json")
 
 
 def load(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TnnLM:
@@ -135,6 +138,14 @@ def copy_tokenizer(source: Path, destination: Path) -> bool:
         if (source / name).exists() and source.resolve() != destination.resolve():
             (destination / name).write_bytes((source / name).read_bytes())
     return True
+
+
+def copy_companions(source: Path, destination: Path) -> list[str]:
+    """Copy the COMPANION_FILES found in `source`; their names."""
+    copied = [name for name in COMPANION_FILES if (source / name).is_file()]
+    for name in copied:
+        (destination / name).write_bytes((source / name).read_bytes())
+    return copied
 
 
 def save_ssm(model: TnnLM, path: Path) -> None:

@@ -108,9 +108,13 @@ def test_cli_native_directory_force_and_tokenizer(
     tmp_path: Path, native_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dst = tmp_path / "served"
+    (native_dir / "generation_config.json").write_text('{"max_new_tokens": 7, "stop_strings": ["\\n\\n"]}')
     result = tnn_cli("convert", str(native_dir), str(dst), "--full-state", "--method", "etsc-tail")
     assert result.returncode == 0, result.stderr
     assert (dst / "tokenizer.json").exists() and (dst / "tokenizer_config.json").exists()
+    # request defaults travel with the model: a converted directory serves like its source
+    assert (dst / "generation_config.json").read_bytes() == (native_dir / "generation_config.json").read_bytes()
+    assert json.loads((dst / "conversion.json").read_text())["carried"] == ["generation_config.json"]
     config = json.loads((dst / "config.json").read_text())
     assert config["ssm"] == {"method": "etsc-tail", "length": 32, "modes": 33, "full_state": True, "fir_length": 0}
     umask = os.umask(0)
