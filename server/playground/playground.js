@@ -162,6 +162,16 @@ function onKeyDialogClose() {
 const NUMBER_FIELDS = ["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed"];
 // what an omitted field means on a server without a generation config (OpenAI's defaults; 0 = off)
 const API_DEFAULTS = { temperature: 1, top_p: 1, top_k: "off", min_p: "off", max_tokens: "server's" };
+const EXAMPLE_SCHEMA = {
+  type: "object",
+  properties: {
+    speaker: { type: "string", maxLength: 24 },
+    mood: { enum: ["merry", "sad", "wrathful"] },
+    line: { type: "string", maxLength: 120 },
+  },
+  required: ["speaker", "mood", "line"],
+  additionalProperties: false,
+};
 
 function fromEscapes(text) {
   return text.replace(/\\(n|t|\\)/g, (_, c) => ({ n: "\n", t: "\t", "\\": "\\" })[c]);
@@ -180,7 +190,7 @@ function showDefaults(defaults) {
 }
 
 // Values as typed (the server validates ranges and names the field); an empty field is left out (the default).
-// Throws on an unreadable number.
+// Throws on what cannot be sent: an unreadable number, a schema that is not JSON.
 function requestParams() {
   const params = {};
   for (const name of NUMBER_FIELDS) {
@@ -193,6 +203,15 @@ function requestParams() {
     .filter((line) => line !== "")
     .map(fromEscapes);
   if (stop.length) params.stop = stop;
+  if ($("json-mode").checked) {
+    let schema;
+    try {
+      schema = JSON.parse($("schema").value);
+    } catch (error) {
+      throw new Error(`schema: not JSON (${error.message})`);
+    }
+    params.response_format = { type: "json_schema", json_schema: { name: "playground", schema, strict: true } };
+  }
   return params;
 }
 
@@ -260,11 +279,21 @@ function showFigures(entry, figures) {
   }
 }
 
+function isJson(text) {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 // ---- one streamed reply -------------------------------------------------------------------------------------------
 
 class Reply {
-  constructor(entry, textTarget) {
+  constructor(entry, textTarget, structured) {
     this.entry = entry;
+    this.structured = structured; // a JSON-schema reply: say whether the text parses
     this.target = textTarget;
     this.controller = new AbortController();
     this.t0 = performance.now();
@@ -295,7 +324,7 @@ class Reply {
     const rate = span > 0 && tokens > 1 ? (tokens - 1) / span : null;
     const cached = usage?.prompt_tokens_details?.cached_tokens;
     const exact = usage ? "" : "≈";
-    return {
+    const figures = {
       ttft: ["TTFT", ttft === null ? "–" : formatMs(ttft), ttft, "time to first token, as this page saw it"],
       rate: ["", rate === null ? "– tok/s" : `${exact}${rate.toFixed(0)} tok/s`, rate,
         "generated tokens per second after the first"],
@@ -308,6 +337,11 @@ class Reply {
       finish: ["finish", this.stopped ? "stopped" : this.finish ?? "…", this.stopped ? "stopped" : this.finish,
         "finish reason"],
     };
+    if (this.structured && (this.finish || this.stopped)) {
+      const valid = isJson(this.text);
+      figures.json = ["JSON", valid ? "valid" : "invalid", String(valid), "whether the reply parses as JSON"];
+    }
+    return figures;
   }
 
   async stream(path, body, pieceOf) {
@@ -378,7 +412,7 @@ async function send() {
     const system = $("system").value.trim();
     const messages = system ? [{ role: "system", content: system }, ...ui.history] : [...ui.history];
     entry = addEntry("assistant");
-    reply = new Reply(entry, entry.querySelector(".text"));
+    reply = new Reply(entry, entry.querySelector(".text"), "response_format" in params);
     path = "/v1/chat/completions";
     body = { ...common, messages };
   } else {
@@ -389,7 +423,7 @@ async function send() {
     const generated = document.createElement("span");
     generated.className = "generated";
     entry.querySelector(".text").append(prompt, generated);
-    reply = new Reply(entry, generated);
+    reply = new Reply(entry, generated, "response_format" in params);
     path = "/v1/completions";
     body = { ...common, prompt: text };
   }
@@ -474,6 +508,10 @@ function init() {
   $("key-button").addEventListener("click", () => askForKey(apiKey() ? "Change or forget the key." : ""));
   $("key-dialog").addEventListener("close", onKeyDialogClose);
   if (window.matchMedia(PHONE_WIDTH).matches) $("settings").open = false;
+  $("schema").value = JSON.stringify(EXAMPLE_SCHEMA, null, 2);
+  $("json-mode").addEventListener("change", () => {
+    document.body.classList.toggle("json", $("json-mode").checked);
+  });
   showDefaults({});
 
   setMode("chat");

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 import tnn.model
@@ -272,6 +273,44 @@ def test_completion_mode_streams_the_raw_prompt_with_stop_strings(tab: Tab) -> N
     # the chat transcript is kept apart and comes back
     tab.page.click("button[data-mode=chat]")
     assert tab.page.locator(".entries:not([hidden]) .entry").count() == 0
+
+
+def test_json_schema_mode_constrains_the_reply(tab: Tab) -> None:
+    """The schema box goes out as response_format json_schema; the streamed reply parses and validates, in chat and
+    completion mode; the server's 400 for a schema it cannot compile and the page's own error for text that is not
+    JSON are shown, and the latter sends nothing."""
+    tab.wait_for_model()
+    assert tab.page.is_hidden("#schema")
+    tab.page.check("#json-mode")
+    assert tab.page.is_visible("#schema")
+    schema = json.loads(tab.page.input_value("#schema"))  # the example the page offers
+    expected_format = {"type": "json_schema", "json_schema": {"name": "playground", "schema": schema, "strict": True}}
+    tab.set(seed=4, max_tokens=300)
+    for mode, text_selector in (("chat", ".text"), ("completion", ".generated")):
+        tab.page.click(f"button[data-mode={mode}]")
+        body, response = tab.send("Describe a character of the play.")
+        assert body["response_format"] == expected_format, mode
+        reply = tab.wait_done()
+        sent, finish, _ = streamed(response)
+        text = reply.locator(text_selector).inner_text()
+        assert text == sent and finish == "stop", (mode, finish, text)
+        jsonschema.validate(json.loads(text), schema)
+        assert tab.figure(reply, "json") == "true", mode
+
+    tab.set(schema='{"type": "nonsense"}')  # JSON, but not a schema the server can compile
+    tab.send("Again.")
+    reply = tab.wait_done()
+    assert reply.locator(".error b").inner_text().startswith("400")
+    assert "param: response_format.json_schema.schema" in reply.locator("[data-testid=error-details]").inner_text()
+
+    tab.set(schema="{not json")
+    sent_before = [url for url in tab.urls if "/v1/completions" in url]
+    tab.page.fill("#input", "Once more.")
+    tab.page.press("#input", "Enter")
+    reply = tab.wait_done()
+    assert reply.locator("[data-testid=error-message]").inner_text().startswith("schema: not JSON")
+    assert [url for url in tab.urls if "/v1/completions" in url] == sent_before  # nothing went to the server
+    assert tab.page.input_value("#input") == "Once more."  # nothing lost
 
 
 def test_stop_button_cancels_and_the_server_frees_the_slot(tab: Tab) -> None:
