@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from tnn.model.sampling import SamplingParams, sample, sample_reference
+from tnn.model.sampling import SamplingParams, fill_neg_inf, sample, sample_reference
 
 VOCAB = 512
 
@@ -206,6 +206,19 @@ def test_allowed_mask_limits_every_kind_of_row_and_reports_empty_masks() -> None
         assert result.any_allowed.tolist() == [i != 2 for i in range(len(MIXED))]
         others = [t for i, t in enumerate(result.tokens.tolist()) if i != 2]
         assert all(100 <= t < 104 for t in others)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fill_neg_inf_equals_masked_fill_bit_for_bit(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 257, generator=generator).to(dtype) * 40
+    x[0, :5] = float("-inf")  # already masked entries stay -inf, kept or dropped
+    x[1, 7] = torch.finfo(dtype).max
+    drop = torch.rand(9, 257, generator=generator) < 0.7
+    drop[2] = True  # a row with nothing left
+    got = fill_neg_inf(x, drop)
+    assert got.dtype == dtype
+    assert torch.equal(got, x.masked_fill(drop, float("-inf")))
 
 
 def test_non_finite_rows_are_reported_and_others_sampled() -> None:
