@@ -241,6 +241,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     )
     ax.set_xticks(range(len(names)), [f"{n}\n×{mixes[n]['iteration_ratio_to_free']:.2f}" for n in names])
     ax.set_ylabel("ms, median")
+    ax.set_ylim(0, 1.3 * max(max(m["iteration_ms_median"], m["decode_step_ms_median"]) for m in mixes.values()))
     valid = report["validity"]
     ax.set_title(
         f"Batch {report['step_cost']['batch']}, shipped model; {valid['valid']}/{valid['samples']} JSON samples valid"
