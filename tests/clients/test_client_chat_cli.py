@@ -72,6 +72,9 @@ def test_ctrl_c_stops_the_answer_but_not_the_chat() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**env, "PYTHONIOENCODING": "utf-8"},
+            # a test run started in the background by a shell without job control inherits SIGINT ignored, and
+            # Python then never raises KeyboardInterrupt: give the CLI the disposition a terminal would
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             assert process.stdin is not None and process.stdout is not None
