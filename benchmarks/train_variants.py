@@ -1,12 +1,12 @@
 """TNN vs FD-TNN vs causal SKI-TNN trained side by side on one identical, reduced budget: JSON + PNG.
 
-Same corpus, tokenizer (the shipped model's), model size, batch, sequence length, schedule, steps and seed as the
-shipped default model, except the number of steps: the shipped 600 steps x 4096 tokens take ~45 min per model on
-a free core, too much three times over on a shared machine, so every variant gets the same reduced `--steps`
-(warm-up scaled with it). Runs one after the other in this process, on `--threads` threads; each run's
-validation/test bits/byte and training tokens/s come from its training.json.
+Same corpus, tokenizer (the shipped model's), model size, batch, sequence length, schedule and seed as the shipped
+default model; `--steps` (default the shipped 600; warm-up scaled with it) sets the budget, identical for every
+variant. Runs one after the other in this process, on `--threads` threads (600 steps took 17-23 min per model on
+one free core of the 2-core CPU); each run's validation/test bits/byte and training tokens/s come from its
+training.json.
 
-    python benchmarks/train_variants.py --steps 30 --threads 1
+    python benchmarks/train_variants.py --steps 600 --threads 1
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def shipped_config() -> TrainConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=shipped_config().max_steps)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "train_variants.json")
     args = parser.parse_args()
