@@ -108,7 +108,9 @@ def workload(concurrency: int, requests_per_client: int, vocab: int) -> list[lis
 
 
 async def http_request(http: httpx.AsyncClient, prompt: list[int], max_tokens: int) -> Sample:
-    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 1.0}
+    # "stop": [] overrides a model's default stop strings (generation_config.json), as the engine rows have none
+    body = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "stop": [], "stream": True,
+            "temperature": 1.0}  # fmt: skip
     start = time.perf_counter()
     times = []
     async with http.stream("POST", "/v1/completions", json=body) as response:

@@ -67,7 +67,8 @@ def pole_power_chunks(poles: Tensor, length: int, first: int = 0) -> Iterator[tu
     """(start, lambda^(first + start .. first + start + C - 1)) over exponents 0..length-1 in chunks,
     (C, N, D) complex128. Within a chunk by cumulative products from a base power: no log of lambda = 0."""
     poles = poles.to(torch.complex128)
-    chunk = max(2, min(MAX_POWER_CHUNK, POWER_CHUNK_ELEMENTS // max(1, poles.numel())))
+    # never more lags than asked for: a short prompt's prefill must not pay for a full chunk of powers
+    chunk = max(2, min(MAX_POWER_CHUNK, POWER_CHUNK_ELEMENTS // max(1, poles.numel()), length))
     steps = torch.cat([torch.ones_like(poles)[None], poles.expand(chunk - 1, *poles.shape)])
     within = torch.cumprod(steps, dim=0)  # (C, N, D): lambda^0 .. lambda^(C-1)
     chunk_factor = within[-1] * poles  # lambda^C
