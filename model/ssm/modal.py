@@ -26,6 +26,7 @@ from tnn.model.toeplitz import toeplitz_matmul_fft
 
 POWER_CHUNK_ELEMENTS = 1 << 20  # a chunk of pole powers (C, N, D) complex128 stays at 16 MB
 MAX_POWER_CHUNK = 256  # lags per chunk at most
+MAX_CACHED_KERNEL_LAGS = 4096  # prefill keeps each layer's realised kernel up to this many lags
 
 
 class UnstablePole(ValueError):
@@ -43,6 +44,18 @@ class ModalParams:
     @property
     def n_modes(self) -> int:
         return self.poles.shape[0]
+
+    def kernel(self, length: int) -> Tensor:
+        """`modal_kernel(self, length)`, kept for the longest length asked so far (up to MAX_CACHED_KERNEL_LAGS)
+        and sliced for shorter ones: every prefill needs it and K_k depends only on k. (length, D)."""
+        cached = self.__dict__.get("_kernel")
+        if cached is not None and cached.shape[0] >= length:
+            return cached[:length]
+        with torch.inference_mode(False):  # a normal tensor: usable later with autograd on, not only in serving
+            kernel = modal_kernel(self, length)
+        if length <= MAX_CACHED_KERNEL_LAGS:
+            object.__setattr__(self, "_kernel", kernel)  # a cache, not a field (the dataclass is frozen)
+        return kernel
 
     def to(self, device: torch.device | str | None = None, real_dtype: torch.dtype | None = None) -> ModalParams:
         real_dtype = real_dtype or self.fir.dtype
@@ -135,7 +148,7 @@ def modal_prefill(
     if history is None:
         history = x.new_zeros(batch, h, channels)
     extended = torch.cat([history.flip(1).to(real_dtype), x], dim=1)  # (B, h + L, D): oldest first
-    o = toeplitz_matmul_fft(extended, modal_kernel(params, h + length))[:, h:]  # (B, L, D)
+    o = toeplitz_matmul_fft(extended, params.kernel(h + length))[:, h:]  # (B, L, D)
 
     inputs = extended[:, :length].flip(1)  # (B, L, D): position r is u_{L-1-r}
     driven = torch.zeros(batch, params.n_modes, channels, dtype=complex_dtype, device=v.device)  # (B, N, D)

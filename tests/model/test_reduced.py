@@ -171,6 +171,26 @@ def test_modal_prefill_equals_scan(fir_length: int, length: int) -> None:
         torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
 
 
+def test_prefill_kernel_is_kept_and_sliced_for_shorter_blocks() -> None:
+    """The realised kernel is computed once for the longest block so far; a shorter block's prefill uses a slice of
+    it and still equals stepping."""
+    params = modal_params(fir_length=3)
+    weights = step_weights(params)
+    gen = torch.Generator().manual_seed(4)
+    long = params.kernel(300)
+    torch.testing.assert_close(long, modal_kernel(params, 300), rtol=0, atol=0)
+    short = params.kernel(40)
+    assert short.data_ptr() == long.data_ptr()  # a slice, not recomputed
+    torch.testing.assert_close(short, modal_kernel(params, 40), rtol=0, atol=1e-15)
+    for length in (37, 290):  # shorter than the kept kernel: sliced
+        v = torch.randn(2, length, D, generator=gen, dtype=torch.float64)
+        expected_out, expected_state = ssm_scan(v, zero_state(2, params), weights)
+        out, new_state = ssm_prefill(v, None, params)
+        torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-11)
+        torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
+    assert params.kernel(40).data_ptr() == long.data_ptr()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fir_length", [0, 3])
