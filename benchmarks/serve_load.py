@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -194,14 +195,7 @@ def plot(results: dict, path: Path) -> None:
         axes[2].plot(
             levels, [r[mode]["itl_p99_ms"] for r in results["levels"]], marker="x", ls="--", label=f"{mode} p99"
         )
-    for ax, title in zip(
-        axes, ("generated tokens/s", "time to first token (ms)", "inter-token latency (ms)"), strict=True
-    ):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _label_axes(axes, ("generated tokens/s", "time to first token (ms)", "inter-token latency (ms)"))
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     fig.suptitle(f"tnn serve load ({results['model']} model, {results['device']})")
@@ -223,6 +217,16 @@ async def run_engine_levels(settings: Settings, levels: list[int], args: argpars
     finally:
         await asyncio.to_thread(engine.stop)
     return out
+
+
+def _label_axes(axes: Any, titles: tuple[str, ...]) -> None:
+    """Log-2 concurrency on x, a title, a grid and a legend on each of `axes`."""
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def converted_dir(source: Path, method: str, root: Path) -> Path:
@@ -307,12 +311,7 @@ def plot_methods(results: dict, path: Path) -> None:
         axes[1].plot(levels, [r[method]["itl_p50_ms"] for r in results["levels"]], marker="o", label=f"{label} p50")
         axes[1].plot(levels, [r[method]["itl_p99_ms"] for r in results["levels"]], marker="x", ls="--",
                      label=f"{label} p99")  # fmt: skip
-    for ax, title in zip(axes, ("generated tokens/s", "inter-token latency (ms)"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _label_axes(axes, ("generated tokens/s", "inter-token latency (ms)"))
     axes[1].set_yscale("log")
     fig.suptitle(f"tnn serve by conversion method, --state-memory {results['state_memory']}")
     fig.tight_layout()

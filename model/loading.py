@@ -134,18 +134,22 @@ def copy_tokenizer(source: Path, destination: Path) -> bool:
     """Copy the Hugging Face tokenizer files found in `source`; False if there is no tokenizer.json."""
     if not (source / "tokenizer.json").exists():
         return False
-    for name in TOKENIZER_FILES:
-        if (source / name).exists() and source.resolve() != destination.resolve():
-            (destination / name).write_bytes((source / name).read_bytes())
+    _copy_present(source, destination, TOKENIZER_FILES)
     return True
 
 
 def copy_companions(source: Path, destination: Path) -> list[str]:
     """Copy the COMPANION_FILES found in `source`; their names."""
-    copied = [name for name in COMPANION_FILES if (source / name).is_file()]
-    for name in copied:
-        (destination / name).write_bytes((source / name).read_bytes())
-    return copied
+    return _copy_present(source, destination, COMPANION_FILES)
+
+
+def _copy_present(source: Path, destination: Path, names: tuple[str, ...]) -> list[str]:
+    """Copy those of `names` that are files in `source` (nothing to do when it is `destination`); their names."""
+    present = [name for name in names if (source / name).is_file()]
+    if source.resolve() != destination.resolve():
+        for name in present:
+            (destination / name).write_bytes((source / name).read_bytes())
+    return present
 
 
 def save_ssm(model: TnnLM, path: Path) -> None:
