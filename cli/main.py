@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "tnn.convert.attach_cli",
         "add a tokenizer (optionally a fairseq dict.txt) to a model directory",
     ),
+    "compile-step": (
+        "tnn.model.native_step_cli",
+        "compile a converted model's decode step to native code (AOTInductor) for tnn serve",
+    ),
     "serve": ("tnn.server.cli", "serve a model directory over an OpenAI-compatible HTTP API"),
     "generate": ("tnn.clients.cli_generate", "complete a prompt on a running server, streaming the text"),
     "chat": ("tnn.clients.cli_chat", "chat interactively with a running server"),

@@ -253,24 +253,64 @@ def _min_p_keep(scaled: Tensor, params: Sequence[SamplingParams]) -> Tensor:
 
 
 def _draw(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]) -> Tensor:
-    """One token per row of logits (R, V), every row sampled (none greedy). -> (R,) int64."""
+    """One token per row of logits (R, V), every row sampled (none greedy). -> (R,) int64.
+
+    The race (p_v / E_v, E ~ Exp(1)) is run over every token first: truncation only removes tokens, so a winner
+    that top-k/top-p/min-p keep is also the winner among the kept tokens, and only that one token is checked
+    (`_winner_kept`, no sort, no (R, V) mask). Rows whose winner was cut (rarely more than 1 - top_p of draws)
+    run the race again over the kept tokens with the same draws: the same tokens as `sample_reference`."""
     vocab = logits.shape[-1]
     scaled = logits / _column([p.temperature for p in params], logits)  # (R, V)
+    race = _exponentials(generators, vocab, scaled)  # (R, V), drawn once
+    probs = torch.softmax(scaled, dim=-1)  # (R, V)
+    winners = (probs / race).argmax(dim=-1)  # (R,)
+    if not any(p.truncated or p.min_p > 0 for p in params):
+        return winners
+    cut = (~_winner_kept(scaled, probs, winners, params)).nonzero()[:, 0].tolist()  # rows whose winner was cut
+    if not cut:
+        return winners
+    index = torch.tensor(cut, device=scaled.device)
+    rows = scaled[index]  # (C, V)
+    drop = _truncation_drop(rows, [params[i] for i in cut])
+    redrawn = (torch.softmax(rows.masked_fill(drop, float("-inf")), dim=-1) / race[index]).argmax(dim=-1)  # (C,)
+    return winners.index_copy_(0, index, redrawn)
+
+
+def _winner_kept(scaled: Tensor, probs: Tensor, winners: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """(R,) bool: whether top-k, top-p and min-p keep each row's winner. scaled, probs (R, V); winners (R,).
+    A token is kept by top-k when fewer than k tokens are more likely, by top-p when the mass of the more likely
+    tokens is below top_p; rows with both (top-p on the renormalised top-k) report False (the full path decides)."""
+    vocab = scaled.shape[-1]
+    chosen = scaled.gather(1, winners[:, None])  # (R, 1)
+    ahead = scaled > chosen  # (R, V): the tokens ranked before the winner
+    kept = torch.ones(len(params), dtype=torch.bool, device=scaled.device)
+    if any(0 < p.top_k < vocab for p in params):
+        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=scaled.device)
+        kept &= ahead.sum(dim=-1) < top_k
+        both = torch.tensor([0 < p.top_k < vocab and p.top_p < 1 for p in params], device=scaled.device)
+        kept &= ~both
+    if any(p.top_p < 1 for p in params):
+        kept &= torch.where(ahead, probs, 0.0).sum(dim=-1) < _column([p.top_p for p in params], scaled)[:, 0]
+    if any(p.min_p > 0 for p in params):
+        kept &= _min_p_keep(scaled, params).gather(1, winners[:, None])[:, 0]
+    return kept
+
+
+def _truncation_drop(scaled: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """(R, V) bool: the tokens top-k, top-p and min-p remove from scaled (R, V) (the full path)."""
     drop: Tensor | None = None  # (R, V) bool, True: filtered out
     truncated = [i for i, p in enumerate(params) if p.truncated]
     if len(truncated) == len(params):
         drop = ~_truncation_keep(scaled, params)
     elif truncated:
-        index = torch.tensor(truncated, device=logits.device)
+        index = torch.tensor(truncated, device=scaled.device)
         keep = _truncation_keep(scaled[index], [params[i] for i in truncated])  # (T, V)
         drop = torch.zeros_like(scaled, dtype=torch.bool).index_copy_(0, index, ~keep)
     if any(p.min_p > 0 for p in params):
         outside = ~_min_p_keep(scaled, params)
         drop = outside if drop is None else drop | outside
-    if drop is not None:
-        scaled = scaled.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)  # (R, V)
-    return (probs / _exponentials(generators, vocab, probs)).argmax(dim=-1)
+    assert drop is not None  # called only when some row truncates
+    return drop
 
 
 def _check_batch(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[object]) -> None:

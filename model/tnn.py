@@ -417,10 +417,14 @@ class TnnLM(nn.Module):
         `rows(0, B)` view of a larger preallocated pool."""
         if tokens.ndim != 1 or tokens.shape[0] != state.batch_size:  # no range check: no host sync per token
             raise ValueError(f"step needs tokens (B={state.batch_size},), got shape {tuple(tokens.shape)}")
+        return self.step_logits(tokens, state), state
+
+    def step_logits(self, tokens: Tensor, state: TnnState) -> Tensor:
+        """The body of `step` without its checks and inference mode: what tnn.model.native_step traces."""
         x = self._embed(tokens)  # (B, d)
         for layer, layer_state in zip(self.layers, state.layers, strict=True):
             x, _ = layer.step(x, layer_state)
-        return self._logits(x), state
+        return self._logits(x)  # (B, V)
 
     def save(self, directory: str | object) -> None:
         """Write the model directory (config.json, model.safetensors, ssm.safetensors if converted)."""

@@ -7,8 +7,11 @@ replay the graph of the smallest bucket >= B. The extra rows step a padding toke
 which belong to no running sequence (every admission overwrites its row whole), so what they hold never matters.
 The graph's inputs and outputs are static buffers: the tokens are copied in, logits are read from `logits[:B]`.
 
-Batches above the largest bucket, CPUs and `--enforce-eager` run the same step eagerly on rows [0, B); the
-padding can be turned on without graphs, which is how the CPU tests check it.
+On a CPU the counterpart is the compiled step (tnn.model.native_step, AOTInductor): the whole step as one native
+call, for every batch from 1 to the pool's size (no padding), installed with `use_native` once it is built and
+checked against the eager step (tnn.server.compiled_step). Until then, above the largest bucket and under
+`--enforce-eager`, the same step runs eagerly on rows [0, B); the padding can be turned on without graphs, which is
+how the CPU tests check it.
 
 The step path has no host round trip: the engine's token ids (host ints) go through a pinned staging buffer
 into the static device buffer with a non-blocking copy, and the logits stay on the device for sampling. The
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from tnn.model.native_step import NativeStep
 from tnn.model.tnn import TnnLM, TnnState
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,12 @@ class DecodeStep:
         self.staged = torch.cuda.Event() if pinned else None  # the last copy out of `staging` finished
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}  # bucket -> (bucket, V) logits written by its graph
+        self.native: NativeStep | None = None  # the compiled step (CPU), once installed
+
+    def use_native(self, native: NativeStep) -> None:
+        """Run the compiled step from now on for batches it takes (1..native.max_batch); logged."""
+        self.native = native
+        logger.info("decode step: %s", self.describe())
 
     def bucket(self, batch: int) -> int | None:
         """The smallest bucket holding `batch` rows, or None above the ladder (eager)."""
@@ -107,6 +117,8 @@ class DecodeStep:
 
     def describe(self) -> str:
         """For the startup log: whether the decode step replays CUDA graphs, and up to which batch."""
+        if self.native is not None:
+            return f"compiled native decode step (AOTInductor) for batch <= {self.native.max_batch}, eager above"
         if not self.use_graphs:
             return "eager decode step"
         return f"CUDA-graph decode step for batch <= {self.buckets[-1]} ({len(self.buckets)} buckets), eager above"
@@ -129,6 +141,8 @@ class DecodeStep:
         self.tokens[:batch].copy_(self.staging[:batch], non_blocking=True)  # the step waits for it on its stream
         if self.staged is not None:
             self.staged.record()
+        if self.native is not None and batch <= self.native.max_batch:
+            return self.native(self.tokens[:batch], self.pool.rows(0, batch))  # (B, V)
         bucket = self.bucket(batch) if self.pad else None
         if bucket is None:
             logits, _ = self.model.step(self.tokens[:batch], self.pool.rows(0, batch))

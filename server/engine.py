@@ -32,6 +32,7 @@ from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
 from tnn.server.capacity import parse_memory, plan_slots
+from tnn.server.compiled_step import CompiledStepSource
 from tnn.server.decode_graphs import DecodeStep
 from tnn.server.generation import (
     CachedPrompt,
@@ -199,6 +200,13 @@ class Engine:
             if self.generative
             else None
         )  # graphs captured at warm-up (none without it)
+        self.compiled_step = CompiledStepSource(
+            model,
+            mode="off" if settings.enforce_eager or not self.generative else settings.native_step,
+            max_batch=slots,
+            cache_dir=settings.compile_cache_dir,
+        )  # loaded or built from warm-up (or start) on; swapped into decode_step by the engine thread
+        self._compiled_started = False
         self._pending: list[tuple[RequestHandle, Event]] = []
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._wake = threading.Event()
@@ -214,6 +222,7 @@ class Engine:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._start_compiled_step()
         self._thread = threading.Thread(target=self._run, name="tnn-engine", daemon=True)
         self._thread.start()
         self.accepting = True
@@ -256,10 +265,24 @@ class Engine:
         self.accepting = False
         self._stopping = True
         self._wake.set()
+        self.compiled_step.close()
         if self._thread is not None:
             self._thread.join(timeout)
         if self.prefix_cache is not None:
             self.prefix_cache.close()  # the disk tier keeps what is in memory (not bounded by `timeout`)
+
+    def _start_compiled_step(self) -> None:
+        """Load the kept compiled step or start its build (once; at warm-up, else at start)."""
+        if self._compiled_started:
+            return
+        self._compiled_started = True
+        self.compiled_step.start()
+        self._install_compiled_step()
+
+    def _install_compiled_step(self) -> None:
+        native = self.compiled_step.take()
+        if native is not None and self.decode_step is not None:
+            self.decode_step.use_native(native)
 
     def grammar_matcher(self, grammar: str) -> TokenMatcher:
         assert self.grammars is not None, "grammars are compiled by Serving only when the engine has them"
@@ -286,6 +309,10 @@ class Engine:
             for _ in range(2):
                 logits, _ = self.model.step(tokens[:batch], self._batch.pool.rows(0, batch))
         assert self.decode_step is not None
+        self._start_compiled_step()
+        if self.decode_step.native is not None:
+            for batch in sorted({1, min(2, slots), slots}):
+                self.decode_step(tokens[:batch].tolist())
         self.decode_step.capture()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -481,6 +508,7 @@ class Engine:
             self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))  # copied
 
     def _decode(self) -> None:
+        self._install_compiled_step()  # a no-op but once, when a background build is ready
         sequences = list(self._batch.rows)
         start = time.perf_counter()
         try:

@@ -15,6 +15,7 @@ from pydantic import ByteSize, Field, SecretStr, field_validator, model_validato
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
 from tnn.server.capacity import parse_memory
+from tnn.server.compiled_step import NativeStepMode
 
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -61,10 +62,18 @@ class Settings(BaseSettings):
         description="torch.compile the SSM update of the decode step (compiles at warm-up: tens of seconds on CPU; "
         "falls back to eager)",
     )
+    native_step: NativeStepMode = Field(
+        default="auto",
+        description="CPU: the decode step compiled to native code (AOTInductor), kept per model in the cache folder; "
+        "auto: load it, or build it in the background while the eager step serves; wait: build it before /ready; "
+        "off: eager only",
+    )
+    compile_cache_dir: Path | None = Field(
+        default=None, description="where compiled decode steps are kept; none: $TNN_CACHE_DIR or ~/.cache/tnn-serve"
+    )
     enforce_eager: bool = Field(
         default=False,
-        description="on CUDA, run the decode step eagerly instead of replaying CUDA graphs captured at warm-up "
-        "(the CPU is always eager)",
+        description="run the decode step eagerly: no CUDA graphs captured at warm-up, no compiled step on a CPU",
     )
     cuda_graph_max_batch: int = Field(
         default=256, ge=1, le=4096, description="largest batch whose decode step is captured; larger ones run eagerly"

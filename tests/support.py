@@ -146,6 +146,7 @@ class ServerProcess:
     On exit it sends SIGTERM and waits (the server drains), killing the process after `stop_timeout` seconds.
     `args` are extra command-line flags, `env` extra environment variables (e.g. TNN_API_KEY). TNN_THREADS
     defaults to 1: on a shared CI machine, several intra-op threads make small decode batches 50x slower.
+    TNN_NATIVE_STEP defaults to off (no background compile per server; tests/server/test_native_step.py turns it on).
     The server's combined output goes to `log_path` (read it with `log()` when a test fails).
     """
 
@@ -186,7 +187,7 @@ class ServerProcess:
 
     def launch(self) -> ServerProcess:
         """Start the process without waiting for /ready (start several, then `wait_ready` each)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TNN_THREADS": "1", **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TNN_THREADS": "1", "TNN_NATIVE_STEP": "off", **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         return self

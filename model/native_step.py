@@ -1,0 +1,187 @@
+"""The whole decode step compiled ahead of time to native code (AOTInductor): the CPU's counterpart of CUDA graphs.
+
+The eager `TnnLM.step` of a small model is dispatch-bound: about 130 small PyTorch ops per token (embedding, per
+layer the GTU and GLU projections, the in-place SSM update, norms, the output projection), each a few microseconds
+of Python and dispatcher around a few microseconds of arithmetic. `torch.export` traces that same step once, with
+the batch as a symbolic dimension, and AOTInductor compiles it into one shared library: element-wise ops fused into
+C++ loops, the GEMMs called straight into MKL, the state's in-place update written back by the generated code, and
+no Python between the ops. One package serves every batch size from 1 to `max_batch`.
+
+Compiling takes tens of seconds (minutes on a busy machine), so a package is built once per model and kept on
+disk, keyed by everything the generated code depends on (`package_key`): the weights and SSM parameters, the
+dtype, the torch version and the CPU's vector instruction set. Loading a kept package takes milliseconds.
+
+The eager step stays the reference twin: `load_native_step` checks a loaded package against it on a random batch
+before it is used (a stale or foreign package is refused, never served), and tests tie the two together (float64
+to round-off, float32 to a stated tolerance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from tnn.model.tnn import TnnLM, TnnState
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_FORMAT = 1  # bump when the traced step changes meaning (a new key then builds a new package)
+LAYOUT_KEY = "tnn_state_layout"  # package metadata: the state layout it was compiled for (`state_layout`)
+MIN_MAX_BATCH = 2  # torch.export specialises a dimension whose range is a single value
+
+
+class _StepGraph(nn.Module):
+    """What is traced: `TnnLM.step` as a module of (tokens (B,), per-layer states) -> logits (B, V)."""
+
+    def __init__(self, model: TnnLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, layers: list[Tensor]) -> Tensor:
+        return self.model.step_logits(tokens, TnnState(tuple(layers)))
+
+
+def package_key(model: TnnLM, max_batch: int) -> str:
+    """Hex digest of what a compiled step depends on: weights, SSM parameters, config, dtype, torch, CPU ISA."""
+    digest = hashlib.sha256()
+    header = {
+        "format": PACKAGE_FORMAT,
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "device": model.device.type,
+        "dtype": str(model.dtype),
+        "max_batch": max_batch,
+        "config": model.config.to_dict(),
+    }
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for i, layer in enumerate(model.layers):
+        weights = layer.gtu.tno._step_weights
+        assert weights is not None, f"layer {i} has no recurrent form"
+        for plane in (weights.pole_real, weights.pole_imag, weights.weight_real, weights.weight_imag, weights.fir):
+            digest.update(plane.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def build_native_step(model: TnnLM, package: Path, *, max_batch: int) -> Path:
+    """Export the model's decode step for batches 1..max_batch and compile it with AOTInductor into `package`
+    (written atomically). Minutes of CPU; raises where export or the C++ toolchain fails."""
+    if not model.is_converted:
+        raise ValueError("only a converted model has a decode step to compile")
+    max_batch = max(max_batch, MIN_MAX_BATCH)
+    for layer in model.layers:
+        layer.gtu.tno.fused_step = False  # the eager in-place ops are what gets traced
+    example_batch = min(2, max_batch)
+    tokens = torch.zeros(example_batch, dtype=torch.long, device=model.device)
+    state = model.empty_state(example_batch)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    graph = _StepGraph(model).eval()
+    with torch.no_grad():
+        exported = torch.export.export(
+            graph, (tokens, list(state.layers)), dynamic_shapes=({0: batch}, [{0: batch}] * len(state.layers))
+        )
+    package.parent.mkdir(parents=True, exist_ok=True)
+    options = {
+        "freezing": True,  # weights as constants: packed for the GEMMs once, at compile time
+        "aot_inductor.metadata": {LAYOUT_KEY: state_layout(model)},
+    }
+    with tempfile.TemporaryDirectory(dir=package.parent, prefix=".build-") as scratch:
+        partial = Path(scratch) / package.name
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=options)
+        os.replace(partial, package)
+    return package
+
+
+def state_layout(model: TnnLM) -> str:
+    """The per-layer state shapes past the batch and their dtype, e.g. '4x(36,192):float32': what a package's
+    generated code assumes (it aborts the process, not raises, on other shapes, so this is checked first)."""
+    one = model.empty_state(1).layers
+    shapes = ",".join(str(tuple(layer.shape[1:])).replace(" ", "") for layer in one)
+    return f"{len(one)}x{shapes}:{str(one[0].dtype).removeprefix('torch.')}"
+
+
+class NativeStep:
+    """A loaded compiled decode step: `(tokens (B,), state) -> logits (B, V)`, the state updated in place, exactly
+    as `TnnLM.step` (whose contract it keeps: `state` may be a `rows(0, B)` view of a pool)."""
+
+    def __init__(self, runner: object, package: Path, max_batch: int, row_shapes: list[tuple[int, ...]]) -> None:
+        self._runner = runner
+        self.package = package
+        self.max_batch = max_batch
+        self.row_shapes = row_shapes  # per layer, the state's shape past the batch
+
+    def __call__(self, tokens: Tensor, state: TnnState) -> Tensor:
+        batch = tokens.shape[0]
+        if not 0 < batch <= self.max_batch:
+            raise ValueError(f"the compiled step takes 1..{self.max_batch} rows, got {batch}")
+        layers = list(state.layers)
+        if [layer.shape[1:] for layer in layers] != self.row_shapes or any(layer.shape[0] != batch for layer in layers):
+            raise ValueError(f"{self.package}: state of shapes {[tuple(layer.shape) for layer in layers]} for "
+                             f"{batch} tokens; the compiled step takes (B, *row) with rows {self.row_shapes}")  # fmt: skip
+        return self._runner(tokens, layers)  # type: ignore[operator]
+
+
+def load_native_step(model: TnnLM, package: Path, *, max_batch: int, tolerance: float | None = None) -> NativeStep:
+    """Load a compiled step and check it against the eager step on a random batch (from a random state, so
+    every term of the update counts). Raises ValueError naming the package when they differ by more than
+    `tolerance` (relative to the logits' scale; default: 1e-4 for float32-or-narrower, 1e-10 for float64)."""
+    runner = torch._inductor.aoti_load_package(str(package))
+    layout = runner.get_metadata().get(LAYOUT_KEY)  # type: ignore[attr-defined]
+    if layout != state_layout(model):
+        raise ValueError(f"{package}: compiled for state layout {layout}, this model's is {state_layout(model)}")
+    row_shapes = [layer.shape[1:] for layer in model.empty_state(1).layers]
+    native = NativeStep(runner, package, max(max_batch, MIN_MAX_BATCH), row_shapes)
+    check_against_eager(model, native, tolerance=tolerance)
+    return native
+
+
+@torch.inference_mode()
+def check_against_eager(model: TnnLM, native: NativeStep, *, tolerance: float | None = None, batch: int = 3) -> float:
+    """Max relative difference of logits and state between the compiled and the eager step over two steps from
+    one random state; raises ValueError above `tolerance`."""
+    if tolerance is None:
+        tolerance = 1e-10 if model.dtype == torch.float64 else 1e-4
+    batch = min(batch, native.max_batch)
+    generator = torch.Generator().manual_seed(0)
+    eager_state = model.empty_state(batch)
+    for layer_state in eager_state.layers:
+        layer_state.copy_(torch.randn(layer_state.shape, generator=generator, dtype=layer_state.dtype) * 0.1)
+    native_state = eager_state.clone()
+    worst = 0.0
+    for _ in range(2):
+        tokens = torch.randint(0, model.config.vocab_size, (batch,), generator=generator).to(model.device)
+        expected, _ = model.step(tokens, eager_state)
+        actual = native(tokens, native_state)
+        pairs = [(actual, expected), *zip(native_state.layers, eager_state.layers, strict=True)]
+        for got, want in pairs:
+            scale = want.abs().max().clamp_min(1e-30)
+            worst = max(worst, float((got.double() - want.double()).abs().max() / scale))
+    if not worst <= tolerance:  # also catches NaN
+        raise ValueError(
+            f"{native.package}: the compiled decode step differs from the eager step by {worst:.2e} "
+            f"(relative; tolerance {tolerance:.0e}): a stale or foreign package"
+        )
+    return worst
+
+
+def default_cache_dir() -> Path:
+    """Where compiled steps are kept: $TNN_CACHE_DIR, else $XDG_CACHE_HOME/tnn-serve, else ~/.cache/tnn-serve;
+    packages go in its `native-step` folder."""
+    root = os.environ.get("TNN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tnn-serve"
+    )
+    return Path(root) / "native-step"
+
+
+def package_path(model: TnnLM, cache_dir: Path, *, max_batch: int) -> Path:
+    """The package file of this model's compiled step in `cache_dir` (present or not)."""
+    return cache_dir / f"step-{package_key(model, max(max_batch, MIN_MAX_BATCH))}.pt2"

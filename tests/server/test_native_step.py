@@ -1,0 +1,76 @@
+"""`tnn serve` with the compiled decode step: built before /ready (`--native-step wait`), logged, and answering
+exactly what the eager server answers; a second server finds the kept package and starts with it at once.
+
+Greedy tokens must be equal (float32, 1e-5 relative differences in the logits do not flip an argmax of this
+model on these prompts; the model-level tolerance is in tests/model/test_native_step.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ServerProcess
+
+PROMPTS = ["The king", "ROMEO:", "a b c d e f g"]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"),
+]
+
+
+def greedy(url: str) -> list[list[int]]:
+    with httpx.Client(base_url=url, timeout=120) as http:
+        body = {"prompt": PROMPTS, "max_tokens": 24, "temperature": 0, "logprobs": 1, "ignore_eos": True}
+        response = http.post("/v1/completions", json=body)
+        response.raise_for_status()
+        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        return [c["logprobs"]["tokens"] for c in choices]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compiled-steps")
+
+
+def native_server(model_dir: Path, cache_dir: Path, mode: str) -> ServerProcess:
+    args = ["--native-step", mode, "--compile-cache-dir", str(cache_dir), "--max-num-seqs", "8"]
+    return ServerProcess(model_dir, args=args, env={"TNN_NATIVE_STEP": mode}, ready_timeout=900)
+
+
+def test_compiled_server_answers_as_the_eager_one_and_says_so(tiny_model_dir: Path, cache_dir: Path) -> None:
+    eager = native_server(tiny_model_dir, cache_dir, "off")
+    with eager:
+        expected = greedy(eager.url)
+        assert "eager decode step" in eager.log()
+    with native_server(tiny_model_dir, cache_dir, "wait") as compiled:
+        assert greedy(compiled.url) == expected
+        assert "compiled native decode step (AOTInductor) for batch <= 8" in compiled.log()
+    assert len(list(cache_dir.glob("step-*.pt2"))) == 1
+
+
+def test_a_kept_package_is_loaded_at_start(tiny_model_dir: Path, cache_dir: Path) -> None:
+    """Runs after the test above has built the package (same module, same cache folder)."""
+    if not list(cache_dir.glob("step-*.pt2")):
+        pytest.skip("the package was not built (the test above failed)")
+    with native_server(tiny_model_dir, cache_dir, "auto") as server:
+        log = server.log()
+        assert "compiled decode step loaded from" in log
+        assert "building it in the background" not in log
+        assert len(greedy(server.url)) == len(PROMPTS)
+
+
+def test_a_damaged_package_is_refused_and_the_eager_step_serves(
+    tiny_model_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    packages = list(cache_dir.glob("step-*.pt2"))
+    if not packages:
+        pytest.skip("the package was not built (the first test failed)")
+    damaged = tmp_path / packages[0].name
+    damaged.write_bytes(packages[0].read_bytes()[:100_000])  # a truncated copy
+    with native_server(tiny_model_dir, tmp_path, "auto") as server:  # its rebuild is killed when it stops
+        log = server.log()
+        assert "not used (RuntimeError" in log and "building it in the background" in log
+        assert len(greedy(server.url)) == len(PROMPTS)
