@@ -15,8 +15,9 @@ token, is reported, never sampled (the caller fails that request alone).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 
 GREEDY_BELOW = 1e-5  # temperatures below this are treated as greedy (division would overflow)
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on logit_bias values
+SERIAL_SAMPLING_ELEMENTS = 1 << 20  # below this many logits the sampler runs on one thread (`serial_below`)
 TOP_P_WINDOW = 256  # top-p rows first look at this many most likely tokens (a top-k, 10x cheaper than a sort)
 
 RowTensors = Tensor | Sequence[Tensor | None]  # (B, V), or one (V,) tensor per row with None for "none"
@@ -349,6 +351,34 @@ def sample(
     output_counts: generated-token counts (B, V) or per row (None: no counts); prompt_mask: prompt tokens (B, V)
     bool or per row; allowed: allowed tokens (B, V) bool or per row (None: unconstrained)."""
     _check_batch(logits, params, generators)
+    with serial_below(logits.numel(), SERIAL_SAMPLING_ELEMENTS):
+        return _sample(logits, params, generators, output_counts, prompt_mask, allowed)
+
+
+@contextlib.contextmanager
+def serial_below(elements: int, threshold: int) -> Iterator[None]:
+    """One intra-op thread while `elements` < threshold (CPU only matters): a small op in a parallel region waits
+    at OpenMP's barrier for a worker thread; on a busy 2-core machine the sampler of one sequence took 7-10 ms
+    with 2 threads and 0.9-1.0 ms with 1 (benchmarks/native_step.py's notes)."""
+    threads = torch.get_num_threads()
+    if elements >= threshold or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sample(
+    logits: Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    output_counts: RowTensors | None,
+    prompt_mask: RowTensors | None,
+    allowed: RowTensors | None,
+) -> SampleResult:
     logits, finite = _prepare(logits, params)
     batch, vocab = logits.shape
     penalised = [i for i, p in enumerate(params) if p.penalised]

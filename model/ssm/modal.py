@@ -57,6 +57,15 @@ class ModalParams:
             object.__setattr__(self, "_kernel", kernel)  # a cache, not a field (the dataclass is frozen)
         return kernel
 
+    def power_table(self) -> PowerTable:
+        """The pole powers of one chunk of lags, kept (every prefill needs them; they depend on the poles only)."""
+        table = self.__dict__.get("_power_table")
+        if table is None:
+            with torch.inference_mode(False):
+                table = PowerTable.of(self.poles, self.fir.dtype)
+            object.__setattr__(self, "_power_table", table)  # a cache, not a field
+        return table
+
     def to(self, device: torch.device | str | None = None, real_dtype: torch.dtype | None = None) -> ModalParams:
         real_dtype = real_dtype or self.fir.dtype
         complex_dtype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
@@ -90,6 +99,41 @@ def pole_power_chunks(poles: Tensor, length: int, first: int = 0) -> Iterator[tu
         size = min(chunk, length - start)
         yield start, within[:size] * base
         base = base * chunk_factor
+
+
+@dataclass(frozen=True)
+class PowerTable:
+    """lambda^0 .. lambda^(C-1) of a layer's poles as real planes, channels first, for the prefill's batched
+    real matmuls: planes (D, 2N, C) = [Re; Im] in the state's real dtype (computed in complex128, then cast), and
+    lambda^C (N, D) complex128 to step from one chunk to the next. A contraction with a chunk of inputs is exact
+    up to the real dtype's rounding of each power (6e-8 relative in float32), the same as the complex64 powers
+    it replaces."""
+
+    planes: Tensor  # (D, 2N, C) real
+    step: Tensor  # (N, D) complex128: lambda^C
+    poles: Tensor  # (N, D) complex128
+
+    @property
+    def chunk(self) -> int:
+        return self.planes.shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.planes.dtype
+
+    @staticmethod
+    def of(poles: Tensor, real_dtype: torch.dtype) -> PowerTable:
+        _, within = next(pole_power_chunks(poles, MAX_POWER_CHUNK))  # (C, N, D) complex128
+        planes = torch.cat([within.real, within.imag], dim=1).permute(2, 1, 0).to(real_dtype).contiguous()
+        wide = poles.to(torch.complex128)
+        return PowerTable(planes=planes, step=within[-1] * wide, poles=wide)
+
+    def chunks(self, length: int, first: int = 0) -> Iterator[tuple[int, Tensor]]:
+        """(start, lambda^(first + start)) (N, D) complex128 for the chunks covering exponents 0..length-1."""
+        base = _integer_power(self.poles, first)
+        for start in range(0, length, self.chunk):
+            yield start, base
+            base = base * self.step
 
 
 def _integer_power(poles: Tensor, exponent: int) -> Tensor:
@@ -150,21 +194,28 @@ def modal_prefill(
     extended = torch.cat([history.flip(1).to(real_dtype), x], dim=1)  # (B, h + L, D): oldest first
     o = toeplitz_matmul_fft(extended, params.kernel(h + length))[:, h:]  # (B, L, D)
 
-    inputs = extended[:, :length].flip(1)  # (B, L, D): position r is u_{L-1-r}
-    driven = torch.zeros(batch, params.n_modes, channels, dtype=complex_dtype, device=v.device)  # (B, N, D)
-    for start, powers in pole_power_chunks(params.poles, length):
-        chunk = inputs[:, start : start + powers.shape[0]].to(complex_dtype)  # (B, C, D)
-        driven += torch.einsum("bcd,cnd->bnd", chunk, powers.to(complex_dtype))
-    new_modes = params.weights * driven  # (B, N, D)
+    n = params.n_modes
+    table = params.power_table()
+    # (D, C, B): position r of the chunk is u_{L-1-start-r}, channels first for the batched matmuls below
+    inputs = extended[:, :length].flip(1).permute(2, 1, 0).to(table.dtype)
+    driven = torch.zeros(batch, n, channels, dtype=torch.complex128, device=v.device)  # (B, N, D)
+    for start, base in table.chunks(length):
+        size = min(table.chunk, length - start)
+        planes = torch.bmm(table.planes[:, :, :size], inputs[:, start : start + size])  # (D, 2N, B)
+        partial = torch.complex(planes[:, :n], planes[:, n:]).permute(2, 1, 0)  # (B, N, D)
+        driven += base * partial  # lambda^start sum_r lambda^r u
+    new_modes = params.weights * driven.to(complex_dtype)  # (B, N, D)
 
     if modes is not None:
-        carried = torch.empty_like(o)  # (B, L, D): + Re sum_j lambda_j^(i+1) S_j at position i
-        for start, powers in pole_power_chunks(params.poles, length, first=1):
-            size = powers.shape[0]
-            carried[:, start : start + size] = torch.einsum(
-                "cnd,bnd->bcd", powers.to(complex_dtype), modes.to(complex_dtype)
-            ).real
-        o = o + carried
+        carried = torch.empty(channels, length, batch, dtype=table.dtype, device=v.device)  # (D, L, B)
+        state = modes.to(torch.complex128)
+        for start, base in table.chunks(length, first=1):
+            size = min(table.chunk, length - start)
+            scaled = base * state  # (B, N, D): lambda^(1 + start) S
+            # Re sum_j W_j T_j = sum_j (W_re T_re - W_im T_im): one real contraction over 2N
+            stacked = torch.cat([scaled.real, -scaled.imag], dim=1).permute(2, 1, 0).to(table.dtype)  # (D, 2N, B)
+            carried[:, start : start + size] = torch.bmm(table.planes[:, :, :size].transpose(1, 2), stacked)
+        o = o + carried.permute(2, 1, 0).to(o.dtype)  # + Re sum_j lambda_j^(i+1) S_j at position i
         new_modes = new_modes + _integer_power(params.poles, length).to(complex_dtype) * modes
     new_history = extended[:, length:].flip(1)  # (B, h, D): the last h inputs, most recent first
     return o.to(v.dtype), new_modes, new_history.contiguous()

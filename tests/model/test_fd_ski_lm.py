@@ -44,8 +44,9 @@ def test_mixer_class_and_directory_round_trip(operator: str, tmp_path) -> None:
     loaded = tnn.model.load(tmp_path, dtype=torch.float64)
     assert loaded.config.operator == operator and loaded.is_converted
     tokens = random_tokens(1, 30)
-    assert relative_error(loaded(tokens), model(tokens)) == 0.0
-    assert relative_error(loaded.prefill(tokens)[0], model.prefill(tokens)[0]) == 0.0
+    # round-off only: the FFTs' last bits may depend on where the loaded tensors sit in memory (SIMD alignment)
+    assert relative_error(loaded(tokens), model(tokens)) <= 1e-14
+    assert relative_error(loaded.prefill(tokens)[0], model.prefill(tokens)[0]) <= 1e-14
 
 
 @pytest.mark.parametrize("operator", sorted(VARIANTS))
