@@ -40,6 +40,9 @@ class ReducedOptions:
     max_modes: int = DEFAULT_MAX_MODES  # model order cap per channel (a conjugate pair counts 2, a real pole 1)
     fir_length: int = DEFAULT_FIR_LENGTH  # exact FIR head h: lags 0..h-1
     fit_multiple: int = FIT_MULTIPLE  # fit lags 0..fit_multiple * n - 1
+    # a channel that misses the tolerance within max_modes: False keeps its best fit (the layer stays narrow);
+    # True gives it its exact ETSC modes (exact to lag n, but the whole layer widens to n/2 + 1 slots)
+    exact_fallback: bool = False
 
 
 def conversion_refusal(model: TnnLM) -> str | None:
@@ -70,7 +73,9 @@ def layer_reduced(tno: Tno, length: int, options: ReducedOptions) -> ReducedFit:
         tolerance=options.tolerance,
         max_modes=options.max_modes,
         fir_length=options.fir_length,
-        etsc_fallback=lambda: layer_ssm(tno, length, "etsc-tail", full_state=False),
+        etsc_fallback=(lambda: layer_ssm(tno, length, "etsc-tail", full_state=False))
+        if options.exact_fallback
+        else None,
         max_radius=tno.decay_rate(torch.float64),
     )
 
