@@ -115,9 +115,11 @@ def convert_layers(
             params: LayerParams = fit.params
             require_stable(params.poles, f"layer {i}")  # the fit guarantees it; never attach an unstable pole
             logger.info(
-                "layer %d: %d modes, %d fallback channel(s), kernel error %.2e inside n, %.2e past n",
+                "layer %d: %d modes, %d channel(s) over the tolerance (%d with exact fallback modes), kernel error "
+                "%.2e inside n, %.2e past n",
                 i,
                 fit.n_modes,
+                int(fit.missed.sum()),
                 int(fit.fallback.sum()),
                 fit.error_inside.max().item(),
                 fit.error_past.max().item(),
