@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from tnn.model.tnn import TnnLM
-from tnn.model.tokenizer import encode, eos_id, load_tokenizer
+from tnn.model.tokenizer import EOS_TOKEN, encode, eos_id, load_tokenizer
 
 DEFAULT_EVAL_TOKENS = 1024  # tokens scored at most (the recurrent pass steps once per token)
 
@@ -46,10 +46,16 @@ class TextFidelity:
 
 
 def text_tokens(model_dir: Path, text: str, *, max_tokens: int = DEFAULT_EVAL_TOKENS) -> tuple[Tensor, int]:
-    """[eos, text ids...] cut to `max_tokens` + 1 ids, and the UTF-8 bytes of the text those ids cover.
-    Bytes are counted by decoding the kept ids, so bits/byte stays honest when the text is cut."""
+    """[eos, text ids...] (the text's first id in front when the tokenizer has no end-of-text token) cut to
+    `max_tokens` + 1 ids, and the UTF-8 bytes of the text the predicted ids cover (counted by decoding them, so
+    bits/byte stays honest when the text is cut). Returns (1, L) ids and that byte count."""
     tokenizer = load_tokenizer(model_dir)
-    ids = [eos_id(tokenizer), *encode(tokenizer, text)][: max_tokens + 1]
+    ids = encode(tokenizer, text)
+    if tokenizer.token_to_id(EOS_TOKEN) is not None:
+        ids = [eos_id(tokenizer), *ids]
+    ids = ids[: max_tokens + 1]
+    if len(ids) < 2:
+        raise ValueError(f"the evaluation text has {len(ids)} token(s): need at least 2")
     covered = tokenizer.decode(ids[1:], skip_special_tokens=False)
     return torch.tensor([ids]), len(covered.encode("utf-8"))  # (1, L)
 
