@@ -101,19 +101,20 @@ def plot(record: dict[str, Any], path: Path) -> None:
             x = [r["state_bytes_per_sequence"] for r in rows]
             for axis, (key, _) in zip(axes, metrics, strict=True):
                 y = [abs(r[key]) if key == "bits_per_byte_diff" else r[key] for r in rows]
-                axis.plot(x, y, marker, label=f"{name}: {family.rstrip(':')}", markersize=7)
+                label = f"{name} ({rows[0]['tokens']} tokens): {family.rstrip(':')}"
+                axis.plot(x, y, marker, label=label, markersize=7)
     for axis, (key, title) in zip(axes, metrics, strict=True):
         axis.set_xscale("log")
         axis.set_xlabel("state per sequence (bytes, float32)")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
         if key != "top1_agreement":
-            axis.set_yscale("symlog", linthresh=1e-5)
+            axis.set_yscale("log")
     axes[0].axhline(0.995, color="grey", linestyle=":", label="target 99.5%")
     axes[1].axhline(0.1, color="grey", linestyle=":", label="target 0.1")
     axes[2].axhline(5e-4, color="grey", linestyle=":", label="target 0.0005")
     axes[0].legend(fontsize=7)
-    figure.suptitle(f"Recurrent vs parallel, teacher-forced on {record['tokens']} tokens of Macbeth (float64)")
+    figure.suptitle("Recurrent vs parallel, teacher-forced on Macbeth from ACT II (float64)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -126,7 +127,11 @@ def main() -> None:
     parser.add_argument("--tolerances", type=float, nargs="+", default=TOLERANCES)
     parser.add_argument("--paper-tolerances", type=float, nargs="+", default=[1e-2, 1e-3])
     parser.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from --out, measure nothing")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("tnn").setLevel(logging.WARNING)
     torch.set_num_threads(1)
