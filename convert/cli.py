@@ -44,7 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.max_modes,
         help="reduced: model order cap per channel (a complex pair counts 2); a channel that misses the tolerance "
-        f"keeps its exact ETSC modes (default {defaults.max_modes})",
+        f"keeps its best fit within the cap (default {defaults.max_modes})",
+    )
+    parser.add_argument(
+        "--exact-fallback",
+        action="store_true",
+        help="reduced: a channel that misses the tolerance keeps its exact ETSC modes instead (exact to lag n, but "
+        "its whole layer widens to n/2 + 1 slots)",
     )
     parser.add_argument(
         "--fir-length",
@@ -72,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the stored weights")
     parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    parser.add_argument(
+        "--eval-text",
+        default=None,
+        metavar="FILE",
+        help="a UTF-8 text to measure fidelity on (recurrent vs parallel, teacher-forced; default: SRC's "
+        "held_out.txt, else random token ids)",
+    )
     parser.add_argument("--no-past-n", action="store_true", help="skip the 2n/4n comparison of the methods")
 
 
@@ -80,7 +93,11 @@ def format_report(report: ConversionReport) -> str:
     shape = f"modes per layer {list(report.modes)}" if isinstance(report.modes, tuple) else f"{report.modes} modes"
     head = ""
     if report.reduced is not None:
-        head = f", FIR head {report.reduced['fir_length']}, tolerance {report.reduced['tolerance']:g}"
+        missed = sum(layer["missed_channels"] for layer in report.reduced["layers"])
+        head = (
+            f", FIR head {report.reduced['fir_length']}, tolerance {report.reduced['tolerance']:g} "
+            f"({missed} channel(s) over it kept their best fit)"
+        )
     lines = [
         f"{report.source} -> {report.destination}",
         f"method {report.method}, n = {report.length}, {shape}/channel{head}"
@@ -100,6 +117,17 @@ def format_report(report: ConversionReport) -> str:
         "",
         f"logits, recurrent vs parallel ({c.probe_length} tokens, prefill {c.split} + step): "
         f"float64 {c.float64_rel_error:.2e}, float32 {c.float32_rel_error:.2e}",
+    ]
+    f = report.fidelity
+    bits = (
+        f", bits/byte {f.bits_per_byte_parallel:.4f} parallel vs {f.bits_per_byte_recurrent:.4f} recurrent "
+        f"({f.bits_per_byte_diff:+.5f})"
+        if f.bytes
+        else ""
+    )
+    lines += [
+        f"fidelity on {f.source} ({f.tokens} tokens, float64, teacher-forced): top-1 agreement "
+        f"{100 * f.top1_agreement:.2f}%, max |log-prob diff| {f.max_abs_logprob_diff:.3f}{bits}",
     ]
     if report.past_n:
         lines += [
@@ -132,12 +160,14 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             dtype=DTYPES[args.dtype],
             compare_past_n=not args.no_past_n,
+            eval_text=args.eval_text,
             progress=True,
             reduced=ReducedOptions(
                 tolerance=args.tolerance,
                 max_modes=args.max_modes,
                 fir_length=args.fir_length,
                 fit_multiple=args.fit_multiple,
+                exact_fallback=args.exact_fallback,
             ),
         )
     except ConversionRefused as exc:

@@ -1,9 +1,11 @@
 """`convert_checkpoint`: a trained TNN (model directory or fairseq .pt) -> a servable, converted model directory.
 
 Steps: load in float64; refuse models without a causal recurrent form; convert every layer (tnn.model.conversion:
-the reduced-order fit by default, or an exact ETSC method); verify the kernels (lags 0..n-1 and past n) and the
-recurrent logits against the parallel forward; measure every method past the conversion length; then write config.json, model.safetensors, ssm.safetensors, tokenizer files and
-conversion.json into a temporary directory beside DST and rename it into place. Nothing is written if a check fails.
+the reduced-order fit by default, or an exact ETSC method; the fit runs once); verify the kernels (lags 0..n-1 and
+past n) and the recurrent logits against the parallel forward; measure fidelity on held-out text (--eval-text, else
+the source directory's held_out.txt, else random ids, said so) and every method past the conversion length; then
+write config.json, model.safetensors, ssm.safetensors, tokenizer files and conversion.json into a temporary
+directory beside DST and rename it into place. Nothing is written if a check fails.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, get_args
 import torch
 from tqdm import tqdm
 
+from tnn.convert.fidelity import DEFAULT_EVAL_TOKENS, TextFidelity, measure_fidelity, text_tokens
 from tnn.convert.tokenizer import NO_TOKENIZER_WARNING, REPORT_FILE, install_tokenizer, require_tokenizer_dir
 from tnn.convert.verify import (
     KernelCheck,
@@ -44,7 +47,7 @@ from tnn.model.conversion import (
     conversion_refusal,
     convert_layers,
 )
-from tnn.model.loading import copy_companions, copy_tokenizer, load, save_model
+from tnn.model.loading import HELD_OUT_FILE, copy_companions, copy_tokenizer, load, save_model
 from tnn.model.ssm import state_rows
 from tnn.model.tnn import TnnLM
 from tnn.model.tokenizer import check_tokenizer_dir
@@ -87,6 +90,7 @@ class ConversionReport:
     kernel_checks: list[KernelCheck]
     logits_check: LogitsCheck
     past_n: list[PastNRow]
+    fidelity: TextFidelity
     tokenizer: str | None
     reduced: dict[str, Any] | None = None  # reduced method: options, fallbacks, per-layer kernel errors
     fairseq_dict: str | None = None
@@ -112,6 +116,7 @@ class ConversionReport:
             "thresholds": _thresholds(self.method, self.reduced),
             "kernel_checks": [k.to_dict() for k in self.kernel_checks],
             "logits_check": self.logits_check.to_dict(),
+            "fidelity": self.fidelity.to_dict(),
             "past_n": {
                 "probe": "uniform random token ids, seed 1, batch 1; teacher-forced recurrent logits vs forward",
                 "rows": [r.to_dict() for r in self.past_n],
@@ -149,26 +154,30 @@ def convert_checkpoint(
     compare_past_n: bool = True,
     progress: bool = True,
     reduced: ReducedOptions | None = None,
+    eval_text: str | Path | None = None,
 ) -> ConversionReport:
     """Convert `src` into the model directory `dst` and return the report (also written as conversion.json).
 
-    length: conversion length n (default: the config's train_length, else 512). dtype: the stored weights
-    (ssm.safetensors is always float64). reduced: the fit's options for method "reduced". tokenizer: a Hugging
-    Face tokenizer directory to attach; with fairseq_dict (the dict.txt of a fairseq checkpoint) it is a GPT-2 BPE
-    whose ids are remapped to fairseq's. Raises FileExistsError (dst exists, no force), ConversionRefused,
-    VerificationFailed, and ValueError/FileNotFoundError naming the file for unreadable input.
+        length: conversion length n (default: the config's train_length, else 512). dtype: the stored weights
+        (ssm.safetensors is always float64). reduced: the fit's options for method "reduced". tokenizer: a Hugging
+        Face tokenizer directory to attach; with fairseq_dict (the dict.txt of a fairseq checkpoint) it is a GPT-2 BPE
+        whose ids are remapped to fairseq's. eval_text: a UTF-8 text file to measure fidelity on (default: SRC's
+    held_out.txt; random ids when neither exists). Raises FileExistsError (dst exists, no force), ConversionRefused,
+        VerificationFailed, and ValueError/FileNotFoundError naming the file for unreadable input.
     """
     src, dst = Path(src), Path(dst)
     if method not in get_args(SsmMethod):
         raise ValueError(f"unknown method {method!r}; expected one of {get_args(SsmMethod)}")
     if dst.exists() and not force:
         raise FileExistsError(f"{dst} already exists; pass --force to overwrite it")
+    if eval_text is not None and not Path(eval_text).is_file():
+        raise FileNotFoundError(f"--eval-text {eval_text}: no such file")
     if tokenizer is not None:
         require_tokenizer_dir(tokenizer)
     elif fairseq_dict is not None:
         raise ValueError("--fairseq-dict needs --tokenizer: the GPT-2 BPE tokenizer the dict.txt ids refer to")
     timings: dict[str, float] = {}
-    stages = tqdm(total=6, desc="tnn convert", unit="stage", disable=not progress, leave=False)
+    stages = tqdm(total=7, desc="tnn convert", unit="stage", disable=not progress, leave=False)
 
     stages.set_postfix_str("load")
     start = time.perf_counter()
@@ -215,11 +224,19 @@ def convert_checkpoint(
     reduced_summary = _reduced_summary(options, fits) if method == "reduced" else None
     _require_passed(kernel_checks, logits_check, _thresholds(method, reduced_summary))
 
+    stages.set_postfix_str("fidelity")
+    start = time.perf_counter()
+    text_source = Path(eval_text) if eval_text is not None else src / HELD_OUT_FILE if src.is_dir() else None
+    fidelity = _fidelity(model, tokenizer_source if fairseq_dict is None else None, text_source)
+    timings["fidelity"] = time.perf_counter() - start
+    stages.update()
+
     past_n: list[PastNRow] = []
     stages.set_postfix_str("past-n comparison")
     if compare_past_n:
         start = time.perf_counter()
-        past_n = past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state, reduced=options)
+        past_n = past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state,
+                                   reduced=options, converted=model)  # fmt: skip
         timings["past_n"] = time.perf_counter() - start
     stages.update()
     stages.set_postfix_str("write")
@@ -237,6 +254,7 @@ def convert_checkpoint(
         kernel_checks=kernel_checks,
         logits_check=logits_check,
         past_n=past_n,
+        fidelity=fidelity,
         tokenizer=str(tokenizer) if tokenizer is not None else None,
         reduced=reduced_summary,
         timings_s=timings,
@@ -254,6 +272,17 @@ def convert_checkpoint(
     return report
 
 
+def _fidelity(model: TnnLM, tokenizer_dir: Path | None, text: Path | None) -> TextFidelity:
+    """Recurrent vs parallel on `text` (encoded with `tokenizer_dir`), else on seeded random ids, saying why."""
+    if text is not None and text.is_file() and tokenizer_dir is not None:
+        tokens, n_bytes = text_tokens(tokenizer_dir, text.read_text(encoding="utf-8"))
+        return measure_fidelity(model, model, tokens, n_bytes, source=str(text))
+    why = "no tokenizer to encode text" if text is not None and text.is_file() else "no --eval-text and no held_out.txt"
+    logger.warning("fidelity measured on random token ids (%s): it says little about real text", why)
+    tokens = probe_tokens(model.config.vocab_size, DEFAULT_EVAL_TOKENS + 1, seed=1)
+    return measure_fidelity(model, model, tokens, 0, source=f"random token ids, seed 1 ({why})")
+
+
 def _reduced_summary(options: ReducedOptions, fits: list[Any]) -> dict[str, Any]:
     """What the reduced fit chose and achieved, per layer (conversion.json "reduced")."""
     return {
@@ -261,9 +290,11 @@ def _reduced_summary(options: ReducedOptions, fits: list[Any]) -> dict[str, Any]
         "max_modes": options.max_modes,
         "fir_length": options.fir_length,
         "fit_multiple": options.fit_multiple,
+        "exact_fallback": options.exact_fallback,
         "layers": [
             {
                 "modes": f.n_modes,
+                "missed_channels": int(f.missed.sum()),
                 "fallback_channels": int(f.fallback.sum()),
                 "mean_order": float(f.orders[~f.fallback].double().mean()) if bool((~f.fallback).any()) else 0.0,
                 "kernel_error_inside_n_max": float(f.error_inside.max()),
@@ -285,8 +316,11 @@ def _thresholds(method: str, reduced: dict[str, Any] | None) -> dict[str, float]
             "logits_rel_error_float64": LOGITS_TOLERANCE_FLOAT64,
             "logits_rel_error_float32": LOGITS_TOLERANCE_FLOAT32,
         }
+    # a channel that misses the tolerance keeps its best fit: the check then holds the recurrence to what the
+    # fit reported (a broken save, step or prefill shows up far above it)
+    fitted = max((layer["kernel_error_inside_n_max"] for layer in reduced["layers"]), default=0.0)
     return {
-        "kernel_rel_error": REDUCED_KERNEL_SLACK * reduced["tolerance"] + KERNEL_TOLERANCE,
+        "kernel_rel_error": REDUCED_KERNEL_SLACK * max(reduced["tolerance"], fitted) + KERNEL_TOLERANCE,
         "logits_rel_error_float64": REDUCED_LOGITS_TOLERANCE,
         "logits_rel_error_float32": REDUCED_LOGITS_TOLERANCE,
     }

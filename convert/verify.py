@@ -167,11 +167,14 @@ def past_n_comparison(
     multiples: tuple[int, ...] = (2, 4),
     tokens: Tensor | None = None,
     reduced: ReducedOptions | None = None,
+    converted: TnnLM | None = None,
 ) -> list[PastNRow]:
     """For each method and each probe of multiple * n tokens: recurrent (teacher-forced) vs parallel logits.
 
     tokens: (B, >= max(multiples) * n) probe; default one row of seeded uniform random ids.
-    Converts a copy of `model` once per method; the model itself is not modified.
+    converted: a model already converted with one of `methods` (at `length`), used for that method as it is (the
+    reduced fit is the slow one: it runs once per conversion). Every other method converts a copy of `model`;
+    the model itself is not modified.
     """
     longest = max(multiples) * length
     if tokens is None:
@@ -181,14 +184,18 @@ def past_n_comparison(
         raise ValueError(f"the probe needs {longest} tokens, got {tokens.shape[1]}")
     expected = model(tokens)  # (B, 4n, V) parallel, TNN kernel at every lag
     rows = []
+    done = converted.config.ssm if converted is not None else None
     for method in methods:
-        candidate = attach_ssm(
-            copy.deepcopy(model),
-            length=length,
-            method=method,
-            full_state=full_state and method != "reduced",
-            reduced=reduced,
-        )
+        if converted is not None and done is not None and done.method == method and done.length == length:
+            candidate = converted
+        else:
+            candidate = attach_ssm(
+                copy.deepcopy(model),
+                length=length,
+                method=method,
+                full_state=full_state and method != "reduced",
+                reduced=reduced,
+            )
         got, _ = candidate.recurrent_logits(tokens)  # (B, 4n, V), equal to prefill + step (tested)
         for multiple in multiples:
             size = multiple * length

@@ -40,6 +40,9 @@ class ReducedOptions:
     max_modes: int = DEFAULT_MAX_MODES  # model order cap per channel (a conjugate pair counts 2, a real pole 1)
     fir_length: int = DEFAULT_FIR_LENGTH  # exact FIR head h: lags 0..h-1
     fit_multiple: int = FIT_MULTIPLE  # fit lags 0..fit_multiple * n - 1
+    # a channel that misses the tolerance within max_modes: False keeps its best fit (the layer stays narrow);
+    # True gives it its exact ETSC modes (exact to lag n, but the whole layer widens to n/2 + 1 slots)
+    exact_fallback: bool = False
 
 
 def conversion_refusal(model: TnnLM) -> str | None:
@@ -70,7 +73,9 @@ def layer_reduced(tno: Tno, length: int, options: ReducedOptions) -> ReducedFit:
         tolerance=options.tolerance,
         max_modes=options.max_modes,
         fir_length=options.fir_length,
-        etsc_fallback=lambda: layer_ssm(tno, length, "etsc-tail", full_state=False),
+        etsc_fallback=(lambda: layer_ssm(tno, length, "etsc-tail", full_state=False))
+        if options.exact_fallback
+        else None,
         max_radius=tno.decay_rate(torch.float64),
     )
 
@@ -110,9 +115,11 @@ def convert_layers(
             params: LayerParams = fit.params
             require_stable(params.poles, f"layer {i}")  # the fit guarantees it; never attach an unstable pole
             logger.info(
-                "layer %d: %d modes, %d fallback channel(s), kernel error %.2e inside n, %.2e past n",
+                "layer %d: %d modes, %d channel(s) over the tolerance (%d with exact fallback modes), kernel error "
+                "%.2e inside n, %.2e past n",
                 i,
                 fit.n_modes,
+                int(fit.missed.sum()),
                 int(fit.fallback.sum()),
                 fit.error_inside.max().item(),
                 fit.error_past.max().item(),

@@ -25,9 +25,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SSM_FILE = "ssm.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+HELD_OUT_FILE = "held_out.txt"  # a slice of held-out text: `tnn convert` measures the conversion's fidelity on it
 # what else a model directory may hold that a conversion carries over unchanged: request defaults (read by the
-# server) and the training record (provenance)
-COMPANION_FILES = ("generation_config.json", "training.json")
+# server), the training record (provenance) and the held-out text
+COMPANION_FILES = ("generation_config.json", "training.json", HELD_OUT_FILE)
 
 
 def load(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TnnLM:

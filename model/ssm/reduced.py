@@ -4,22 +4,26 @@ The parallel model defines the kernel a_k (decayed, activated Toeplitz coefficie
 targets lags 0..K-1 with K a few times the conversion length n: decoding past n then tracks the TNN instead
 of a periodic copy. Per channel, in float64:
 1. the first h lags are kept exactly as FIR taps (kernels are spiky near lag 0 and smooth after);
-2. poles by Kung's method (ESPRIT): the left singular vectors U of the Hankel matrix of y_k = a_{h+k} are
-   shift-invariant, U[1:] = U[:-1] F, and the eigenvalues of F (order r) are the poles. Poles with
-   |lambda| > MAX_RADIUS are pulled back onto that radius (never an unstable pole);
-3. residues by real least squares over every lag: a conjugate pair contributes Re(w lambda^k) with w = alpha +
-   i beta, spanned by the columns Re lambda^k and Im conj(lambda)^k; a real pole by lambda^k;
-4. the order r grows from 1 to `max_modes` until max_k |K_k - a_k| <= tolerance * max_k |a_k|. A channel
-   that never gets there falls back to its exact ETSC modes (etsc-tail), counted in the result.
+2. poles by Kung's method (ESPRIT): the left singular vectors U of the Hankel matrix of y_k = a_{h+k} (from the
+   SVD of the small triangle of its QR) are shift-invariant, U[1:] = U[:-1] F, and the eigenvalues of F
+   (order r) are the poles. Poles with |lambda| > the channel's cap are pulled back onto it (never unstable);
+3. residues by real least squares over the lags up to where every channel is negligible (normal equations, unit-norm columns): a conjugate pair
+   contributes Re(w lambda^k) with w = alpha + i beta, spanned by the columns Re lambda^k and Im conj(lambda)^k;
+   a real pole by lambda^k;
+4. the order r grows from 1 (then in steps of 2) to `max_modes` until max_k |K_k - a_k| <= tolerance * max_k |a_k|. A channel
+   that never gets there keeps the order with the lowest error (`missed`): the layer stays at most
+   `max_modes` slots wide. Only with `etsc_fallback` does it take its exact ETSC modes instead, which widens
+   its whole layer to the ETSC mode count (n/2 + 1: ten times the state for one hard channel).
 A layer's state holds N = the most slots any of its channels needs (a pair or a real pole is one slot;
-channels with fewer are padded with lambda = 0, w = 0), so one fallback channel costs the whole layer.
-No iterative refinement: the Kung poles with least-squares residues meet the tolerances in practice.
+channels with fewer are padded with lambda = 0, w = 0). No iterative refinement: on the shipped model the Kung
+poles with least-squares residues reach the fidelity targets (docs/fidelity.md).
 
 Shapes: K fit lags, D channels, r model order (real unknowns), N slots, h FIR head, M Hankel rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,13 +33,15 @@ from torch import Tensor
 from tnn.model.ssm.etsc import SsmParams
 from tnn.model.ssm.modal import ModalParams, UnstablePole, modal_kernel
 
-DEFAULT_TOLERANCE = 2e-2
-DEFAULT_MAX_MODES = 16
+# chosen by fidelity on held-out text (docs/fidelity.md, benchmarks/fidelity.py), not by kernel error
+DEFAULT_TOLERANCE = 1e-3
+DEFAULT_MAX_MODES = 24
 DEFAULT_FIR_LENGTH = 8
 FIT_MULTIPLE = 4  # fit lags 0 .. FIT_MULTIPLE * n - 1
 MAX_RADIUS = 1.0 - 1e-6  # strictly inside the unit circle, representable in float32
-HANKEL_COLUMNS = 512  # column offsets of the Hankel matrix (a subset spans the same signal space)
+HANKEL_COLUMNS = 256  # column offsets of the Hankel matrix (a subset spans the same signal space)
 CHANNEL_BLOCK = 64  # channels fitted together: the (block, K, r) basis stays small
+NEGLIGIBLE = 1e-2  # lags where every channel is below NEGLIGIBLE * tolerance (relative) are left out of the fit
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,8 @@ class ReducedFit:
 
     params: ModalParams  # float64/complex128
     orders: Tensor  # (D,) int64: model order per channel (real unknowns); 0 for a fallback channel
-    fallback: Tensor  # (D,) bool: channels that kept their exact ETSC modes
+    missed: Tensor  # (D,) bool: channels whose best fit within max_modes misses the tolerance
+    fallback: Tensor  # (D,) bool: missed channels that kept their exact ETSC modes (only with etsc_fallback)
     error_inside: Tensor  # (D,) max |K_k - a_k| / max |a| over lags 0..n
     error_past: Tensor  # (D,) the same over lags n+1..K-1
 
@@ -69,7 +76,7 @@ def fit_reduced(
     bounded RPE decays at least that fast, so faster-growing poles are fitting noise); always <= MAX_RADIUS.
 
     etsc_fallback: the layer's exact ETSC params, built only if some channel misses the tolerance; without it
-    such channels raise ValueError. Raises UnstablePole if a fallback channel's exact modes do not decay.
+    such channels keep their best fit. Raises UnstablePole if a fallback channel's exact modes do not decay.
     """
     kernel = kernel.to(device="cpu", dtype=torch.float64)
     lags, channels = kernel.shape
@@ -85,23 +92,22 @@ def fit_reduced(
     poles = torch.zeros(channels, max_modes, dtype=torch.complex128)  # (D, r) accepted poles, zero-padded
     residues = torch.zeros(channels, max_modes, dtype=torch.float64)  # (D, r) real least-squares coefficients
     orders = torch.zeros(channels, dtype=torch.long)
+    missed = torch.zeros(channels, dtype=torch.bool)
     cap = torch.full((channels,), MAX_RADIUS, dtype=torch.float64)
     if max_radius is not None:
         cap = torch.minimum(cap, max_radius.to(device="cpu", dtype=torch.float64))
+    fitted_lags = tail[:, : _fit_count(tail, tolerance, 2 * (2 * max_modes + 1))]  # (D, K'')
     for start in range(0, channels, CHANNEL_BLOCK):
         block = slice(start, start + CHANNEL_BLOCK)
-        _fit_block(tail[block], tolerance, max_modes, cap[block], poles[block], residues[block], orders[block])
+        fitted = (poles[block], residues[block], orders[block], missed[block])
+        _fit_block(fitted_lags[block], tolerance, max_modes, cap[block], *fitted)
 
-    fallback = orders == 0
+    fallback = missed if etsc_fallback is not None else torch.zeros_like(missed)
+    orders[fallback] = 0
     slot_poles, slot_weights = _slots(poles, residues, orders)  # (N, D) complex, in units of `scale`
     slot_weights = slot_weights * scale[None, :]
     fir = kernel[:fir_length].clone()  # (h, D)
-    if bool(fallback.any()):
-        if etsc_fallback is None:
-            raise ValueError(
-                f"{int(fallback.sum())} channel(s) miss the tolerance {tolerance:g} with {max_modes} modes "
-                "and no ETSC fallback was given"
-            )
+    if etsc_fallback is not None and bool(fallback.any()):
         slot_poles, slot_weights = _with_fallback(slot_poles, slot_weights, fallback, etsc_fallback(), fir_length)
     params = ModalParams(poles=slot_poles, weights=slot_weights, fir=fir)
     realised = modal_kernel(params, lags)  # (K, D)
@@ -109,51 +115,100 @@ def fit_reduced(
     return ReducedFit(
         params=params,
         orders=orders,
+        missed=missed,
         fallback=fallback,
         error_inside=error[: length + 1].amax(0),
         error_past=error[length + 1 :].amax(0) if lags > length + 1 else torch.zeros(channels, dtype=torch.float64),
     )
 
 
+def _fit_count(tail: Tensor, tolerance: float, least: int) -> int:
+    """Lags the poles and residues are fitted on: up to the last lag where some channel's |y_k| (normalised)
+    exceeds NEGLIGIBLE * tolerance, at least `least`. Past it the kernel is far below the tolerance and the
+    fitted modes decay (|lambda| <= the cap); the reported errors still cover every lag. tail: (D, K')."""
+    above = (tail.abs() > NEGLIGIBLE * tolerance).any(0).nonzero()  # (k, 1)
+    last = int(above.max()) + 1 if above.numel() else 0
+    return min(tail.shape[1], max(least, last))
+
+
 def _fit_block(
-    tail: Tensor, tolerance: float, max_modes: int, cap: Tensor, poles: Tensor, residues: Tensor, orders: Tensor
+    tail: Tensor,
+    tolerance: float,
+    max_modes: int,
+    cap: Tensor,
+    poles: Tensor,
+    residues: Tensor,
+    orders: Tensor,
+    missed: Tensor,
 ) -> None:
-    """Fit the channels of `tail` (c, K') in place into poles/residues (c, r), orders (c,): smallest order first."""
+    """Fit the channels of `tail` (c, K') in place into poles/residues (c, r), orders (c,): the smallest order
+    that meets the tolerance, else the order with the lowest error (and `missed` (c,) set)."""
     channels, count = tail.shape
     rows = 2 * max_modes + 1
     offsets = torch.linspace(0, count - rows, min(count - rows + 1, HANKEL_COLUMNS)).round().long().unique()
     hankel = tail[:, offsets[None, :] + torch.arange(rows)[:, None]]  # (c, M, C)
-    left, _, _ = torch.linalg.svd(hankel, full_matrices=False)  # (c, M, M)
-    lag = torch.arange(count, dtype=torch.float64)[None, :, None]  # (1, K', 1)
+    # left singular vectors of the Hankel matrix H = R^T Q^T (QR of the tall H^T): those of the small (M, M) R^T
+    triangle = torch.linalg.qr(hankel.transpose(1, 2), mode="r")[1]  # (c, M, M)
+    left, _, _ = torch.linalg.svd(triangle.transpose(1, 2))  # (c, M, M)
     pending = torch.arange(channels)
-    for order in range(1, max_modes + 1):
+    best = torch.full((channels,), torch.inf, dtype=torch.float64)  # (c,) lowest error so far
+    for order in _orders(max_modes):
         basis_vectors = left[pending, :, :order]  # (p, M, r)
         shift = torch.linalg.lstsq(basis_vectors[:, :-1], basis_vectors[:, 1:]).solution  # (p, r, r)
         candidate = torch.linalg.eigvals(shift)  # (p, r)
         radius = candidate.abs()
         limit = cap[pending, None]  # (p, 1)
         candidate = torch.where(radius > limit, candidate * (limit / radius), candidate)
-        basis = _real_basis(candidate, lag)  # (p, K', r)
+        basis = _real_basis(candidate, count)  # (p, K', r)
         target = tail[pending]  # (p, K')
-        coefficients = torch.linalg.lstsq(basis, target[:, :, None]).solution[:, :, 0]  # (p, r)
-        error = (torch.einsum("pkr,pr->pk", basis, coefficients) - target).abs().amax(1)  # (p,)
-        done = error <= tolerance
-        accepted = pending[done]
-        poles[accepted, :order] = candidate[done]
-        residues[accepted, :order] = coefficients[done]
-        orders[accepted] = order
-        pending = pending[~done]
+        coefficients = _least_squares(basis, target)  # (p, r)
+        error = (torch.bmm(basis, coefficients[:, :, None])[:, :, 0] - target).abs().amax(1)  # (p,)
+        better = error < best[pending]  # a channel that never meets the tolerance keeps its best order
+        kept = pending[better]
+        best[kept] = error[better]
+        poles[kept] = 0
+        residues[kept] = 0
+        poles[kept, :order] = candidate[better]
+        residues[kept, :order] = coefficients[better]
+        orders[kept] = order
+        pending = pending[error > tolerance]
         if pending.numel() == 0:
-            return
+            break
+    missed[:] = best > tolerance
 
 
-def _real_basis(poles: Tensor, lag: Tensor) -> Tensor:
-    """Columns Re lambda^k (Im lambda >= 0) or Im lambda^k (Im lambda < 0, the conjugate's second column).
-    poles: (p, r) complex, lag: (1, K', 1) -> (p, K', r) float64."""
-    magnitude = torch.exp(lag * torch.log(poles.abs().clamp_min(1e-300))[:, None, :])  # (p, K', r)
-    magnitude[:, 0] = 1.0  # lambda^0 = 1, also for lambda = 0
-    angle = lag * torch.angle(poles)[:, None, :]
-    return torch.where(poles.imag[:, None, :] >= 0, magnitude * torch.cos(angle), magnitude * torch.sin(angle))
+def _orders(max_modes: int) -> list[int]:
+    """Model orders tried, smallest first: 1 (one real pole), then even orders (conjugate pairs). An odd order
+    2m + 1 needs a real pole, so m + 1 slots: the same state as order 2m + 2, which fits at least as well."""
+    return sorted({1, max_modes, *range(2, max_modes + 1, 2)})
+
+
+def _least_squares(basis: Tensor, target: Tensor) -> Tensor:
+    """argmin_c ||basis c - target|| per channel by the normal equations with unit-norm columns (the (r, r) Gram
+    matrix is cheap where a QR of the tall basis is not). basis (p, K', r), target (p, K') -> (p, r)."""
+    norms = basis.norm(dim=1).clamp_min(1e-300)  # (p, r)
+    scaled = basis / norms[:, None, :]
+    gram = scaled.transpose(1, 2) @ scaled  # (p, r, r)
+    rhs = scaled.transpose(1, 2) @ target[:, :, None]  # (p, r, 1)
+    return torch.linalg.lstsq(gram, rhs).solution[:, :, 0] / norms
+
+
+def _real_basis(poles: Tensor, count: int) -> Tensor:
+    """Columns Re lambda^k (Im lambda >= 0) or Im lambda^k (Im lambda < 0, the conjugate's second column) for
+    k = 0..count-1, lambda^k = lambda^(q B) lambda^j with k = q B + j: two short cumulative products and one
+    broadcast product (exact lambda^0 = 1, also for lambda = 0). poles: (p, r) complex -> (p, K', r) float64."""
+    block = max(1, math.isqrt(count))
+    within = _power_table(poles, block)  # (p, B, r): lambda^j
+    across = _power_table(within[:, -1] * poles, -(-count // block))  # (p, Q, r): lambda^(q B)
+    powers = (across[:, :, None] * within[:, None]).flatten(1, 2)[:, :count]  # (p, K', r)
+    return torch.where(poles.imag[:, None, :] >= 0, powers.real, powers.imag)
+
+
+def _power_table(poles: Tensor, count: int) -> Tensor:
+    """lambda^0 .. lambda^(count-1) along dim 1: (p, r) -> (p, count, r)."""
+    steps = poles[:, None, :].repeat(1, count, 1)
+    steps[:, 0] = 1.0
+    return torch.cumprod(steps, dim=1)
 
 
 def _slots(poles: Tensor, residues: Tensor, orders: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tnn.convert.convert as convert_module
+import tnn.model.conversion
 from tests.model.decoding import golden_lm, random_tokens
 from tests.model.helpers import relative_error, tiny_model
 from tnn.cli.main import main
@@ -237,3 +238,40 @@ def test_default_reduced_conversion_writes_its_fit_and_decodes(tmp_path: Path, n
     tokens = random_tokens(1, 24)
     got, _ = model.recurrent_logits(tokens)
     assert relative_error(got, model(tokens)) <= 5e-2
+
+
+def test_fidelity_is_measured_on_held_out_text_and_the_fit_runs_once(
+    tmp_path: Path, native_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--eval-text, else SRC's held_out.txt (carried over), else random ids, said so; the reduced fit runs once
+    per layer although the past-n table also reports the reduced method."""
+    fits: list[int] = []
+    counted = tnn.model.conversion.fit_reduced
+    monkeypatch.setattr(tnn.model.conversion, "fit_reduced", lambda *a, **k: fits.append(1) or counted(*a, **k))
+    text = tmp_path / "eval.txt"
+    text.write_text(" ".join(f"w{(7 * i) % 97}" for i in range(151)))  # no end-of-text token: 150 predicted
+    assert main(["convert", str(native_dir), str(tmp_path / "a"), "--eval-text", str(text)]) == 0
+    assert len(fits) == 2  # two layers, fitted once each (not again for the past-n table)
+    out = capsys.readouterr().out
+    assert f"fidelity on {text} (150 tokens, float64, teacher-forced): top-1 agreement" in out and "bits/byte" in out
+    report = json.loads((tmp_path / "a" / "conversion.json").read_text())
+    fidelity = report["fidelity"]
+    assert (
+        fidelity["source"] == str(text)
+        and fidelity["tokens"] == 150
+        and fidelity["bytes"] == len(text.read_bytes()) - len("w0 ")
+    )
+    assert 0.5 <= fidelity["top1_agreement"] <= 1 and 0 < fidelity["max_abs_logprob_diff"] < 1
+    assert {row["method"] for row in report["past_n"]["rows"]} >= {"reduced", "etsc-tail"}
+
+    held_out = " ".join(text.read_text().split()[:51])
+    (native_dir / "held_out.txt").write_text(held_out)
+    report = convert_checkpoint(src=native_dir, dst=tmp_path / "b", progress=False, compare_past_n=False)
+    assert report.fidelity.source == str(native_dir / "held_out.txt") and report.fidelity.tokens == 50
+    assert "held_out.txt" in report.carried and (tmp_path / "b" / "held_out.txt").read_text() == held_out
+
+    (native_dir / "held_out.txt").unlink()
+    assert main(["convert", str(native_dir), str(tmp_path / "c"), "--no-past-n"]) == 0
+    assert "fidelity on random token ids, seed 1 (no --eval-text and no held_out.txt)" in capsys.readouterr().out
+    assert main(["convert", str(native_dir), str(tmp_path / "d"), "--eval-text", str(tmp_path / "none.txt")]) == 1
+    assert "none.txt" in capsys.readouterr().err and not (tmp_path / "d").exists()

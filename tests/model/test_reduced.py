@@ -18,6 +18,7 @@ from tnn.model import TnnLM, attach_ssm, load, save_model
 from tnn.model.conversion import ReducedOptions
 from tnn.model.ssm import (
     ModalParams,
+    SsmParams,
     UnstablePole,
     etsc,
     modal_kernel,
@@ -93,12 +94,15 @@ def test_nearly_undamped_kernels_fit() -> None:
     check_fit(nearly_undamped_kernels(), 1e-6, fir_length=0)
 
 
-def test_a_kernel_without_decay_falls_back_or_is_refused() -> None:
-    """A constant kernel needs |lambda| = 1: the fit pulls the pole inside (error ~ K (1 - MAX_RADIUS)), misses
-    a tight tolerance, falls back to exact ETSC modes when they decay, and is refused when they do not."""
+def test_a_kernel_without_decay_keeps_its_best_stable_fit_falls_back_or_is_refused() -> None:
+    """A constant kernel needs |lambda| = 1: the fit pulls the pole inside (error ~ K (1 - MAX_RADIUS)) and misses
+    a tight tolerance. By default it keeps its best (stable) fit; with a fallback it takes exact ETSC modes when
+    they decay, and is refused when they do not."""
     flat = torch.ones(K, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="no ETSC fallback"):
-        fit_reduced(flat, length=N_CONV, tolerance=1e-9, max_modes=4, fir_length=0)
+    best = fit_reduced(flat, length=N_CONV, tolerance=1e-9, max_modes=4, fir_length=0)
+    assert best.missed.tolist() == [True, True] and not best.fallback.any()
+    assert best.n_modes <= 4 and bool((best.params.poles.abs() <= MAX_RADIUS).all())
+    assert bool((best.error_inside > 1e-9).all()) and bool((best.error_inside < 1e-2).all())
     undecayed = torch.ones(N_CONV + 1, 2, dtype=torch.float64)
     with pytest.raises(UnstablePole, match="do not decay"):
         fit_reduced(
@@ -110,17 +114,38 @@ def test_a_kernel_without_decay_falls_back_or_is_refused() -> None:
             etsc_fallback=lambda: etsc(undecayed, torch.ones(2, dtype=torch.float64), method="etsc-tail"),
         )
     loose = fit_reduced(flat, length=N_CONV, tolerance=1e-3, max_modes=4, fir_length=0)
-    assert bool((loose.params.poles.abs() < 1).all())
+    assert bool((loose.params.poles.abs() < 1).all()) and not loose.missed.any()
 
 
-def test_a_channel_that_misses_the_tolerance_keeps_exact_etsc_modes() -> None:
-    """White-noise kernel: no few-mode fit exists; the channel falls back and is then exact to lag n."""
+def noise_and_smooth_channels() -> tuple[torch.Tensor, torch.Tensor, SsmParams]:
+    """Channel 0: a decayed white-noise kernel (no few-mode fit exists), channel 1 smooth; gamma, exact ETSC."""
     gamma = torch.full((2,), 0.97, dtype=torch.float64)
     t = torch.randn(N_CONV + 1, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     kernel = torch.cat([0.97 ** lags(N_CONV + 1) * t, torch.zeros(K - N_CONV - 1, 2, dtype=torch.float64)])
     smooth = smooth_kernels()[:, :1]
     kernel = torch.cat([kernel[:, :1], smooth], dim=1)  # channel 0 noise, channel 1 smooth
     exact = etsc(torch.cat([t[:, :1], smooth[: N_CONV + 1] / 0.97 ** lags(N_CONV + 1)], 1), gamma, method="etsc-tail")
+    return kernel, gamma, exact
+
+
+def test_a_hard_channel_does_not_widen_its_layer() -> None:
+    """The noise channel misses the tolerance and keeps its best fit within max_modes: the layer stays at most
+    max_modes slots wide (not the n/2 + 1 of exact modes), the smooth channel still meets the tolerance."""
+    kernel, _, exact = noise_and_smooth_channels()
+    fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_modes=6, fir_length=2)
+    assert fit.missed.tolist() == [True, False] and not fit.fallback.any()
+    assert fit.n_modes <= 6 < exact.n_modes
+    assert fit.error_inside[1] <= 1e-6 and fit.error_inside[0] > 1e-6
+    assert bool((fit.params.poles.abs() <= MAX_RADIUS).all())
+    realised = modal_kernel(fit.params, K)
+    error = ((realised - kernel).abs() / kernel.abs().amax(0)).amax(0)  # the reported error is the realised one
+    torch.testing.assert_close(error, torch.maximum(fit.error_inside, fit.error_past), rtol=1e-9, atol=1e-15)
+
+
+def test_a_channel_that_misses_the_tolerance_keeps_exact_etsc_modes_when_asked() -> None:
+    """With a fallback the noise channel takes its exact ETSC modes and is then exact to lag n, at the price of
+    the whole layer's width."""
+    kernel, _, exact = noise_and_smooth_channels()
     fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_modes=6, fir_length=2, etsc_fallback=lambda: exact)
     assert fit.fallback.tolist() == [True, False]
     assert fit.n_modes == exact.n_modes  # the fallback widens the layer to the ETSC mode count
@@ -214,7 +239,7 @@ def test_fused_step_equals_the_eager_step(dtype: torch.dtype, fir_length: int) -
 
 
 def reduced_model(model: TnnLM, length: int, tolerance: float = 1e-6) -> TnnLM:
-    options = ReducedOptions(tolerance=tolerance, max_modes=16, fir_length=2)
+    options = ReducedOptions(tolerance=tolerance, max_modes=16, fir_length=2, exact_fallback=True)
     return attach_ssm(model, length=length, method="reduced", reduced=options)
 
 

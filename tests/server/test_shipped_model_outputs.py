@@ -1,5 +1,6 @@
-"""The shipped model behind a real `tnn serve`: chat turns end by its generation_config.json, and 100 seeded
-structured-output samples (sent at once, so constrained rows share decode steps) all parse and validate."""
+"""The shipped model behind a real `tnn serve`: it starts converted, chat turns end by its generation_config.json,
+and 100 seeded structured-output samples (sent at once, so constrained rows share decode steps) all parse and
+validate."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def shipped() -> Iterator[ServerProcess]:
     args = ["--served-model-name", "default", "--max-num-seqs", "32", "--max-waiting-requests", "256"]
     with ServerProcess(tnn.model.default_model_dir(), args=args) as server:
         yield server
+
+
+def test_the_shipped_model_starts_converted(shipped: ServerProcess) -> None:
+    """It ships ssm.safetensors: start-up loads the conversion instead of fitting it (seconds, not minutes)."""
+    log = shipped.log()
+    assert "ready: serving" in log and "converting on load" not in log
 
 
 def test_models_show_the_generation_defaults(shipped: ServerProcess) -> None:
