@@ -9,7 +9,7 @@ of a periodic copy. Per channel, in float64:
    |lambda| > MAX_RADIUS are pulled back onto that radius (never an unstable pole);
 3. residues by real least squares over every lag: a conjugate pair contributes Re(w lambda^k) with w = alpha +
    i beta, spanned by the columns Re lambda^k and Im conj(lambda)^k; a real pole by lambda^k;
-4. the order r grows from 1 to `max_modes` until max_k |K_k - a_k| <= tolerance * max_k |a_k|. A channel
+4. the order r grows from 1 to `max_order` until max_k |K_k - a_k| <= tolerance * max_k |a_k|. A channel
    that never gets there falls back to its exact ETSC modes (etsc-tail), counted in the result.
 A layer's state holds N = the most slots any of its channels needs (a pair or a real pole is one slot;
 channels with fewer are padded with lambda = 0, w = 0), so one fallback channel costs the whole layer.
@@ -30,7 +30,7 @@ from tnn.model.ssm.etsc import SsmParams
 from tnn.model.ssm.modal import ModalParams, UnstablePole, modal_kernel
 
 DEFAULT_TOLERANCE = 2e-2
-DEFAULT_MAX_MODES = 16
+DEFAULT_MAX_ORDER = 16
 DEFAULT_FIR_LENGTH = 8
 FIT_MULTIPLE = 4  # fit lags 0 .. FIT_MULTIPLE * n - 1
 MAX_RADIUS = 1.0 - 1e-6  # strictly inside the unit circle, representable in float32
@@ -58,7 +58,7 @@ def fit_reduced(
     *,
     length: int,
     tolerance: float = DEFAULT_TOLERANCE,
-    max_modes: int = DEFAULT_MAX_MODES,
+    max_order: int = DEFAULT_MAX_ORDER,
     fir_length: int = DEFAULT_FIR_LENGTH,
     etsc_fallback: Callable[[], SsmParams] | None = None,
     max_radius: Tensor | None = None,
@@ -73,24 +73,24 @@ def fit_reduced(
     """
     kernel = kernel.to(device="cpu", dtype=torch.float64)
     lags, channels = kernel.shape
-    if not 0 <= fir_length < lags - 2 * max_modes - 1:
-        raise ValueError(f"fir_length {fir_length} leaves too few of {lags} lags for {max_modes} modes")
-    if max_modes < 1 or not tolerance > 0:
-        raise ValueError(f"need max_modes >= 1 and tolerance > 0, got {max_modes}, {tolerance}")
+    if not 0 <= fir_length < lags - 2 * max_order - 1:
+        raise ValueError(f"fir_length {fir_length} leaves too few of {lags} lags for {max_order} modes")
+    if max_order < 1 or not tolerance > 0:
+        raise ValueError(f"need max_order >= 1 and tolerance > 0, got {max_order}, {tolerance}")
     if not bool(torch.isfinite(kernel).all()):
         raise ValueError("the kernel has non-finite values")
     scale = kernel.abs().amax(0).clamp_min(torch.finfo(torch.float64).tiny)  # (D,)
     tail = kernel[fir_length:].T / scale[:, None]  # (D, K'): normalised y_k = a_{h+k}
 
-    poles = torch.zeros(channels, max_modes, dtype=torch.complex128)  # (D, r) accepted poles, zero-padded
-    residues = torch.zeros(channels, max_modes, dtype=torch.float64)  # (D, r) real least-squares coefficients
+    poles = torch.zeros(channels, max_order, dtype=torch.complex128)  # (D, r) accepted poles, zero-padded
+    residues = torch.zeros(channels, max_order, dtype=torch.float64)  # (D, r) real least-squares coefficients
     orders = torch.zeros(channels, dtype=torch.long)
     cap = torch.full((channels,), MAX_RADIUS, dtype=torch.float64)
     if max_radius is not None:
         cap = torch.minimum(cap, max_radius.to(device="cpu", dtype=torch.float64))
     for start in range(0, channels, CHANNEL_BLOCK):
         block = slice(start, start + CHANNEL_BLOCK)
-        _fit_block(tail[block], tolerance, max_modes, cap[block], poles[block], residues[block], orders[block])
+        _fit_block(tail[block], tolerance, max_order, cap[block], poles[block], residues[block], orders[block])
 
     fallback = orders == 0
     slot_poles, slot_weights = _slots(poles, residues, orders)  # (N, D) complex, in units of `scale`
@@ -99,7 +99,7 @@ def fit_reduced(
     if bool(fallback.any()):
         if etsc_fallback is None:
             raise ValueError(
-                f"{int(fallback.sum())} channel(s) miss the tolerance {tolerance:g} with {max_modes} modes "
+                f"{int(fallback.sum())} channel(s) miss the tolerance {tolerance:g} with {max_order} modes "
                 "and no ETSC fallback was given"
             )
         slot_poles, slot_weights = _with_fallback(slot_poles, slot_weights, fallback, etsc_fallback(), fir_length)
@@ -116,17 +116,17 @@ def fit_reduced(
 
 
 def _fit_block(
-    tail: Tensor, tolerance: float, max_modes: int, cap: Tensor, poles: Tensor, residues: Tensor, orders: Tensor
+    tail: Tensor, tolerance: float, max_order: int, cap: Tensor, poles: Tensor, residues: Tensor, orders: Tensor
 ) -> None:
     """Fit the channels of `tail` (c, K') in place into poles/residues (c, r), orders (c,): smallest order first."""
     channels, count = tail.shape
-    rows = 2 * max_modes + 1
+    rows = 2 * max_order + 1
     offsets = torch.linspace(0, count - rows, min(count - rows + 1, HANKEL_COLUMNS)).round().long().unique()
     hankel = tail[:, offsets[None, :] + torch.arange(rows)[:, None]]  # (c, M, C)
     left, _, _ = torch.linalg.svd(hankel, full_matrices=False)  # (c, M, M)
     lag = torch.arange(count, dtype=torch.float64)[None, :, None]  # (1, K', 1)
     pending = torch.arange(channels)
-    for order in range(1, max_modes + 1):
+    for order in range(1, max_order + 1):
         basis_vectors = left[pending, :, :order]  # (p, M, r)
         shift = torch.linalg.lstsq(basis_vectors[:, :-1], basis_vectors[:, 1:]).solution  # (p, r, r)
         candidate = torch.linalg.eigvals(shift)  # (p, r)
