@@ -43,7 +43,7 @@ def variants(tolerances: list[float], old: list[float]) -> list[tuple[str, SsmMe
     rows: list[tuple[str, SsmMethod, ReducedOptions | None]] = [("etsc-tail", "etsc-tail", None)]
     rows += [(f"reduced tol {t:g}", "reduced", ReducedOptions(tolerance=t)) for t in tolerances]
     rows += [
-        (f"old: exact fallback, 16 modes, tol {t:g}", "reduced", ReducedOptions(tolerance=t, max_modes=16,
+        (f"old: exact fallback, 16 modes, tol {t:g}", "reduced", ReducedOptions(tolerance=t, max_order=16,
                                                                                exact_fallback=True))
         for t in old
     ]  # fmt: skip

@@ -2,7 +2,7 @@
 
 Both models are the README's pair: the shipped TNN (4 layers x 192, vocabulary 4096) and the GPT-2 that
 `tnn train --arch gpt2` builds at the same width, depth and vocabulary with its MLP widened to match the TNN's
-parameter count (tnn.model.train.build_model), its position table extended to the longest position measured.
+parameter count (tnn.training.train.build_model), its position table extended to the longest position measured.
 GPT-2 decodes with Hugging Face's StaticCache sized to the position (max_cache_len = P + the tokens timed):
 the best static-cache decode transformers offers on CPU without compiling. Neither model is compiled
 (eager PyTorch on both sides); the TNN's `--fused` rows (its torch.compile'd SSM update, where available) are
@@ -35,7 +35,7 @@ from torch import nn
 import tnn.model
 from tnn.model import TnnLM, attach_ssm
 from tnn.model.conversion import DEFAULT_METHOD
-from tnn.model.train import TrainConfig, build_model, count_parameters
+from tnn.training.train import TrainConfig, build_model, count_parameters
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

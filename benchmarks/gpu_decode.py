@@ -39,8 +39,8 @@ from torch import nn
 import tnn.model
 from tnn.model import TnnLM, attach_ssm
 from tnn.model.conversion import DEFAULT_METHOD
-from tnn.model.train import count_parameters
 from tnn.server.decode_graphs import DecodeStep
+from tnn.training.train import count_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt2_decode import Gpt2Decoder, matched_gpt2  # noqa: E402

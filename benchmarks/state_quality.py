@@ -26,9 +26,9 @@ import torch
 from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load
 from tnn.model.config import SsmMethod
 from tnn.model.conversion import ReducedOptions
-from tnn.model.corpus import load_splits
-from tnn.model.evaluate import score_tokens
 from tnn.model.tokenizer import encode, eos_id, load_tokenizer
+from tnn.training.corpus import load_splits
+from tnn.training.evaluate import score_tokens
 
 RESULTS = Path(__file__).parent / "results"
 

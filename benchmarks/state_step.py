@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="steps timed per variant per round")
     parser.add_argument("--tolerance", type=float, default=ReducedOptions().tolerance)
     parser.add_argument("--fir-length", type=int, default=ReducedOptions().fir_length)
-    parser.add_argument("--max-modes", type=int, default=ReducedOptions().max_modes)
+    parser.add_argument("--max-order", type=int, default=ReducedOptions().max_order)
     parser.add_argument("--no-fused", action="store_true", help="skip the torch.compile'd step")
     parser.add_argument("--out", default=str(RESULTS / "state_step.json"))
     args = parser.parse_args(argv)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = load(default_model_dir(), dtype=torch.float64)
     etsc_model = attach_ssm(copy.deepcopy(base), method="etsc-tail").float()
-    options = ReducedOptions(tolerance=args.tolerance, max_modes=args.max_modes, fir_length=args.fir_length)
+    options = ReducedOptions(tolerance=args.tolerance, max_order=args.max_order, fir_length=args.fir_length)
     start = time.perf_counter()
     reduced_model = attach_ssm(copy.deepcopy(base), method="reduced", reduced=options).float()
     convert_s = time.perf_counter() - start

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tnn.model.default import default_model_dir
-from tnn.model.train import TrainConfig, train
+from tnn.training.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 OPERATORS = ("tnn", "fd", "ski")

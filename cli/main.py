@@ -26,8 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("tnn.clients.cli_generate", "complete a prompt on a running server, streaming the text"),
     "chat": ("tnn.clients.cli_chat", "chat interactively with a running server"),
     "embed": ("tnn.clients.cli_embed", "embeddings of texts from a running server (/v1/embeddings)"),
-    "train": ("tnn.model.train_cli", "train a TNN (or the GPT-2 baseline) on Shakespeare into a model directory"),
-    "eval": ("tnn.model.eval_cli", "bits per byte of a model directory on a text, parallel and recurrent"),
+    "train": ("tnn.training.train_cli", "train a TNN (or the GPT-2 baseline) on Shakespeare into a model directory"),
+    "eval": ("tnn.training.eval_cli", "bits per byte of a model directory on a text, parallel and recurrent"),
 }
 
 

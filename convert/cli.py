@@ -19,6 +19,17 @@ from tnn.model.conversion import DEFAULT_METHOD, ReducedOptions
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class DeprecatedName(argparse.Action):
+    """An old flag name kept working: stores into the new flag's destination and says the new name on stderr."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option: str | None = None
+    ) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"tnn convert: {option} is deprecated, use {new} (the same number)", file=sys.stderr)  # noqa: T201
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="a model directory or an original fairseq checkpoint (.pt)")
     parser.add_argument("dst", metavar="DST", help="the model directory to write (atomically)")
@@ -40,12 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"lags (default {defaults.tolerance:g})",
     )
     parser.add_argument(
-        "--max-modes",
+        "--max-order",
         type=int,
-        default=defaults.max_modes,
-        help="reduced: model order cap per channel (a complex pair counts 2); a channel that misses the tolerance "
-        f"keeps its best fit within the cap (default {defaults.max_modes})",
+        default=defaults.max_order,
+        help="reduced: model order cap per channel, in poles (a complex pair counts 2 and is stored as one mode); a "
+        f"channel that misses the tolerance keeps its best fit within the cap (default {defaults.max_order})",
     )
+    parser.add_argument("--max-modes", type=int, dest="max_order", action=DeprecatedName, help=argparse.SUPPRESS)
     parser.add_argument(
         "--exact-fallback",
         action="store_true",
@@ -164,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
             reduced=ReducedOptions(
                 tolerance=args.tolerance,
-                max_modes=args.max_modes,
+                max_order=args.max_order,
                 fir_length=args.fir_length,
                 fit_multiple=args.fit_multiple,
                 exact_fallback=args.exact_fallback,

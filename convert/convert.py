@@ -287,7 +287,7 @@ def _reduced_summary(options: ReducedOptions, fits: list[Any]) -> dict[str, Any]
     """What the reduced fit chose and achieved, per layer (conversion.json "reduced")."""
     return {
         "tolerance": options.tolerance,
-        "max_modes": options.max_modes,
+        "max_order": options.max_order,
         "fir_length": options.fir_length,
         "fit_multiple": options.fit_multiple,
         "exact_fallback": options.exact_fallback,

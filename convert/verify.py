@@ -15,7 +15,7 @@ from torch import Tensor
 from tnn.model.config import SsmMethod
 from tnn.model.conversion import ReducedOptions, attach_ssm
 from tnn.model.ssm import ModalParams, SsmParams, modal_kernel_from_powers, realised_kernel, ssm_kernel_from_modes
-from tnn.model.tnn import TnnLM, Tno
+from tnn.model.tnn import TnnLM, TnnState, Tno
 from tnn.model.toeplitz import fft_dtype
 
 # the mode-sum twin materialises (lags, modes, channels) complex128; channels are summed in blocks of this many elements
@@ -124,14 +124,15 @@ def probe_tokens(vocab_size: int, length: int, seed: int = 0) -> Tensor:
 
 
 @torch.no_grad()
-def teacher_forced_logits(model: TnnLM, tokens: Tensor, split: int) -> Tensor:
-    """prefill(tokens[:, :split]) then step through the rest: logits (B, L - split + 1, V) for positions split-1.."""
+def teacher_forced(model: TnnLM, tokens: Tensor, split: int) -> tuple[Tensor, TnnState]:
+    """prefill(tokens[:, :split]) then step through the rest: logits (B, L - split + 1, V) for positions
+    split-1..L-1, and the state after the last token."""
     logits, state = model.prefill(tokens[:, :split])
     outputs = [logits]
     for i in range(split, tokens.shape[1]):
         logits, state = model.step(tokens[:, i], state)
         outputs.append(logits)
-    return torch.stack(outputs, dim=1)
+    return torch.stack(outputs, dim=1), state
 
 
 @torch.no_grad()
@@ -143,7 +144,7 @@ def check_logits(model: TnnLM, tokens: Tensor, *, split: int) -> LogitsCheck:
     errors = []
     for dtype in (torch.float64, torch.float32):
         probe_model = model if dtype == model.dtype else _cast_copy(model, dtype)
-        errors.append(relative_error(teacher_forced_logits(probe_model, tokens, split), expected))
+        errors.append(relative_error(teacher_forced(probe_model, tokens, split)[0], expected))
     return LogitsCheck(probe_length=length, split=split, float64_rel_error=errors[0], float32_rel_error=errors[1])
 
 

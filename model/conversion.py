@@ -17,7 +17,7 @@ from tnn.model.config import SsmConfig, SsmMethod
 from tnn.model.ssm import LayerParams, etsc, require_stable
 from tnn.model.ssm.reduced import (
     DEFAULT_FIR_LENGTH,
-    DEFAULT_MAX_MODES,
+    DEFAULT_MAX_ORDER,
     DEFAULT_TOLERANCE,
     FIT_MULTIPLE,
     ReducedFit,
@@ -37,10 +37,10 @@ class ReducedOptions:
     """Knobs of the reduced-order fit (`tnn convert --tolerance --max-modes --fir-length --fit-multiple`)."""
 
     tolerance: float = DEFAULT_TOLERANCE  # max kernel error / max |kernel| per channel, over lags 0..K-1
-    max_modes: int = DEFAULT_MAX_MODES  # model order cap per channel (a conjugate pair counts 2, a real pole 1)
+    max_order: int = DEFAULT_MAX_ORDER  # model order cap per channel (a conjugate pair counts 2, a real pole 1)
     fir_length: int = DEFAULT_FIR_LENGTH  # exact FIR head h: lags 0..h-1
     fit_multiple: int = FIT_MULTIPLE  # fit lags 0..fit_multiple * n - 1
-    # a channel that misses the tolerance within max_modes: False keeps its best fit (the layer stays narrow);
+    # a channel that misses the tolerance within max_order: False keeps its best fit (the layer stays narrow);
     # True gives it its exact ETSC modes (exact to lag n, but the whole layer widens to n/2 + 1 slots)
     exact_fallback: bool = False
 
@@ -71,7 +71,7 @@ def layer_reduced(tno: Tno, length: int, options: ReducedOptions) -> ReducedFit:
         kernel,
         length=length,
         tolerance=options.tolerance,
-        max_modes=options.max_modes,
+        max_order=options.max_order,
         fir_length=options.fir_length,
         etsc_fallback=(lambda: layer_ssm(tno, length, "etsc-tail", full_state=False))
         if options.exact_fallback

@@ -99,32 +99,49 @@ _LAYER_DEFAULTS: dict[str, Any] = {
     "nk": 16,
     "layernorm_embedding": False,
 }
-# (fairseq regex, native template); applied to every key of the state dict
-_KEY_MAP: list[tuple[str, str]] = [
-    (r"^decoder\.embed_tokens\.weight$", "embed.weight"),
-    (r"^decoder\.layer_norm\.(weight|bias)$", r"final_norm.\1"),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.o\.(weight|bias)$", r"layers.\1.gtu.out_proj.\2"),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.([uv]_proj)\.(weight|bias)$", r"layers.\1.gtu.\2.\3"),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.gamma$", r"layers.\1.gtu.tno.gamma"),
-    (
-        r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.pos_proj\.(weight|bias)$",
-        r"layers.\1.gtu.tno.rpe.pos_proj.\2",
-    ),
-    (
-        r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.layers\.(\d+)\.2\.(weight|bias)$",
-        r"layers.\1.gtu.tno.rpe.layers.\2.linear.\3",
-    ),
-    (
-        r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.rpe\.out\.2\.(weight|bias)$",
-        r"layers.\1.gtu.tno.rpe.out.linear.\2",
-    ),
-    (r"^decoder\.layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"layers.\1.glu.\2.\3"),
-    (r"^decoder\.layers\.(\d+)\.self_attn\.gtu\.toep\.(alphas|betas|conv_kernel)$", r"layers.\1.gtu.tno.\2"),
-    (r"^decoder\.layernorm_embedding\.(weight|bias)$", r"embed_norm.\1"),
-    (r"^encoder\.lm_head\.dense\.(weight|bias)$", r"mlm_head.dense.\1"),
-    (r"^encoder\.lm_head\.layer_norm\.(weight|bias)$", r"mlm_head.norm.\1"),
-    (r"^encoder\.lm_head\.bias$", "mlm_head.bias"),
-]
+# (fairseq name, native name) of every parameter, both ways: `{field}` is one dotted part, matched by _FIELDS
+KEY_NAMES: list[tuple[str, str]] = [
+    ("decoder.embed_tokens.weight", "embed.weight"),
+    ("decoder.layer_norm.{wb}", "final_norm.{wb}"),
+    ("decoder.layers.{layer}.self_attn.gtu.o.{wb}", "layers.{layer}.gtu.out_proj.{wb}"),
+    ("decoder.layers.{layer}.self_attn.gtu.{uv}.{wb}", "layers.{layer}.gtu.{uv}.{wb}"),
+    ("decoder.layers.{layer}.self_attn.gtu.toep.{tensor}", "layers.{layer}.gtu.tno.{tensor}"),
+    ("decoder.layers.{layer}.self_attn.gtu.toep.rpe.pos_proj.{wb}", "layers.{layer}.gtu.tno.rpe.pos_proj.{wb}"),
+    ("decoder.layers.{layer}.self_attn.gtu.toep.rpe.layers.{rpe}.2.{wb}", "layers.{layer}.gtu.tno.rpe.layers.{rpe}.linear.{wb}"),
+    ("decoder.layers.{layer}.self_attn.gtu.toep.rpe.out.2.{wb}", "layers.{layer}.gtu.tno.rpe.out.linear.{wb}"),
+    ("decoder.layers.{layer}.glu.{glu}.{wb}", "layers.{layer}.glu.{glu}.{wb}"),
+    ("decoder.layernorm_embedding.{wb}", "embed_norm.{wb}"),
+    ("encoder.lm_head.dense.{wb}", "mlm_head.dense.{wb}"),
+    ("encoder.lm_head.layer_norm.{wb}", "mlm_head.norm.{wb}"),
+    ("encoder.lm_head.bias", "mlm_head.bias"),
+]  # fmt: skip
+_FIELDS = {
+    "wb": "weight|bias",
+    "layer": r"\d+",
+    "rpe": r"\d+",
+    "uv": "u_proj|v_proj",
+    "glu": "l1|l2|l3",
+    "tensor": "gamma|alphas|betas|conv_kernel",  # gamma: the TNN's decay; the rest: SKI-TNN's
+}
+
+
+def _key_regex(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    regex = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_FIELDS[part]})" for i, part in enumerate(parts))
+    return re.compile(regex)
+
+
+_TO_NATIVE = [(_key_regex(fairseq), native) for fairseq, native in KEY_NAMES]
+_TO_FAIRSEQ = [(_key_regex(native), fairseq) for fairseq, native in KEY_NAMES]
+
+
+def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for regex, template in table:
+        if match := regex.fullmatch(key):
+            return template.format(**match.groupdict())
+    return None
+
+
 # RoBERTa-style encoders (ski_blm_inv_time) keep the layers under this prefix; read as the decoder's
 ENCODER_PREFIX = "encoder.sentence_encoder."
 # Non-parameter leftovers fairseq-evo itself drops on load (spec §4.1)
@@ -335,10 +352,16 @@ def config_from_fairseq(checkpoint: dict[str, Any], path: Path) -> TnnConfig:
 
 def native_key(key: str) -> str | None:
     """The native name of a fairseq-evo state-dict key, or None if it is not a TNN LM parameter."""
-    for pattern, template in _KEY_MAP:
-        if re.match(pattern, key):
-            return re.sub(pattern, template, key)
-    return None
+    return _rename(key, _TO_NATIVE)
+
+
+def fairseq_key(native: str) -> str:
+    """The fairseq-evo name of a native parameter (decoder layout; KeyError if it has none): the inverse of
+    `native_key`, from the same table, for writing checkpoints in fairseq's layout."""
+    key = _rename(native, _TO_FAIRSEQ)
+    if key is None:
+        raise KeyError(native)
+    return key
 
 
 def native_state_from_fairseq(state: dict[str, Tensor], config: TnnConfig, path: Path) -> dict[str, Tensor]:

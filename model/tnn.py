@@ -355,8 +355,10 @@ class TnnLM(nn.Module):
 
     def fuse_step(self, enabled: bool = True) -> bool:
         """Use the torch.compile'd step (state read and written once per step) instead of the eager in-place
-        ops. Returns whether the fused step is in use; compilation happens at the first step of each batch shape
-        family (seconds), so call this once at start-up and warm up. The eager step is the default."""
+        ops. Returns whether the fused step was switched on (torch.compile can be set up here); compilation
+        happens at the first step of each dtype / head variant (seconds), which falls back to the eager step,
+        logged, if it fails (`tnn.model.ssm.fused_step_compiled` tells), so call this once at start-up and warm
+        up. The eager step is the default."""
         fused = enabled and fused_step_available()
         for layer in self.layers:
             layer.gtu.tno.fused_step = fused

@@ -6,6 +6,11 @@ request or a header block larger than h11 accepts (431). Idle keep-alive connect
 
 Refusals are written straight to the socket (the request never reached the app) and closed after a short linger:
 reading and discarding what the client still sends, so that our answer is not lost to a TCP reset.
+
+uvicorn's own options do not cover this: it has no deadline for a request head (`timeout_keep_alive` only bounds
+idle connections between requests), and `limit_concurrency` answers a plain-text 503 and counts running requests as
+well as connections. So this subclasses uvicorn's H11Protocol and uses its internals (`connections`, `conn`, `flow`,
+`send_400_response`, `handle_events`); pyproject.toml bounds uvicorn to the releases this was tested with.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from tnn.server.generation import (
 )
 from tnn.server.metrics import Metrics
 from tnn.server.prefix_cache import PrefixCache, build_prefix_cache, cache_boundaries
-from tnn.server.scheduler import SlotPool, group_by, plan_prefill
+from tnn.server.scheduler import SlotBudget, group_by, plan_prefill
 from tnn.server.settings import Settings
 from tnn.server.structured import Grammars, TokenMatcher, allowed_rows
 from tnn.server.textstream import TextStream
@@ -92,13 +92,12 @@ class _Tracker:
 
 
 class _Sequence:
-    """One choice: its slot, sampler, generated tokens and text. Compared by identity."""
+    """One choice: its sampler, generated tokens and text. Compared by identity."""
 
-    def __init__(self, tracker: _Tracker, index: int, slot: int, engine: Engine, prompt: list[int]) -> None:
+    def __init__(self, tracker: _Tracker, index: int, engine: Engine, prompt: list[int]) -> None:
         request = tracker.request
         self.tracker = tracker
         self.index = index
-        self.slot = slot
         seed = request.sampling.seed
         self.params = request.sampling if seed is None else dataclasses.replace(
             request.sampling, seed=(seed + index) % SEED_MODULUS
@@ -178,7 +177,7 @@ class Engine:
             else None
         )
         slots = self.slot_plan.slots if self.slot_plan is not None else settings.max_num_seqs
-        self.slots = SlotPool(slots)
+        self.slots = SlotBudget(slots)
         self.fused_step = self.generative and model.fuse_step(settings.fused_step)  # False without torch.compile
         self.capacity = slots + settings.max_waiting_requests  # sequences
         self.prefix_cache: PrefixCache | None = (
@@ -380,17 +379,13 @@ class Engine:
         while self._waiting:
             tracker = self._waiting[0]
             request = tracker.request
-            slots = self.slots.acquire(request.n_sequences)
-            if slots is None:
+            if not self.slots.acquire(request.n_sequences):
                 return
             self._waiting.popleft()
             tracker.admitted = now
             self.metrics.request_queue_time.observe(now - request.arrival)
             for p, prompt in enumerate(request.prompts):
-                sequences = [
-                    _Sequence(tracker, p * request.n + i, slots[p * request.n + i], self, prompt)
-                    for i in range(request.n)
-                ]
+                sequences = [_Sequence(tracker, p * request.n + i, self, prompt) for i in range(request.n)]
                 tracker.sequences.extend(sequences)
                 unit = _PrefillUnit(tracker, p, prompt, sequences)
                 if self.prefix_cache is not None and request.cache_prompt:
@@ -621,7 +616,7 @@ class Engine:
             return
         seq.finished = True
         self.metrics.requests.labels(finish_reason=reason).inc()
-        self.slots.release([seq.slot])
+        self.slots.release()
         if seq in self._batch.rows:
             if reason in ("stop", "length"):
                 self._store_finished(seq)

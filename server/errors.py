@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tnn.server.metrics import Metrics
 from tnn.server.schemas import EXTENSIONS, ErrorInfo, ErrorResponse
+from tnn.server.tokenizer import TokenizerSkipped
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -154,6 +155,11 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             return error_response(error, metrics)
         return error_response(ApiError(exc.status_code, str(exc.detail), headers=exc.headers), metrics)
 
+    async def on_tokenizer_skipped(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TokenizerSkipped)
+        return error_response(ApiError(400, str(exc), param=exc.param, code="tokenizer_skipped"), metrics)
+
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(TokenizerSkipped, on_tokenizer_skipped)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

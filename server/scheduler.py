@@ -1,38 +1,35 @@
-"""Scheduling pieces with no model in them: the state-slot pool and the per-iteration prefill plan."""
+"""Scheduling pieces with no model in them: the state-slot count and the per-iteration prefill plan."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
 
-class SlotPool:
-    """Fixed number of state slots; a sequence holds one from admission until it finishes or is cancelled."""
+class SlotBudget:
+    """How many of a fixed number of state slots are in use: a sequence counts one from admission until it
+    finishes or is cancelled. Only a count: where a sequence's state lives is the running batch's row order."""
 
     def __init__(self, total: int) -> None:
         if total < 1:
             raise ValueError(f"need at least one state slot, got {total}")
         self.total = total
-        self._free = list(range(total - 1, -1, -1))  # pop() hands out slot 0 first
+        self.used = 0
 
     @property
     def free(self) -> int:
-        return len(self._free)
+        return self.total - self.used
 
-    @property
-    def used(self) -> int:
-        return self.total - len(self._free)
+    def acquire(self, count: int) -> bool:
+        """Count `count` more slots in use, or return False (and count nothing) if fewer are free."""
+        if count > self.free:
+            return False
+        self.used += count
+        return True
 
-    def acquire(self, count: int) -> list[int] | None:
-        """`count` slots, or None (and nothing taken) if fewer are free."""
-        if count > len(self._free):
-            return None
-        return [self._free.pop() for _ in range(count)]
-
-    def release(self, slots: Sequence[int]) -> None:
-        for slot in slots:
-            if slot in self._free or not 0 <= slot < self.total:
-                raise ValueError(f"slot {slot} is not held")
-            self._free.append(slot)
+    def release(self, count: int = 1) -> None:
+        if not 0 < count <= self.used:
+            raise ValueError(f"cannot release {count} slot(s): {self.used} in use")
+        self.used -= count
 
 
 def plan_prefill(remaining: Sequence[int], budget: int) -> list[int]:

@@ -311,15 +311,6 @@ class ChatChunkChoice(BaseModel):
     stop_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
 class EmbeddingInfo(BaseModel):
     """How /v1/embeddings builds its vectors for this model (part of the /v1/models card)."""
 

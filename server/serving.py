@@ -5,7 +5,6 @@ waiting on events (with disconnect and timeout checks) and the response / SSE ch
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import logging
@@ -19,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tnn.server import options
+from tnn.server.chat_turns import AnsweredTurn, next_turn_prefix
 from tnn.server.engine import Engine, NotAccepting, Overloaded
 from tnn.server.errors import ApiError, sse_error
 from tnn.server.generation import (
@@ -57,7 +57,7 @@ from tnn.server.schemas import (
 )
 from tnn.server.settings import Settings
 from tnn.server.structured import GrammarError
-from tnn.server.tokenizer import ServerTokenizer
+from tnn.server.tokenizer import ServerTokenizer, TokenizerSkipped
 from tnn.server.tools import ToolChoiceError, ToolPlan, parse_tool_calls, plan_tool_calls
 
 logger = logging.getLogger(__name__)
@@ -286,7 +286,9 @@ class Serving:
             **generation,
             cache_prompt=body.cache_prompt,
             cache_boundaries=boundaries,
-            continuation=functools.partial(self._answered_prefix, messages) if body.cache_prompt else None,
+            continuation=AnsweredTurn(self.tokenizer, tuple(messages), self.settings.add_bos)
+            if body.cache_prompt
+            else None,
         )
         handle = self._submit(request)
         formatter = _ChatFormat(self, request, tool_plan)
@@ -304,24 +306,15 @@ class Serving:
             raise ApiError(400, "messages must hold at least one message", param="messages", code="invalid_value")
         try:
             return self.tokenizer.render_chat(messages)
+        except TokenizerSkipped:  # no template at all: the HTTP layer answers it
+            raise
         except Exception as exc:  # a template error is the request's fault (e.g. roles it does not accept)
             raise ApiError(400, f"the chat template failed: {exc}", param="messages", code="invalid_value") from exc
 
     def next_turn_prefix(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The tokens every prompt that continues `messages` with a user message starts with: the template's
-        rendering of the conversation so far, up to where the next user message's text begins (found as the
-        common prefix of two probe continuations, so that it holds for any template and tokenizer)."""
-        a, b = (self.chat_prompt([*messages, {"role": "user", "content": probe}]) for probe in ("a", "b"))
-        return a[: _common_prefix_length(a, b)]
-
-    def _answered_prefix(self, messages: list[dict[str, Any]], answer: str) -> list[int]:
-        """next_turn_prefix after the assistant answered `answer` (the engine stores the state there);
-        [] when the template refuses the conversation (nothing is stored then)."""
-        try:
-            return self.next_turn_prefix([*messages, {"role": "assistant", "content": answer}])
-        except ApiError as exc:
-            logger.debug("no prefix-cache continuation for this conversation: %s", exc)
-            return []
+        """The tokens every prompt that continues `messages` with a user message starts with (tnn.server.chat_turns);
+        400 when the template refuses the conversation."""
+        return next_turn_prefix(self.chat_prompt, messages)
 
     # ---- waiting on the engine --------------------------------------------------------------------------------
 
@@ -390,10 +383,6 @@ class Serving:
                 handle.cancel()
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _sse(chunk: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ from typing import Any
 from transformers import PreTrainedTokenizerFast
 
 from tnn.model.fairseq_dict import unk_beyond_vocab
-from tnn.server.errors import ApiError
 from tnn.server.textstream import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
@@ -94,6 +93,15 @@ class ServerTokenizer:
         return text
 
 
+class TokenizerSkipped(Exception):
+    """Text was asked of a server started without its tokenizer (`--skip-tokenizer`); `param` names the request
+    field that carried the text. The HTTP layer answers it with a 400 (tnn.server.errors)."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class NoText:
     """The detokenizer of `TokenIdTokenizer`: no text, ever."""
 
@@ -118,12 +126,12 @@ class TokenIdTokenizer:
     chat_template = ""
 
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
-        raise ApiError(400, "this server runs with --skip-tokenizer: send the prompt as a list of token ids",
-                       param="prompt", code="tokenizer_skipped")  # fmt: skip
+        raise TokenizerSkipped("this server runs with --skip-tokenizer: send the prompt as a list of token ids",
+                               param="prompt")  # fmt: skip
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        raise ApiError(400, "this server runs with --skip-tokenizer (no tokenizer, no chat template): use "
-                       "/v1/completions with token-id prompts", param="messages", code="tokenizer_skipped")  # fmt: skip
+        raise TokenizerSkipped("this server runs with --skip-tokenizer (no tokenizer, no chat template): use "
+                               "/v1/completions with token-id prompts", param="messages")  # fmt: skip
 
     def decode(self, tokens: Sequence[int]) -> str:
         return ""

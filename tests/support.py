@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -89,39 +90,21 @@ def make_tiny_model_dir(
     return path
 
 
-# native name -> fairseq-evo name (the inverse of tnn.model.fairseq's key map), for synthetic .pt checkpoints
-FAIRSEQ_NAMES = [
-    (r"^embed\.weight$", "decoder.embed_tokens.weight"),
-    (r"^final_norm\.(weight|bias)$", r"decoder.layer_norm.\1"),
-    (r"^layers\.(\d+)\.gtu\.out_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.o.\2"),
-    (r"^layers\.(\d+)\.gtu\.([uv]_proj)\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.\2.\3"),
-    (r"^layers\.(\d+)\.gtu\.tno\.gamma$", r"decoder.layers.\1.self_attn.gtu.toep.gamma"),
-    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.pos_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.toep.rpe.pos_proj.\2"),
-    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.layers\.(\d+)\.linear\.(weight|bias)$",
-     r"decoder.layers.\1.self_attn.gtu.toep.rpe.layers.\2.2.\3"),
-    (r"^layers\.(\d+)\.gtu\.tno\.rpe\.out\.linear\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.toep.rpe.out.2.\2"),
-    (r"^layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"decoder.layers.\1.glu.\2.\3"),
-]  # fmt: skip
-
-
 def make_fairseq_checkpoint(path: str | Path, *, vocab_size: int, seed: int = 0) -> Path:
     """Write a tiny random TNN as an original fairseq-evo checkpoint (`tnn_v2_decay_99_pre` layout, d_model 32,
     2 layers, tokens_per_sample 64) with `vocab_size` embedding rows; returns the path. Every key is checked to map
     back to its native name, so the file is what tnn.model's fairseq loader reads."""
-    import re
-
     import torch
 
     from tnn.model import TnnConfig, TnnLM
-    from tnn.model.fairseq import native_key
+    from tnn.model.fairseq import fairseq_key, native_key
 
     config = TnnConfig(vocab_size=vocab_size, d_model=32, n_layers=2, expand_ratio=3.0, d_glu=32, d_rpe=16,
                        n_rpe_layers=1, padding_idx=1, dropout=0.0, train_length=64)  # fmt: skip
     torch.manual_seed(seed)
     state = {}
     for name, tensor in TnnLM(config).state_dict().items():
-        pattern, template = next((p, t) for p, t in FAIRSEQ_NAMES if re.match(p, name))
-        key = re.sub(pattern, template, name)
+        key = fairseq_key(name)
         assert native_key(key) == name, (key, name)
         state[key] = tensor.reshape(config.n_heads, 1, -1) if name.endswith("tno.gamma") else tensor
     state["decoder.version"] = torch.tensor([3.0])
@@ -261,3 +244,29 @@ def metric_value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float]
     return sum(
         value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels
     )
+
+
+class HeldStream:
+    """A streaming completion held open in a thread until `close()`: it keeps a state slot (or a queue place) taken.
+
+    `first` is set when its first body bytes arrive (a queued request sends none until it runs)."""
+
+    def __init__(self, url: str, body: Mapping[str, object]) -> None:
+        self.first = threading.Event()
+        self._close = threading.Event()
+        self.status: int | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, dict(body)), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, body: dict[str, object]) -> None:
+        with httpx.Client(timeout=60) as http:
+            with http.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as response:
+                self.status = response.status_code
+                for _ in response.iter_bytes():
+                    self.first.set()
+                    if self._close.is_set():
+                        return
+
+    def close(self) -> None:
+        self._close.set()
+        self._thread.join(timeout=30)

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["tnn.cli", "tnn.model", "tnn.model.ssm", "tnn.convert", "tnn.server", "tnn.server.routes", "tnn.clients"]
+SUBPACKAGES = [
+    "tnn.cli",
+    "tnn.model",
+    "tnn.model.ssm",
+    "tnn.convert",
+    "tnn.training",
+    "tnn.server",
+    "tnn.server.routes",
+    "tnn.clients",
+]
 PLAYGROUND = ["index.html", "playground.js", "sse.js", "playground.css"]
 
 

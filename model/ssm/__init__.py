@@ -31,6 +31,7 @@ from tnn.model.ssm.prefill import LayerParams, realised_kernel, ssm_prefill
 from tnn.model.ssm.step import (
     StepWeights,
     fused_step_available,
+    fused_step_compiled,
     pack_state,
     ssm_scan,
     ssm_step,
@@ -55,6 +56,7 @@ __all__ = [
     "etsc",
     "etsc_prefill",
     "fused_step_available",
+    "fused_step_compiled",
     "modal_kernel",
     "modal_kernel_from_powers",
     "modal_prefill",

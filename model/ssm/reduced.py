@@ -10,9 +10,9 @@ of a periodic copy. Per channel, in float64:
 3. residues by real least squares over the lags up to where every channel is negligible (normal equations, unit-norm columns): a conjugate pair
    contributes Re(w lambda^k) with w = alpha + i beta, spanned by the columns Re lambda^k and Im conj(lambda)^k;
    a real pole by lambda^k;
-4. the order r grows from 1 (then in steps of 2) to `max_modes` until max_k |K_k - a_k| <= tolerance * max_k |a_k|. A channel
+4. the order r grows from 1 (then in steps of 2) to `max_order` until max_k |K_k - a_k| <= tolerance * max_k |a_k|. A channel
    that never gets there keeps the order with the lowest error (`missed`): the layer stays at most
-   `max_modes` slots wide. Only with `etsc_fallback` does it take its exact ETSC modes instead, which widens
+   `max_order` slots wide. Only with `etsc_fallback` does it take its exact ETSC modes instead, which widens
    its whole layer to the ETSC mode count (n/2 + 1: ten times the state for one hard channel).
 A layer's state holds N = the most slots any of its channels needs (a pair or a real pole is one slot;
 channels with fewer are padded with lambda = 0, w = 0). No iterative refinement: on the shipped model the Kung
@@ -35,7 +35,7 @@ from tnn.model.ssm.modal import ModalParams, UnstablePole, modal_kernel
 
 # chosen by fidelity on held-out text (docs/fidelity.md, benchmarks/fidelity.py), not by kernel error
 DEFAULT_TOLERANCE = 1e-3
-DEFAULT_MAX_MODES = 24
+DEFAULT_MAX_ORDER = 24
 DEFAULT_FIR_LENGTH = 8
 FIT_MULTIPLE = 4  # fit lags 0 .. FIT_MULTIPLE * n - 1
 MAX_RADIUS = 1.0 - 1e-6  # strictly inside the unit circle, representable in float32
@@ -50,7 +50,7 @@ class ReducedFit:
 
     params: ModalParams  # float64/complex128
     orders: Tensor  # (D,) int64: model order per channel (real unknowns); 0 for a fallback channel
-    missed: Tensor  # (D,) bool: channels whose best fit within max_modes misses the tolerance
+    missed: Tensor  # (D,) bool: channels whose best fit within max_order misses the tolerance
     fallback: Tensor  # (D,) bool: missed channels that kept their exact ETSC modes (only with etsc_fallback)
     error_inside: Tensor  # (D,) max |K_k - a_k| / max |a| over lags 0..n
     error_past: Tensor  # (D,) the same over lags n+1..K-1
@@ -65,7 +65,7 @@ def fit_reduced(
     *,
     length: int,
     tolerance: float = DEFAULT_TOLERANCE,
-    max_modes: int = DEFAULT_MAX_MODES,
+    max_order: int = DEFAULT_MAX_ORDER,
     fir_length: int = DEFAULT_FIR_LENGTH,
     etsc_fallback: Callable[[], SsmParams] | None = None,
     max_radius: Tensor | None = None,
@@ -80,27 +80,27 @@ def fit_reduced(
     """
     kernel = kernel.to(device="cpu", dtype=torch.float64)
     lags, channels = kernel.shape
-    if not 0 <= fir_length < lags - 2 * max_modes - 1:
-        raise ValueError(f"fir_length {fir_length} leaves too few of {lags} lags for {max_modes} modes")
-    if max_modes < 1 or not tolerance > 0:
-        raise ValueError(f"need max_modes >= 1 and tolerance > 0, got {max_modes}, {tolerance}")
+    if not 0 <= fir_length < lags - 2 * max_order - 1:
+        raise ValueError(f"fir_length {fir_length} leaves too few of {lags} lags for {max_order} modes")
+    if max_order < 1 or not tolerance > 0:
+        raise ValueError(f"need max_order >= 1 and tolerance > 0, got {max_order}, {tolerance}")
     if not bool(torch.isfinite(kernel).all()):
         raise ValueError("the kernel has non-finite values")
     scale = kernel.abs().amax(0).clamp_min(torch.finfo(torch.float64).tiny)  # (D,)
     tail = kernel[fir_length:].T / scale[:, None]  # (D, K'): normalised y_k = a_{h+k}
 
-    poles = torch.zeros(channels, max_modes, dtype=torch.complex128)  # (D, r) accepted poles, zero-padded
-    residues = torch.zeros(channels, max_modes, dtype=torch.float64)  # (D, r) real least-squares coefficients
+    poles = torch.zeros(channels, max_order, dtype=torch.complex128)  # (D, r) accepted poles, zero-padded
+    residues = torch.zeros(channels, max_order, dtype=torch.float64)  # (D, r) real least-squares coefficients
     orders = torch.zeros(channels, dtype=torch.long)
     missed = torch.zeros(channels, dtype=torch.bool)
     cap = torch.full((channels,), MAX_RADIUS, dtype=torch.float64)
     if max_radius is not None:
         cap = torch.minimum(cap, max_radius.to(device="cpu", dtype=torch.float64))
-    fitted_lags = tail[:, : _fit_count(tail, tolerance, 2 * (2 * max_modes + 1))]  # (D, K'')
+    fitted_lags = tail[:, : _fit_count(tail, tolerance, 2 * (2 * max_order + 1))]  # (D, K'')
     for start in range(0, channels, CHANNEL_BLOCK):
         block = slice(start, start + CHANNEL_BLOCK)
         fitted = (poles[block], residues[block], orders[block], missed[block])
-        _fit_block(fitted_lags[block], tolerance, max_modes, cap[block], *fitted)
+        _fit_block(fitted_lags[block], tolerance, max_order, cap[block], *fitted)
 
     fallback = missed if etsc_fallback is not None else torch.zeros_like(missed)
     orders[fallback] = 0
@@ -134,7 +134,7 @@ def _fit_count(tail: Tensor, tolerance: float, least: int) -> int:
 def _fit_block(
     tail: Tensor,
     tolerance: float,
-    max_modes: int,
+    max_order: int,
     cap: Tensor,
     poles: Tensor,
     residues: Tensor,
@@ -144,7 +144,7 @@ def _fit_block(
     """Fit the channels of `tail` (c, K') in place into poles/residues (c, r), orders (c,): the smallest order
     that meets the tolerance, else the order with the lowest error (and `missed` (c,) set)."""
     channels, count = tail.shape
-    rows = 2 * max_modes + 1
+    rows = 2 * max_order + 1
     offsets = torch.linspace(0, count - rows, min(count - rows + 1, HANKEL_COLUMNS)).round().long().unique()
     hankel = tail[:, offsets[None, :] + torch.arange(rows)[:, None]]  # (c, M, C)
     # left singular vectors of the Hankel matrix H = R^T Q^T (QR of the tall H^T): those of the small (M, M) R^T
@@ -152,7 +152,7 @@ def _fit_block(
     left, _, _ = torch.linalg.svd(triangle.transpose(1, 2))  # (c, M, M)
     pending = torch.arange(channels)
     best = torch.full((channels,), torch.inf, dtype=torch.float64)  # (c,) lowest error so far
-    for order in _orders(max_modes):
+    for order in _orders(max_order):
         basis_vectors = left[pending, :, :order]  # (p, M, r)
         shift = torch.linalg.lstsq(basis_vectors[:, :-1], basis_vectors[:, 1:]).solution  # (p, r, r)
         candidate = torch.linalg.eigvals(shift)  # (p, r)
@@ -177,10 +177,10 @@ def _fit_block(
     missed[:] = best > tolerance
 
 
-def _orders(max_modes: int) -> list[int]:
+def _orders(max_order: int) -> list[int]:
     """Model orders tried, smallest first: 1 (one real pole), then even orders (conjugate pairs). An odd order
     2m + 1 needs a real pole, so m + 1 slots: the same state as order 2m + 2, which fits at least as well."""
-    return sorted({1, max_modes, *range(2, max_modes + 1, 2)})
+    return sorted({1, max_order, *range(2, max_order + 1, 2)})
 
 
 def _least_squares(basis: Tensor, target: Tensor) -> Tensor:

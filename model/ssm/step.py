@@ -10,8 +10,9 @@ The step S <- lambda S + w u (u = v_{t-h}, or v_t without a head), o = Re sum_j 
 updates the state in place. Two twins:
 - `ssm_step`: eager in-place ops (the reference; one scratch (B, N, D) buffer for the old real plane);
 - `ssm_step_fused`: the same maths as one torch.compile'd graph (update, output sum and history shift fused),
-  compiled once per dtype and head/no-head with dynamic shapes; `fused_step_available()` says whether it
-  compiled, with the reason logged when not.
+  compiled at the first step of each variant (dtype, head/no-head, device) with dynamic shapes, falling back to
+  `ssm_step` with the reason logged where that fails. `fused_step_available()` says whether torch.compile can be
+  set up at all; `fused_step_compiled()` whether a variant's compiled step has actually run.
 `ssm_scan` (the step token by token) is the slow twin of every prefill.
 """
 
@@ -156,6 +157,7 @@ def _compiled(with_head: bool) -> Callable[..., Tensor] | None:
 
 
 _broken: set[tuple[bool, torch.dtype, str]] = set()  # (head, dtype, device) whose compiled step failed to build
+_built: set[tuple[bool, torch.dtype, str]] = set()  # (head, dtype, device) whose compiled step has run
 
 
 def ssm_step_fused(v: Tensor, state: Tensor, weights: StepWeights) -> Tensor:
@@ -168,18 +170,28 @@ def ssm_step_fused(v: Tensor, state: Tensor, weights: StepWeights) -> Tensor:
         return ssm_step(v, state, weights)
     args = (v, state, weights.pole_real, weights.pole_imag, weights.weight_real, weights.weight_imag)
     try:
-        return fn(*args, weights.fir) if with_head else fn(*args)
+        output = fn(*args, weights.fir) if with_head else fn(*args)
     except Exception as exc:  # inductor needs a C++ compiler on CPU; report once and keep serving
         _broken.add(key)
         logger.warning(
             "fused SSM step failed to compile (%s: %s); using the eager in-place step", type(exc).__name__, exc
         )
         return ssm_step(v, state, weights)
+    _built.add(key)
+    return output
 
 
 def fused_step_available() -> bool:
-    """Whether torch.compile can be set up here (the first call of each variant still compiles)."""
+    """Whether torch.compile can wrap the step on this platform. Not whether it compiles: each variant compiles
+    at its first step and falls back to the eager step (logged) if that fails; see `fused_step_compiled`."""
     return _compiled(False) is not None
+
+
+def fused_step_compiled(dtype: torch.dtype, device_type: str, with_head: bool | None = None) -> bool:
+    """Whether the compiled step for states of `dtype` on `device_type` (with a FIR head, without, or either
+    when None) has built and run: False before its first step and after a fallback to the eager step."""
+    heads = (True, False) if with_head is None else (with_head,)
+    return any((head, dtype, device_type) in _built for head in heads)
 
 
 def ssm_scan(v: Tensor, state: Tensor, weights: StepWeights) -> tuple[Tensor, Tensor]:

@@ -1,81 +1,120 @@
-"""Retries over real sockets, by the SDK's `max_retries`: a stub server on 127.0.0.1 that answers 429 (with
-Retry-After) then succeeds, and a closed port. The healthy tnn-serve cannot be made to answer 429 on demand.
+"""Retries over real sockets, by the SDK's `max_retries`, against a real `tnn serve` that is full: one state slot
+and one queue place, both held by streams, so the next request is refused at once with the server's own 429
+(`server_overloaded`, Retry-After: 1). Released while the client waits, the retry succeeds; never released, the
+client gives up with `RateLimitError`. A closed port is a connection error after bounded retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import openai
 import pytest
 
 from tests.clients.helpers import StubReply, StubRequest, StubServer
-from tests.support import free_port
+from tests.support import HeldStream, ServerProcess, free_port, metric_value, scrape_metrics
 from tnn.clients import AsyncClient, Client
 
-RETRY_AFTER = 0.3  # the SDK waits exactly this long when the server says so, instead of its own backoff
-COMPLETION = {
-    "id": "cmpl-stub",
-    "object": "text_completion",
-    "created": 0,
-    "model": "stub",
-    "choices": [{"index": 0, "text": "hello", "logprobs": None, "finish_reason": "length"}],
-    "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
-}
-BUSY = {"error": {"message": "queue full", "type": "overloaded_error", "param": None, "code": "queue_full"}}
+pytestmark = pytest.mark.timeout(180)
+
+RETRY_AFTER = 1.0  # the server's Retry-After (seconds); the SDK waits exactly this long instead of its own backoff
+HOLD = {"prompt": "To be", "max_tokens": 100000, "ignore_eos": True}
+REQUEST = {"prompt": "To be", "max_tokens": 2}
 
 
-def busy_once(then: StubReply) -> Callable[[StubRequest], StubReply]:
-    """A stub script: 429 with Retry-After for the first request, `then` for every later one."""
-    calls = 0
-
-    def script(request: StubRequest) -> StubReply:
-        nonlocal calls
-        calls += 1
-        return StubReply.json(BUSY, status=429, headers={"Retry-After": str(RETRY_AFTER)}) if calls == 1 else then
-
-    return script
+@pytest.fixture(scope="module")
+def full_server(tiny_model_dir: Path) -> Iterator[ServerProcess]:
+    """One state slot and one queue place: with both held, every other request is refused with 429."""
+    args = ["--max-num-seqs", "1", "--max-waiting-requests", "1", "--max-tokens", "100000"]
+    with ServerProcess(tiny_model_dir, args=args, env={"TNN_SERVED_MODEL_NAME": "tiny"}) as process:
+        yield process
 
 
-def test_sync_retries_429_honouring_retry_after() -> None:
-    with StubServer(busy_once(StubReply.json(COMPLETION))) as stub:
-        with Client(stub.url, max_retries=2) as client:
-            start = time.monotonic()
-            result = client.completions.create(model="stub", prompt="hi", max_tokens=1)
-            elapsed = time.monotonic() - start
-    assert result.choices[0].text == "hello" and result.usage is not None and result.usage.total_tokens == 3
-    assert [r.path for r in stub.requests] == ["/v1/completions", "/v1/completions"]
-    assert elapsed >= RETRY_AFTER
+def refusals(url: str) -> float:
+    return metric_value(scrape_metrics(url), "tnn_errors_total", code="429")
 
 
-def test_async_stream_retries_429_before_streaming() -> None:
-    chunks = [{"id": "c", "object": "text_completion", "created": 0, "model": "stub",
-               "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in ("a", "b")]  # fmt: skip
+@contextmanager
+def held_full(url: str, *, release_after_refusal: bool) -> Iterator[None]:
+    """The server's slot and queue place taken by two held streams; released as soon as the server has refused a
+    request (so a retry after Retry-After finds room), or else when the block ends."""
+    running = HeldStream(url, HOLD)
+    assert running.first.wait(30)
+    queued = HeldStream(url, HOLD)
+    deadline = time.monotonic() + 15
+    while metric_value(scrape_metrics(url), "tnn_num_requests_waiting") != 1:
+        assert time.monotonic() < deadline, "the second stream never queued"
+        time.sleep(0.05)
+    before = refusals(url)
 
-    async def collect(url: str) -> list[str]:
-        async with AsyncClient(url, max_retries=2) as client:
-            stream = await client.completions.create(model="stub", prompt="hi", stream=True)
-            return [chunk.choices[0].text async for chunk in stream]
+    def release() -> None:
+        running.close()  # first: the queued stream then starts, sees its close flag and ends
+        queued.close()
 
-    with StubServer(busy_once(StubReply.sse(chunks))) as stub:
+    def release_after_a_refusal() -> None:
+        deadline = time.monotonic() + 60
+        while refusals(url) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        release()
+
+    watcher = threading.Thread(target=release_after_a_refusal, daemon=True) if release_after_refusal else None
+    if watcher is not None:
+        watcher.start()
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.join(90)
+        else:
+            release()
+
+
+def test_sync_retries_the_servers_429_honouring_retry_after(full_server: ServerProcess) -> None:
+    before = refusals(full_server.url)
+    with held_full(full_server.url, release_after_refusal=True), Client(full_server.url, max_retries=5) as client:
         start = time.monotonic()
-        assert asyncio.run(collect(stub.url)) == ["a", "b"]
-        assert time.monotonic() - start >= RETRY_AFTER
-    assert len(stub.requests) == 2 and stub.requests[1].body["stream"] is True
+        result = client.completions.create(model="tiny", **REQUEST, extra_body={"ignore_eos": True})
+        elapsed = time.monotonic() - start
+    assert result.choices[0].finish_reason == "length" and result.usage is not None
+    assert result.usage.completion_tokens == 2
+    refused = refusals(full_server.url) - before
+    assert refused >= 1  # refused while full (more than once only if the release outlasted a Retry-After), then served
+    assert elapsed >= refused * RETRY_AFTER
 
 
-def test_gives_up_with_rate_limit_error_after_max_retries() -> None:
-    with StubServer(lambda r: StubReply.json(BUSY, status=429, headers={"Retry-After": "0.01"})) as stub:
-        with Client(stub.url, max_retries=2) as client, pytest.raises(openai.RateLimitError) as info:
-            client.completions.create(model="stub", prompt="hi")
-    assert len(stub.requests) == 3
-    assert (info.value.status_code, info.value.code, info.value.message.startswith("Error code: 429")) == (
-        429,
-        "queue_full",
-        True,
-    )
+def test_async_stream_retries_the_servers_429_before_streaming(full_server: ServerProcess) -> None:
+    async def collect() -> list[str | None]:
+        """The finish reasons of the streamed chunks (None until the last)."""
+        async with AsyncClient(full_server.url, max_retries=5) as client:
+            stream = await client.completions.create(
+                model="tiny", **REQUEST, stream=True, extra_body={"ignore_eos": True}
+            )
+            return [chunk.choices[0].finish_reason async for chunk in stream if chunk.choices]
+
+    before = refusals(full_server.url)
+    with held_full(full_server.url, release_after_refusal=True):
+        start = time.monotonic()
+        reasons = asyncio.run(collect())
+        elapsed = time.monotonic() - start
+    assert reasons[-1] == "length" and all(reason is None for reason in reasons[:-1])
+    refused = refusals(full_server.url) - before
+    assert refused >= 1
+    assert elapsed >= refused * RETRY_AFTER
+
+
+def test_gives_up_with_rate_limit_error_after_max_retries(full_server: ServerProcess) -> None:
+    before = refusals(full_server.url)
+    with held_full(full_server.url, release_after_refusal=False):
+        with Client(full_server.url, max_retries=2) as client, pytest.raises(openai.RateLimitError) as info:
+            client.completions.create(model="tiny", **REQUEST)
+    assert refusals(full_server.url) - before == 3  # the first try and two retries
+    assert (info.value.status_code, info.value.code) == (429, "server_overloaded")
+    assert info.value.message.startswith("Error code: 429")
 
 
 def test_closed_port_is_a_connection_error_after_bounded_retries() -> None:

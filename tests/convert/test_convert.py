@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,8 +18,11 @@ import tnn.model.conversion
 from tests.model.decoding import golden_lm, random_tokens
 from tests.model.helpers import relative_error, tiny_model
 from tnn.cli.main import main
+from tnn.convert.cli import add_arguments
 from tnn.convert.convert import ConversionRefused, VerificationFailed, convert_checkpoint
+from tnn.convert.verify import teacher_forced
 from tnn.model import load, save_model
+from tnn.model.conversion import ReducedOptions
 
 
 def tnn_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,12 +77,8 @@ def test_golden_checkpoint_converts_and_decodes_like_the_original(tmp_path: Path
     assert model.config.ssm is not None and model.config.ssm.method == "etsc-tail"
     tokens = load_file(folder / "inputs.safetensors")["tokens"][:, :16]
     expected = load_file(folder / "expected.safetensors")["logits"][:, :16]
-    logits, state = model.prefill(tokens[:, :8])
-    got = [logits]
-    for i in range(8, 16):
-        logits, state = model.step(tokens[:, i], state)
-        got.append(logits)
-    assert relative_error(torch.stack(got, dim=1), expected[:, 7:]) <= 1e-9
+    got, _ = teacher_forced(model, tokens, 8)
+    assert relative_error(got, expected[:, 7:]) <= 1e-9
 
 
 @pytest.mark.slow
@@ -238,6 +238,19 @@ def test_default_reduced_conversion_writes_its_fit_and_decodes(tmp_path: Path, n
     tokens = random_tokens(1, 24)
     got, _ = model.recurrent_logits(tokens)
     assert relative_error(got, model(tokens)) <= 5e-2
+
+
+def test_max_order_flag_and_its_deprecated_old_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--max-order` caps the fit's model order (poles, a pair counts 2); `--max-modes`, its old name, still sets it
+    and says so on stderr."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["a", "b", "--max-order", "6"]).max_order == 6
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["a", "b", "--max-modes", "6"]).max_order == 6
+    assert "--max-modes is deprecated, use --max-order" in capsys.readouterr().err
+    assert parser.parse_args(["a", "b"]).max_order == ReducedOptions().max_order
+    assert "--max-modes" not in parser.format_help()
 
 
 def test_fidelity_is_measured_on_held_out_text_and_the_fit_runs_once(

@@ -135,12 +135,14 @@ def test_fairseq_checkpoint_with_dict_converts_attaches_and_serves_the_right_ids
         answer = http.post("/v1/completions", json=body).json()["choices"][0]
         assert answer["text"] == "" and len(answer["logprobs"]["tokens"]) == 5
         assert all(t.startswith("token_id:") and 0 <= int(t[9:]) < 368 for t in answer["logprobs"]["tokens"])
-        for route, request in [("/v1/completions", {"prompt": "text", "max_tokens": 1}),
-                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-                               ("/tokenize", {"prompt": "text"}), ("/detokenize", {"tokens": [5]})]:  # fmt: skip
+        for route, request, param in [("/v1/completions", {"prompt": "text", "max_tokens": 1}, "prompt"),
+                                      ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "messages"),
+                                      ("/tokenize", {"prompt": "text"}, "prompt"), ("/detokenize", {"tokens": [5]}, "tokens")]:  # fmt: skip
             refusal = http.post(route, json=request)
             assert refusal.status_code == 400, route
-            assert "--skip-tokenizer" in refusal.json()["error"]["message"], (route, refusal.text)
+            error = refusal.json()["error"]
+            assert "--skip-tokenizer" in error["message"], (route, refusal.text)
+            assert (error["code"], error["param"]) == ("tokenizer_skipped", param), (route, refusal.text)
         skipped_ids = [int(t[9:]) for t in answer["logprobs"]["tokens"]]
 
     attached = tnn_cli("attach-tokenizer", str(bare), str(gpt2_dir), "--fairseq-dict", str(dict_txt))

@@ -1,47 +1,15 @@
-"""Synthetic fairseq checkpoints from native models: the inverse of tnn.model.fairseq's key map, laid out like
+"""Synthetic fairseq checkpoints from native models (keys renamed by tnn.model.fairseq.fairseq_key), laid out like
 the file fairseq's trainer writes (golden/README.md), for the laxtnn (ski-tnn) architectures."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tnn.model import TnnLM
-
-_INVERSE: list[tuple[str, str]] = [
-    (r"^embed\.weight$", "decoder.embed_tokens.weight"),
-    (r"^final_norm\.(weight|bias)$", r"decoder.layer_norm.\1"),
-    (r"^embed_norm\.(weight|bias)$", r"decoder.layernorm_embedding.\1"),
-    (r"^layers\.(\d+)\.gtu\.out_proj\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.o.\2"),
-    (r"^layers\.(\d+)\.gtu\.([uv]_proj)\.(weight|bias)$", r"decoder.layers.\1.self_attn.gtu.\2.\3"),
-    (r"^layers\.(\d+)\.gtu\.tno\.(gamma|alphas|betas|conv_kernel)$", r"decoder.layers.\1.self_attn.gtu.toep.\2"),
-    (
-        r"^layers\.(\d+)\.gtu\.tno\.rpe\.pos_proj\.(weight|bias)$",
-        r"decoder.layers.\1.self_attn.gtu.toep.rpe.pos_proj.\2",
-    ),
-    (
-        r"^layers\.(\d+)\.gtu\.tno\.rpe\.layers\.(\d+)\.linear\.(weight|bias)$",
-        r"decoder.layers.\1.self_attn.gtu.toep.rpe.layers.\2.2.\3",
-    ),
-    (
-        r"^layers\.(\d+)\.gtu\.tno\.rpe\.out\.linear\.(weight|bias)$",
-        r"decoder.layers.\1.self_attn.gtu.toep.rpe.out.2.\2",
-    ),
-    (r"^layers\.(\d+)\.glu\.(l[123])\.(weight|bias)$", r"decoder.layers.\1.glu.\2.\3"),
-    (r"^mlm_head\.dense\.(weight|bias)$", r"encoder.lm_head.dense.\1"),
-    (r"^mlm_head\.norm\.(weight|bias)$", r"encoder.lm_head.layer_norm.\1"),
-    (r"^mlm_head\.bias$", "encoder.lm_head.bias"),
-]
-
-
-def fairseq_key(native: str) -> str:
-    for pattern, template in _INVERSE:
-        if re.match(pattern, native):
-            return re.sub(pattern, template, native)
-    raise KeyError(native)
+from tnn.model.fairseq import fairseq_key
 
 
 def fairseq_checkpoint(model: TnnLM, args: dict[str, Any], *, encoder: bool = False) -> dict[str, Any]:

@@ -11,22 +11,13 @@ from safetensors.torch import load_file
 
 from tests.model.decoding import random_tokens
 from tests.model.helpers import relative_error, tiny_model
+from tnn.convert.verify import teacher_forced
 from tnn.model import TnnLM, TnnState, attach_ssm, load
 from tnn.model.config import ETSC_METHODS, SsmMethod
 from tnn.model.ssm import ssm_scan, step_weights, zero_state
 
 METHODS = ETSC_METHODS
 L = 37  # <= n = 64 (the tiny models' train_length): the exactness domain
-
-
-def teacher_forced(model: TnnLM, tokens: torch.Tensor, split: int) -> tuple[torch.Tensor, TnnState]:
-    """prefill tokens[:, :split], then step the rest: logits (B, L - split + 1, V) for positions split-1..L-1."""
-    logits, state = model.prefill(tokens[:, :split])
-    outputs = [logits]
-    for i in range(split, tokens.shape[1]):
-        logits, state = model.step(tokens[:, i], state)
-        outputs.append(logits)
-    return torch.stack(outputs, dim=1), state
 
 
 @pytest.fixture(scope="module", params=["etsc-tail", "reduced"])
@@ -36,12 +27,19 @@ def model64(request: pytest.FixtureRequest) -> TnnLM:
     return attach_ssm(tiny_model(seed=0), method=request.param)
 
 
+def stepped_logits(model: TnnLM, tokens: torch.Tensor) -> torch.Tensor:
+    """Every token stepped from the zero state (`ssm_step` per layer, no prefill, no FFT): (B, L, V)."""
+    state = model.empty_state(tokens.shape[0])
+    return torch.stack([model.step(tokens[:, i], state)[0] for i in range(tokens.shape[1])], dim=1)
+
+
 def oracle(model: TnnLM, tokens: torch.Tensor) -> torch.Tensor:
-    """What the recurrent path must reproduce: the parallel forward for exact methods (to lag n-1); for the
-    reduced method its own realised kernel by FFT (`recurrent_logits`; tied to the TNN in the reduced tests)."""
+    """What the recurrent path must reproduce, computed without it: the parallel forward for exact methods (to
+    lag n-1); for the reduced method, whose kernel only approximates the TNN's, the step alone from a zero state
+    (the step equals `ssm_scan` and the realised kernel's impulse response: tests/model/test_reduced.py)."""
     assert model.config.ssm is not None
     if model.config.ssm.method == "reduced":
-        return model.recurrent_logits(tokens)[0]
+        return stepped_logits(model, tokens)
     return model(tokens)
 
 

@@ -31,7 +31,7 @@ def test_default_model_directory_is_complete_converted_and_under_30_mb() -> None
     report = json.loads((directory / "conversion.json").read_text())
     defaults = ReducedOptions()
     assert report["method"] == "reduced" and report["reduced"]["tolerance"] == defaults.tolerance
-    assert report["reduced"]["max_modes"] == defaults.max_modes and report["fidelity"]["tokens"] >= 1000
+    assert report["reduced"]["max_order"] == defaults.max_order and report["fidelity"]["tokens"] >= 1000
 
 
 def test_the_shipped_conversion_picks_the_parallel_models_tokens_on_held_out_text() -> None:

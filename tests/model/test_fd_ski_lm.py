@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import tnn.model
+from tnn.convert.verify import teacher_forced
 from tnn.model import TnnConfig, attach_ssm
 from tnn.model.fd_tno import FdTno
 from tnn.model.ski_tno import SkiTno
 
 from .decoding import random_tokens
 from .helpers import relative_error, tiny_model
-from .test_decoding import teacher_forced
 
 VARIANTS = {"fd": {"operator": "fd", "decay": "none"}, "ski": {"operator": "ski", "ski_rank": 8, "ski_taps": 5}}
 N = 64  # the tiny models' train_length: conversion length and the frozen FD grid / SKI spacing

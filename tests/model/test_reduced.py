@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.model.decoding import random_tokens
 from tests.model.helpers import relative_error, tiny_model
-from tnn.convert.verify import teacher_forced_logits as teacher_forced
+from tnn.convert.verify import teacher_forced
 from tnn.model import TnnLM, attach_ssm, load, save_model
 from tnn.model.conversion import ReducedOptions
 from tnn.model.ssm import (
@@ -21,6 +21,7 @@ from tnn.model.ssm import (
     SsmParams,
     UnstablePole,
     etsc,
+    fused_step_compiled,
     modal_kernel,
     modal_kernel_from_powers,
     ssm_prefill,
@@ -69,7 +70,7 @@ def nearly_undamped_kernels() -> torch.Tensor:
 
 
 def check_fit(kernel: torch.Tensor, tolerance: float, fir_length: int) -> None:
-    fit = fit_reduced(kernel, length=N_CONV, tolerance=tolerance, max_modes=12, fir_length=fir_length)
+    fit = fit_reduced(kernel, length=N_CONV, tolerance=tolerance, max_order=12, fir_length=fir_length)
     assert not fit.fallback.any()
     assert bool((fit.params.poles.abs() < 1).all()) and fit.params.poles.abs().max() <= MAX_RADIUS
     realised = modal_kernel(fit.params, K)
@@ -99,7 +100,7 @@ def test_a_kernel_without_decay_keeps_its_best_stable_fit_falls_back_or_is_refus
     a tight tolerance. By default it keeps its best (stable) fit; with a fallback it takes exact ETSC modes when
     they decay, and is refused when they do not."""
     flat = torch.ones(K, 2, dtype=torch.float64)
-    best = fit_reduced(flat, length=N_CONV, tolerance=1e-9, max_modes=4, fir_length=0)
+    best = fit_reduced(flat, length=N_CONV, tolerance=1e-9, max_order=4, fir_length=0)
     assert best.missed.tolist() == [True, True] and not best.fallback.any()
     assert best.n_modes <= 4 and bool((best.params.poles.abs() <= MAX_RADIUS).all())
     assert bool((best.error_inside > 1e-9).all()) and bool((best.error_inside < 1e-2).all())
@@ -109,11 +110,11 @@ def test_a_kernel_without_decay_keeps_its_best_stable_fit_falls_back_or_is_refus
             flat,
             length=N_CONV,
             tolerance=1e-9,
-            max_modes=4,
+            max_order=4,
             fir_length=0,
             etsc_fallback=lambda: etsc(undecayed, torch.ones(2, dtype=torch.float64), method="etsc-tail"),
         )
-    loose = fit_reduced(flat, length=N_CONV, tolerance=1e-3, max_modes=4, fir_length=0)
+    loose = fit_reduced(flat, length=N_CONV, tolerance=1e-3, max_order=4, fir_length=0)
     assert bool((loose.params.poles.abs() < 1).all()) and not loose.missed.any()
 
 
@@ -129,10 +130,10 @@ def noise_and_smooth_channels() -> tuple[torch.Tensor, torch.Tensor, SsmParams]:
 
 
 def test_a_hard_channel_does_not_widen_its_layer() -> None:
-    """The noise channel misses the tolerance and keeps its best fit within max_modes: the layer stays at most
-    max_modes slots wide (not the n/2 + 1 of exact modes), the smooth channel still meets the tolerance."""
+    """The noise channel misses the tolerance and keeps its best fit within max_order: the layer stays at most
+    max_order slots wide (not the n/2 + 1 of exact modes), the smooth channel still meets the tolerance."""
     kernel, _, exact = noise_and_smooth_channels()
-    fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_modes=6, fir_length=2)
+    fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_order=6, fir_length=2)
     assert fit.missed.tolist() == [True, False] and not fit.fallback.any()
     assert fit.n_modes <= 6 < exact.n_modes
     assert fit.error_inside[1] <= 1e-6 and fit.error_inside[0] > 1e-6
@@ -146,7 +147,7 @@ def test_a_channel_that_misses_the_tolerance_keeps_exact_etsc_modes_when_asked()
     """With a fallback the noise channel takes its exact ETSC modes and is then exact to lag n, at the price of
     the whole layer's width."""
     kernel, _, exact = noise_and_smooth_channels()
-    fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_modes=6, fir_length=2, etsc_fallback=lambda: exact)
+    fit = fit_reduced(kernel, length=N_CONV, tolerance=1e-6, max_order=6, fir_length=2, etsc_fallback=lambda: exact)
     assert fit.fallback.tolist() == [True, False]
     assert fit.n_modes == exact.n_modes  # the fallback widens the layer to the ETSC mode count
     realised = modal_kernel(fit.params, K)
@@ -221,14 +222,17 @@ def test_prefill_kernel_is_kept_and_sliced_for_shorter_blocks() -> None:
 @pytest.mark.parametrize("fir_length", [0, 3])
 def test_fused_step_equals_the_eager_step(dtype: torch.dtype, fir_length: int) -> None:
     """torch.compile'd step vs the eager in-place twin, on a row range of a pool: 1e-5 relative in float32,
-    1e-12 in float64, over 20 steps (the fused path falls back to the eager one, logged, without a compiler)."""
+    1e-12 in float64, over 20 steps; skipped where the compiled step never built (it then falls back to the
+    eager one, and the comparison would be eager against eager)."""
     params = modal_params(fir_length=fir_length).to(real_dtype=dtype)
     weights = step_weights(params)
     gen = torch.Generator().manual_seed(4)
     pool = torch.randn(9, 2 * params.n_modes + fir_length, D, generator=gen, dtype=torch.float64).to(dtype)
     reference = pool.clone()
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
-    for _ in range(20):
+    for i in range(20):
+        if i == 0 and not fused_step_compiled(dtype, "cpu", with_head=fir_length > 0):
+            pytest.skip("torch.compile could not build the fused step here (it fell back to the eager one, logged)")
         v = torch.randn(5, D, generator=gen, dtype=torch.float64).to(dtype)
         with torch.inference_mode():
             got = ssm_step_fused(v, pool[:5], weights)
@@ -239,7 +243,7 @@ def test_fused_step_equals_the_eager_step(dtype: torch.dtype, fir_length: int) -
 
 
 def reduced_model(model: TnnLM, length: int, tolerance: float = 1e-6) -> TnnLM:
-    options = ReducedOptions(tolerance=tolerance, max_modes=16, fir_length=2, exact_fallback=True)
+    options = ReducedOptions(tolerance=tolerance, max_order=16, fir_length=2, exact_fallback=True)
     return attach_ssm(model, length=length, method="reduced", reduced=options)
 
 
@@ -251,11 +255,11 @@ def test_random_model_prefill_and_step_track_the_parallel_forward() -> None:
     tokens = random_tokens(2, 160)
     expected = model(tokens)  # (2, 160, V)
     for split in (1, 30, 63):
-        got = teacher_forced(model, tokens[:, :64], split)
+        got = teacher_forced(model, tokens[:, :64], split)[0]
         assert relative_error(got, expected[:, split - 1 : 64]) <= 1e-4
     single = reduced_model(tiny_model(seed=0, dtype=torch.float32), 64)
-    assert relative_error(teacher_forced(single, tokens[:, :64], 40), expected[:, 39:64]) <= 1e-3
-    assert relative_error(teacher_forced(model, tokens, 100), expected[:, 99:]) <= 2e-2
+    assert relative_error(teacher_forced(single, tokens[:, :64], 40)[0], expected[:, 39:64]) <= 1e-3
+    assert relative_error(teacher_forced(model, tokens, 100)[0], expected[:, 99:]) <= 2e-2
 
 
 def test_golden_fairseq_lm_reduced(golden: Path) -> None:
@@ -265,7 +269,7 @@ def test_golden_fairseq_lm_reduced(golden: Path) -> None:
     tokens = load_file(folder / "inputs.safetensors")["tokens"][:, :16]
     expected = load_file(folder / "expected.safetensors")["logits"][:, :16]
     for split in (1, 8, 15):
-        assert relative_error(teacher_forced(model, tokens, split), expected[:, split - 1 :]) <= 1e-4
+        assert relative_error(teacher_forced(model, tokens, split)[0], expected[:, split - 1 :]) <= 1e-4
 
 
 def test_reduced_conversion_round_trips(tmp_path: Path) -> None:

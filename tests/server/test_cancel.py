@@ -3,14 +3,13 @@ a full server answers 429 with Retry-After immediately."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
 
 from tests.server.conftest import wait_idle
-from tests.support import ServerProcess, metric_value
+from tests.support import HeldStream, ServerProcess, metric_value
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,34 +54,10 @@ def test_disconnect_while_waiting_for_a_whole_completion(server: ServerProcess) 
     assert aborted(after) - aborted(before) == 1
 
 
-class Stream:
-    """A streaming request held open in a thread until `close()`."""
-
-    def __init__(self, url: str, body: dict) -> None:
-        self.first = threading.Event()
-        self._close = threading.Event()
-        self.status: int | None = None
-        self._thread = threading.Thread(target=self._run, args=(url, body), daemon=True)
-        self._thread.start()
-
-    def _run(self, url: str, body: dict) -> None:
-        with httpx.Client(timeout=60) as http:
-            with http.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as response:
-                self.status = response.status_code
-                for _ in response.iter_bytes():
-                    self.first.set()
-                    if self._close.is_set():
-                        return
-
-    def close(self) -> None:
-        self._close.set()
-        self._thread.join(timeout=30)
-
-
 def test_queued_request_disconnect_and_429_when_full(small_server: ServerProcess) -> None:
     url = small_server.url
     before = wait_idle(url)
-    running = Stream(url, {**LONG, "max_tokens": 100000})
+    running = HeldStream(url, {**LONG, "max_tokens": 100000})
     assert running.first.wait(30)
     # the slot is taken: this one waits in the queue, then its client gives up
     with pytest.raises(httpx.ReadTimeout):
@@ -90,7 +65,7 @@ def test_queued_request_disconnect_and_429_when_full(small_server: ServerProcess
     samples = wait_for(url, "tnn_num_requests_waiting", 0)
     assert metric_value(samples, "tnn_num_requests_running") == 1
     assert aborted(samples) - aborted(before) == 1
-    queued = Stream(url, LONG)  # fills the one queue place (its first bytes are the response headers only)
+    queued = HeldStream(url, LONG)  # fills the one queue place (its first bytes are the response headers only)
     assert metric_value(wait_for(url, "tnn_num_requests_waiting", 1), "tnn_num_requests_waiting") == 1
     start = time.monotonic()
     response = httpx.post(url + "/v1/completions", json=LONG, timeout=30)

@@ -7,17 +7,20 @@ import torch
 
 from tnn.model.tnn import TnnState
 from tnn.server.batch import RunningBatch
-from tnn.server.scheduler import SlotPool, group_by, plan_prefill
+from tnn.server.scheduler import SlotBudget, group_by, plan_prefill
 
 
-def test_slot_pool_acquire_release() -> None:
-    pool = SlotPool(3)
-    assert pool.acquire(2) == [0, 1]
-    assert pool.acquire(2) is None and pool.used == 2  # all or nothing
-    pool.release([0])
-    assert pool.free == 2
-    with pytest.raises(ValueError, match="not held"):
-        pool.release([0])
+def test_slot_budget_acquire_release() -> None:
+    budget = SlotBudget(3)
+    assert budget.acquire(2) and budget.used == 2
+    assert not budget.acquire(2) and budget.used == 2  # all or nothing
+    budget.release()
+    assert budget.free == 2
+    budget.release()
+    with pytest.raises(ValueError, match="0 in use"):
+        budget.release()
+    with pytest.raises(ValueError, match="need at least one"):
+        SlotBudget(0)
 
 
 def test_plan_prefill_respects_budget_in_order() -> None:

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from tnn.model.corpus import Splits
 from tnn.model.loading import load
-from tnn.model.train import TrainConfig, build_model, count_parameters, learning_rate, steps_that_fit, train
+from tnn.training.corpus import Splits
+from tnn.training.train import TrainConfig, build_model, count_parameters, learning_rate, steps_that_fit, train
 
 SPLITS = Splits(
     train="MACBETH:\nSo foul and fair a day I have not seen.\n\nBANQUO:\nHow far is't call'd to Forres?\n\n" * 30,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tnn.model.corpus import Splits
-from tnn.model.eval_cli import evaluate_directory
-from tnn.model.evaluate import score_tokens
-from tnn.model.train import TrainConfig, train
+from tnn.training.corpus import Splits
+from tnn.training.eval_cli import evaluate_directory
+from tnn.training.evaluate import score_tokens
+from tnn.training.train import TrainConfig, train
 
 V = 7
 

@@ -28,8 +28,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tnn.model.config import Operator, TnnConfig
-from tnn.model.corpus import TEST_PLAY, VALIDATION_PLAY, Splits, load_splits
-from tnn.model.evaluate import Score, score_tokens
 from tnn.model.loading import copy_tokenizer, save_model
 from tnn.model.tnn import TnnLM
 from tnn.model.tokenizer import (
@@ -41,6 +39,8 @@ from tnn.model.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from tnn.training.corpus import TEST_PLAY, VALIDATION_PLAY, Splits, load_splits
+from tnn.training.evaluate import Score, score_tokens
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from tnn.model.conversion import attach_ssm
-from tnn.model.evaluate import Score, score_tokens
 from tnn.model.loading import load
 from tnn.model.tokenizer import encode, eos_id, load_tokenizer
+from tnn.training.evaluate import Score, score_tokens
 
 logger = logging.getLogger(__name__)
 

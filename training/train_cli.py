@@ -10,7 +10,7 @@ from typing import get_args
 import torch
 
 from tnn.model.config import Operator
-from tnn.model.train import TrainConfig, train
+from tnn.training.train import TrainConfig, train
 
 _DEFAULTS = TrainConfig()
 

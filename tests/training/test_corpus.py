@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tnn.model.corpus import load_splits, markdown_to_play, play_markdown
+from tnn.training.corpus import load_splits, markdown_to_play, play_markdown
 
 MARKDOWN = """# Macbeth
 
