@@ -21,7 +21,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,7 @@ class RowFailure:
 
 NON_FINITE = RowFailure("the model produced non-finite logits", "non_finite_logits")
 NO_TOKEN_ALLOWED = RowFailure("the grammar allows no token here", "grammar_error")
+SAMPLING_FAULT = RowFailure("internal error in the engine (sample)", "internal_error")
 
 
 class Overloaded(Exception):
@@ -303,12 +305,13 @@ class Engine:
             try:
                 with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
                     self._iteration()
-            except Exception:
+            except Exception:  # outside every per-request hook: shared machinery (see docs/fault-isolation.md)
                 logger.exception("engine iteration failed; failing the requests in flight")
                 for tracker in list(self._active):
                     self._fail(tracker, "internal error in the engine")
                 self._batch.clear()
                 self._prefilling.clear()
+                self.metrics.engine_faults.labels(hook="iteration").inc()
             self._deliver()
         while self._calls:
             self._calls.popleft()[1].set_exception(NotAccepting("the server is shutting down"))
@@ -348,30 +351,68 @@ class Engine:
         self._update_gauges()
         self._log_stats()
 
+    # ---- fault containment (docs/fault-isolation.md) ------------------------------------------------------------
+
+    @contextmanager
+    def _contained(self, hook: str, tracker: _Tracker | None) -> Iterator[None]:
+        """One request's work (`hook`): an exception fails `tracker` alone (its slots go back, its pins were
+        released by the cache's context managers) and is counted; None: cache work, skipped."""
+        try:
+            yield
+        except Exception:
+            self._fault(hook, tracker)
+
+    def _fault(self, hook: str, tracker: _Tracker | None) -> None:
+        """Count and log the exception being handled; fail `tracker` (None: cache work, nothing to fail)."""
+        self.metrics.engine_faults.labels(hook=hook).inc()
+        if tracker is None:
+            logger.exception("engine: %s failed; skipped (the cache misses that state)", hook)
+            return
+        logger.exception("engine: %s failed for request %s; failing it alone", hook, tracker.request.request_id)
+        self._fail(tracker, f"internal error in the engine ({hook})", code="internal_error")
+
+    def _store_in_cache(self, tokens: list[int], state: TnnState) -> None:
+        """A cache store that never fails a request: a fault skips the state."""
+        assert self.prefix_cache is not None
+        with self._contained("cache_store", None):
+            self.prefix_cache.store(tokens, state)
+
+    # ---- admission and prefill ------------------------------------------------------------------------------
+
     def _admit(self) -> None:
         now = time.monotonic()
         while self._waiting:
             tracker = self._waiting[0]
-            request = tracker.request
-            slots = self.slots.acquire(request.n_sequences)
+            slots = self.slots.acquire(tracker.request.n_sequences)
             if slots is None:
                 return
             self._waiting.popleft()
-            tracker.admitted = now
-            self.metrics.request_queue_time.observe(now - request.arrival)
-            for p, prompt in enumerate(request.prompts):
-                sequences = [
-                    _Sequence(tracker, p * request.n + i, slots[p * request.n + i], self, prompt)
-                    for i in range(request.n)
-                ]
-                tracker.sequences.extend(sequences)
-                unit = _PrefillUnit(tracker, p, prompt, sequences)
-                if self.prefix_cache is not None and request.cache_prompt:
-                    self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
-                self._prefilling.append(unit)
-                self.metrics.prompt_tokens.inc(len(prompt))
-                self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
-                self._prompt_tokens += len(prompt)
+            with self._contained("admit", tracker):
+                try:
+                    self._admit_request(tracker, slots, now)
+                except Exception:  # the slots no sequence holds yet go back here; _fail frees the others
+                    held = {seq.slot for seq in tracker.sequences}
+                    self.slots.release([slot for slot in slots if slot not in held])
+                    raise
+
+    def _admit_request(self, tracker: _Tracker, slots: list[int], now: float) -> None:
+        """Build the request's sequences on `slots` and queue its prompts' prefills (from the cache's longest
+        prefix when it has one)."""
+        request = tracker.request
+        tracker.admitted = now
+        self.metrics.request_queue_time.observe(now - request.arrival)
+        for p, prompt in enumerate(request.prompts):
+            sequences = []
+            for i in range(request.n):
+                sequences.append(_Sequence(tracker, p * request.n + i, slots[p * request.n + i], self, prompt))
+                tracker.sequences.append(sequences[-1])
+            unit = _PrefillUnit(tracker, p, prompt, sequences)
+            self._prefilling.append(unit)
+            if self.prefix_cache is not None and request.cache_prompt:
+                self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
+            self.metrics.prompt_tokens.inc(len(prompt))
+            self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
+            self._prompt_tokens += len(prompt)
 
     def _restore(self, unit: _PrefillUnit, *, lookup: bool = True) -> None:
         """Start `unit` from the longest cached prefix of its prompt and plan where it stores states."""
@@ -404,15 +445,25 @@ class Engine:
             members = [chosen[i][0] for i in group if not chosen[i][0].closed]
             if not members:
                 continue
+            chunk = chosen[group[0]][1]
             try:
-                self._prefill_group(members, chosen[group[0]][1])
+                self._prefill_group(members, chunk)
             except Exception:
-                logger.exception("prefill failed for %d prompt(s)", len(members))
+                if len(members) == 1:
+                    self._prefill_fault(members[0])
+                    continue
+                logger.warning("prefill of %d prompts together failed; each alone", len(members), exc_info=True)
                 for unit in members:
-                    if unit.tracker is None:
-                        self._prefilling.remove(unit)
-                    else:
-                        self._fail(unit.tracker, "internal error during prefill")
+                    try:
+                        self._prefill_group([unit], chunk)
+                    except Exception:
+                        self._prefill_fault(unit)
+
+    def _prefill_fault(self, unit: _PrefillUnit) -> None:
+        """In an except block: the prefill of `unit` alone failed; its request fails (a cache fill is dropped)."""
+        if unit in self._prefilling:
+            self._prefilling.remove(unit)
+        self._fault("prefill" if unit.tracker is not None else "cache_fill", unit.tracker)
 
     def _prefill_group(self, units: list[_PrefillUnit], chunk: int) -> None:
         tokens = torch.cat([u.tokens[:, u.position : u.position + chunk] for u in units]).to(self.device)  # (k, C)
@@ -427,11 +478,12 @@ class Engine:
             unit.position += chunk
             unit.state = new_state if len(units) == 1 else new_state.gather([i])
             if self.prefix_cache is not None and unit.position in unit.stops:
-                self.prefix_cache.store(unit.prompt[: unit.position], unit.state)
+                self._store_in_cache(unit.prompt[: unit.position], unit.state)
             if unit.remaining == 0:
                 self._prefilling.remove(unit)
                 if unit.tracker is not None:
-                    self._start_decoding(unit, last_logits[i : i + 1])
+                    with self._contained("first_token", unit.tracker):
+                        self._start_decoding(unit, last_logits[i : i + 1])
 
     def _record_prompt_logprobs(self, unit: _PrefillUnit, tokens: Tensor, logits: Tensor) -> None:
         """Logprob of each prompt token given the tokens before it. tokens (C,), logits (C, V)."""
@@ -464,7 +516,7 @@ class Engine:
             return
         n = len(sequences)
         state = unit.state.repeat(n) if n > 1 else unit.state  # n > 1 completions share the prefill
-        tokens, logprobs, failures = self._sample(sequences, logits.expand(n, -1))
+        tokens, logprobs, failures = self._sample_rows(sequences, logits.expand(n, -1))
         now = time.monotonic()
         if tracker.first_token is None:
             tracker.first_token = now
@@ -475,7 +527,10 @@ class Engine:
             self._fail(tracker, failure.message, code=failure.code)
             return
         for seq, token, logprob in zip(sequences, tokens, logprobs, strict=True):
-            self._accept_token(seq, token, logprob, now)
+            with self._contained("token", tracker):
+                self._accept_token(seq, token, logprob, now)
+        if tracker.closed:
+            return
         live = [i for i, seq in enumerate(sequences) if not seq.finished]
         if live:
             self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))  # copied
@@ -486,13 +541,13 @@ class Engine:
         try:
             assert self.decode_step is not None
             logits = self.decode_step([seq.tokens[-1] for seq in sequences])  # (B, V); pool rows [0, B) in place
-            sampled, logprobs, failures = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
             for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
                 self._fail(tracker, "internal error during decoding")
             self._batch.clear()
             return
+        sampled, logprobs, failures = self._sample_rows(sequences, logits)
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(sequences))
         now = time.monotonic()
@@ -502,7 +557,30 @@ class Engine:
             if failure is not None:
                 self._fail(seq.tracker, failure.message, code=failure.code)
                 continue
-            self._accept_token(seq, token, logprob, now)
+            with self._contained("token", seq.tracker):
+                self._accept_token(seq, token, logprob, now)
+
+    def _sample_rows(
+        self, sequences: list[_Sequence], logits: Tensor
+    ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
+        """`_sample` for the batch; if it fails, each row alone, so that only the rows that fail alone fail."""
+        try:
+            return self._sample(sequences, logits)
+        except Exception:
+            if len(sequences) == 1:
+                self.metrics.engine_faults.labels(hook="sample").inc()
+                logger.exception("engine: sample failed for request %s", sequences[0].tracker.request.request_id)
+                return [0], [None], [SAMPLING_FAULT]
+            logger.warning("sampling a batch of %d failed; each row alone", len(sequences), exc_info=True)
+        tokens: list[int] = []
+        logprobs: list[TokenLogprob | None] = []
+        failures: list[RowFailure | None] = []
+        for i, seq in enumerate(sequences):
+            token, logprob, failure = self._sample_rows([seq], logits[i : i + 1])
+            tokens += token
+            logprobs += logprob
+            failures += failure
+        return tokens, logprobs, failures
 
     def _sample(
         self, sequences: list[_Sequence], logits: Tensor
@@ -555,8 +633,7 @@ class Engine:
         if seq.counts is not None:
             seq.counts[token] += 1
         finish: FinishReason | None = None
-        if seq.matcher is not None and not seq.matcher.consume(token):
-            self._fail(seq.tracker, f"the grammar refused token {token}: {seq.matcher.error}", code="grammar_error")
+        if not self._advance_grammar(seq, token):
             return
         eos = token == self.tokenizer.eos_id or token in request.eos_token_ids
         if token in request.stop_token_ids or (eos and not request.ignore_eos):
@@ -586,6 +663,13 @@ class Engine:
         if finish is not None:
             self._finish(seq, finish)
 
+    def _advance_grammar(self, seq: _Sequence, token: int) -> bool:
+        """Feed `token` to the sequence's grammar; False (the request failed) if the grammar refuses it."""
+        if seq.matcher is None or seq.matcher.consume(token):
+            return True
+        self._fail(seq.tracker, f"the grammar refused token {token}: {seq.matcher.error}", code="grammar_error")
+        return False
+
     # ---- finishing ----------------------------------------------------------------------------------------------
 
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
@@ -596,7 +680,8 @@ class Engine:
         self.slots.release([seq.slot])
         if seq in self._batch.rows:
             if reason in ("stop", "length"):
-                self._store_finished(seq)
+                with self._contained("store_finished", None):  # the answer is complete: a fault costs the cache
+                    self._store_finished(seq)
             self._batch.remove(seq)
         tracker = seq.tracker
         tracker.open -= 1
@@ -612,7 +697,7 @@ class Engine:
         assert self._batch.state is not None
         prompt = request.prompts[seq.index // request.n]
         fed = prompt + seq.tokens[:-1]
-        self.prefix_cache.store(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
+        self._store_in_cache(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
         if request.continuation is None:
             return
         target = request.continuation(seq.stream.text)  # (chat template + tokenizer: about a millisecond)

@@ -132,6 +132,14 @@ class Metrics:
                     ["model_name", "tier"], registry=r),
             model_name,
         )  # fmt: skip
+        self.engine_faults = ModelLabeled(
+            Counter("tnn_engine_faults", "Exceptions the engine contained, by hook (each failed one request, or "
+                    "skipped one cache write).", ["model_name", "hook"], registry=r),
+            model_name,
+        )  # fmt: skip
+        self.prefix_cache_write_errors = counter(
+            "tnn_prefix_cache_write_errors", "Disk-tier writes that failed (e.g. ENOSPC): the state stayed in memory."
+        )
         for tier in ("memory", "disk"):
             self.prefix_cache_entries.labels(tier=tier)
             self.prefix_cache_bytes.labels(tier=tier)
