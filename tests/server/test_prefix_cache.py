@@ -173,6 +173,7 @@ def test_disk_tier_spills_evictions_and_reloads_them_after_a_restart(model: TnnL
     states = [prefill(model, p)[1] for p in prompts]
     for p, s in zip(prompts, states, strict=True):
         cache.store(p, s)
+    cache.flush()  # evictions are written by the writer thread
     assert len(disk.records) == 2  # the two evicted ones
     cache.close()  # shutdown: the rest too
     assert len(list(tmp_path.glob("*.safetensors"))) == 4 and not list(tmp_path.glob(".*"))
