@@ -36,7 +36,7 @@ def test_memory_amounts_parse(text: str, expected: MemoryBudget) -> None:
 
 @pytest.mark.parametrize("text", ["", "lots", "2 parsecs", "-1GiB", "0", "0.0", "1e-10GiB"])
 def test_bad_memory_amounts_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="state memory"):
+    with pytest.raises(ValueError, match="--state-memory"):
         parse_memory(text)
 
 
