@@ -202,7 +202,7 @@ class Engine:
             else None
         )  # graphs captured at warm-up (none without it)
         self._pending: list[tuple[RequestHandle, Event]] = []
-        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any], int]] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,13 +243,14 @@ class Engine:
         self._wake.set()
         return handle
 
-    def run_in_engine(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        """Run `fn` (model work of another route, e.g. embeddings) on the engine thread between iterations.
-        Raises NotAccepting when not serving; await the result with asyncio.wrap_future."""
+    def run_in_engine(self, fn: Callable[[], Any], tokens: int = 1) -> concurrent.futures.Future[Any]:
+        """Run `fn` (model work of another route, e.g. embeddings, over `tokens` tokens) on the engine thread
+        between iterations. Raises NotAccepting when not serving; await the result with asyncio.wrap_future
+        (cancelling it before it runs skips it)."""
         if not self.accepting or not self.alive:
             raise NotAccepting("the server is not accepting requests")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._calls.append((fn, future))
+        self._calls.append((fn, future, tokens))
         self._wake.set()
         return future
 
@@ -324,11 +325,16 @@ class Engine:
         return bool(self._calls or self._inbox or self._waiting or self._prefilling or self._batch.rows)
 
     def _run_calls(self) -> None:
-        """The queued `run_in_engine` calls, each result or exception into its future."""
-        while self._calls:
-            fn, future = self._calls.popleft()
+        """The queued `run_in_engine` calls, each result or exception into its future. While requests are
+        generating, calls of at most `max_prefill_tokens` tokens (at least one call) per iteration: a large
+        embeddings request interleaves with the decode steps instead of stalling them."""
+        generating = bool(self._inbox or self._waiting or self._prefilling or self._batch.rows)
+        spent = 0
+        while self._calls and not (generating and spent >= self.settings.max_prefill_tokens):
+            fn, future, tokens = self._calls.popleft()
             if not future.set_running_or_notify_cancel():
-                continue
+                continue  # cancelled: its client is gone
+            spent += max(tokens, 1)
             try:
                 with torch.inference_mode():
                     future.set_result(fn())
@@ -758,6 +764,7 @@ class Engine:
         m = self.metrics
         waiting = len(self._waiting) + len(self._inbox)
         m.num_requests_waiting.set(waiting)
+        m.engine_calls_waiting.set(len(self._calls))
         m.num_requests_running.set(len(self._active) - len(self._waiting))
         m.state_slots_used.set(self.slots.used)
         prefill_bytes = sum(u.state.nbytes for u in self._prefilling if u.state is not None)
