@@ -9,14 +9,18 @@ With the prefix-state cache (tnn.server.prefix_cache), admission restores the lo
 prompt, prefill stops at the cache's boundaries to store states, and a finished sequence stores its final state
 (and, for chat, a "fill" unit extends it to where the next turn continues: a prefill with no sequences).
 Events reach each request's asyncio queue through `loop.call_soon_threadsafe`, once per phase.
-The event loop never runs model code; nothing here blocks it.
+The event loop never runs model code; nothing here blocks it. An exception in one request's work fails that
+request alone (docs/fault-isolation.md).
+
+Beside it: tnn.server.engine_records (the bookkeeping of requests in flight), tnn.server.logprobs (sampled and
+prompt logprobs), tnn.server.cache_fill (the prefix cache's fill policy), tnn.server.scheduler (slots, the
+prefill plan).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import threading
 import time
@@ -32,8 +36,10 @@ from torch import Tensor
 from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
+from tnn.server.cache_fill import continuation_to_fill, restore
 from tnn.server.capacity import parse_memory, plan_slots
 from tnn.server.decode_graphs import DecodeStep
+from tnn.server.engine_records import ChoiceSequence, PrefillUnit, Tracker
 from tnn.server.generation import (
     CachedPrompt,
     ChoiceDelta,
@@ -45,19 +51,17 @@ from tnn.server.generation import (
     RequestHandle,
     TokenLogprob,
 )
+from tnn.server.logprobs import PROMPT_LOGPROBS_CHUNK, record_prompt_logprobs, sampled_logprobs
 from tnn.server.metrics import Metrics
-from tnn.server.prefix_cache import PrefixCache, build_prefix_cache, cache_boundaries
+from tnn.server.prefix_cache import PrefixCache, build_prefix_cache
 from tnn.server.scheduler import SlotPool, group_by, plan_prefill
 from tnn.server.settings import Settings
 from tnn.server.structured import Grammars, TokenMatcher, allowed_rows
-from tnn.server.textstream import TextStream
 from tnn.server.tokenizer import ServerTokenizer
 
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
-PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
-SEED_MODULUS = 2**64
 
 
 @dataclass(frozen=True)
@@ -77,83 +81,6 @@ class Overloaded(Exception):
 
 class NotAccepting(Exception):
     """Not ready yet, draining or stopped: answer 503."""
-
-
-class _Tracker:
-    """Engine-side bookkeeping of one request."""
-
-    def __init__(self, handle: RequestHandle) -> None:
-        self.handle = handle
-        self.request = handle.request
-        self.sequences: list[_Sequence] = []
-        self.open = self.request.n_sequences  # choices not yet finished
-        self.admitted: float | None = None
-        self.first_token: float | None = None
-        self.closed = False
-
-
-class _Sequence:
-    """One choice: its slot, sampler, generated tokens and text. Compared by identity."""
-
-    def __init__(self, tracker: _Tracker, index: int, slot: int, engine: Engine, prompt: list[int]) -> None:
-        request = tracker.request
-        self.tracker = tracker
-        self.index = index
-        self.slot = slot
-        seed = request.sampling.seed
-        self.params = request.sampling if seed is None else dataclasses.replace(
-            request.sampling, seed=(seed + index) % SEED_MODULUS
-        )  # fmt: skip
-        self.generator = self.params.generator(engine.device)
-        self.stream = TextStream(engine.tokenizer.detokenizer(), request.stop)
-        vocab = engine.vocab_size
-        p = self.params
-        needs_counts = p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
-        self.counts = torch.zeros(vocab, dtype=torch.int32, device=engine.device) if needs_counts else None
-        self.prompt_mask: Tensor | None = None
-        if p.repetition_penalty != 1:
-            self.prompt_mask = torch.zeros(vocab, dtype=torch.bool, device=engine.device)
-            self.prompt_mask[torch.tensor(prompt, device=engine.device)] = True
-        self.matcher = None if request.grammar is None else engine.grammar_matcher(request.grammar)
-        self.tokens: list[int] = []
-        self.last_time = 0.0
-        self.pending_tokens: list[int] = []
-        self.pending_logprobs: list[TokenLogprob] = []
-        self.finished = False
-
-
-class _PrefillUnit:
-    """One prompt being prefilled (possibly over several iterations) for its n sequences; without a tracker, a
-    cache fill (tokens prefilled only to store their state)."""
-
-    def __init__(
-        self, tracker: _Tracker | None, prompt_index: int, prompt: list[int], sequences: list[_Sequence]
-    ) -> None:
-        self.tracker = tracker
-        self.prompt_index = prompt_index
-        self.prompt = prompt
-        self.tokens = torch.tensor([prompt], dtype=torch.long)  # (1, L), moved to the device per chunk
-        self.position = 0
-        self.state: TnnState | None = None
-        self.sequences = sequences
-        self.prompt_logprobs: list[TokenLogprob | None] | None = (
-            [] if tracker is not None and tracker.request.prompt_logprobs is not None else None
-        )
-        self.carry_logprobs: Tensor | None = None  # (V,) log-probs after the last prefilled token
-        self.stops: list[int] = []  # positions where the prefix cache stores the state (ascending)
-
-    @property
-    def remaining(self) -> int:
-        return self.tokens.shape[1] - self.position
-
-    @property
-    def until_stop(self) -> int:
-        """Tokens to prefill before the next cache boundary (or the end)."""
-        return next((p for p in self.stops if p > self.position), self.tokens.shape[1]) - self.position
-
-    @property
-    def closed(self) -> bool:
-        return self.tracker is not None and self.tracker.closed
 
 
 class Engine:
@@ -189,10 +116,10 @@ class Engine:
         self._outstanding = 0  # sequences submitted and not finished
         self._lock = threading.Lock()
         self._inbox: deque[RequestHandle] = deque()
-        self._waiting: deque[_Tracker] = deque()
-        self._active: list[_Tracker] = []
-        self._prefilling: list[_PrefillUnit] = []
-        self._batch: RunningBatch[_Sequence] = RunningBatch(
+        self._waiting: deque[Tracker] = deque()
+        self._active: list[Tracker] = []
+        self._prefilling: list[PrefillUnit] = []
+        self._batch: RunningBatch[ChoiceSequence] = RunningBatch(
             model.empty_state(slots) if self.generative else TnnState(())
         )  # allocated once
         use_graphs = self.device.type == "cuda" and not settings.enforce_eager and settings.warmup
@@ -343,7 +270,7 @@ class Engine:
 
     def _iteration(self) -> None:
         while self._inbox:
-            tracker = _Tracker(self._inbox.popleft())
+            tracker = Tracker(self._inbox.popleft())
             self._waiting.append(tracker)
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
@@ -360,7 +287,7 @@ class Engine:
     # ---- fault containment (docs/fault-isolation.md) ------------------------------------------------------------
 
     @contextmanager
-    def _contained(self, hook: str, tracker: _Tracker | None) -> Iterator[None]:
+    def _contained(self, hook: str, tracker: Tracker | None) -> Iterator[None]:
         """One request's work (`hook`): an exception fails `tracker` alone (its slots go back, its pins were
         released by the cache's context managers) and is counted; None: cache work, skipped."""
         try:
@@ -368,7 +295,7 @@ class Engine:
         except Exception:
             self._fault(hook, tracker)
 
-    def _fault(self, hook: str, tracker: _Tracker | None) -> None:
+    def _fault(self, hook: str, tracker: Tracker | None) -> None:
         """Count and log the exception being handled; fail `tracker` (None: cache work, nothing to fail)."""
         self.metrics.engine_faults.labels(hook=hook).inc()
         if tracker is None:
@@ -401,7 +328,7 @@ class Engine:
                     self.slots.release([slot for slot in slots if slot not in held])
                     raise
 
-    def _admit_request(self, tracker: _Tracker, slots: list[int], now: float) -> None:
+    def _admit_request(self, tracker: Tracker, slots: list[int], now: float) -> None:
         """Build the request's sequences on `slots` and queue its prompts' prefills (from the cache's longest
         prefix when it has one)."""
         request = tracker.request
@@ -410,9 +337,9 @@ class Engine:
         for p, prompt in enumerate(request.prompts):
             sequences = []
             for i in range(request.n):
-                sequences.append(_Sequence(tracker, p * request.n + i, slots[p * request.n + i], self, prompt))
+                sequences.append(ChoiceSequence(tracker, p * request.n + i, slots[p * request.n + i], self, prompt))
                 tracker.sequences.append(sequences[-1])
-            unit = _PrefillUnit(tracker, p, prompt, sequences)
+            unit = PrefillUnit(tracker, p, prompt, sequences)
             self._prefilling.append(unit)
             if self.prefix_cache is not None and request.cache_prompt:
                 self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
@@ -420,19 +347,12 @@ class Engine:
             self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
             self._prompt_tokens += len(prompt)
 
-    def _restore(self, unit: _PrefillUnit, *, lookup: bool = True) -> None:
+    def _restore(self, unit: PrefillUnit, *, lookup: bool = True) -> None:
         """Start `unit` from the longest cached prefix of its prompt and plan where it stores states."""
         assert self.prefix_cache is not None
-        request = unit.tracker.request if unit.tracker is not None else None
-        if lookup:
-            with self.prefix_cache.lookup(unit.prompt, count=unit.tracker is not None) as hit:
-                if hit is not None:
-                    unit.position = hit.length
-                    unit.state = self.prefix_cache.copy_out(hit, self.device)
-            if unit.position and unit.tracker is not None:
-                self._emit(unit.tracker, CachedPrompt(unit.prompt_index, unit.position))
-        extra = request.cache_boundaries if request is not None else ()
-        unit.stops = cache_boundaries(unit.position, len(unit.prompt), self.settings.state_cache_interval, extra)
+        restore(self.prefix_cache, unit, self.device, self.settings.state_cache_interval, lookup=lookup)
+        if unit.position and unit.tracker is not None:
+            self._emit(unit.tracker, CachedPrompt(unit.prompt_index, unit.position))
 
     def _prefill(self, *, fills_only: bool = False) -> None:
         units = [u for u in self._prefilling if u.tracker is None or not fills_only]
@@ -465,18 +385,18 @@ class Engine:
                     except Exception:
                         self._prefill_fault(unit)
 
-    def _prefill_fault(self, unit: _PrefillUnit) -> None:
+    def _prefill_fault(self, unit: PrefillUnit) -> None:
         """In an except block: the prefill of `unit` alone failed; its request fails (a cache fill is dropped)."""
         if unit in self._prefilling:
             self._prefilling.remove(unit)
         self._fault("prefill" if unit.tracker is not None else "cache_fill", unit.tracker)
 
-    def _prefill_group(self, units: list[_PrefillUnit], chunk: int) -> None:
+    def _prefill_group(self, units: list[PrefillUnit], chunk: int) -> None:
         tokens = torch.cat([u.tokens[:, u.position : u.position + chunk] for u in units]).to(self.device)  # (k, C)
         state = None if units[0].state is None else TnnState.cat([u.state for u in units if u.state is not None])
         if units[0].prompt_logprobs is not None:  # a group of one (see the keys in _prefill)
             all_logits, new_state = self.model.recurrent_logits(tokens, state)  # (1, C, V)
-            self._record_prompt_logprobs(units[0], tokens[0], all_logits[0])
+            record_prompt_logprobs(units[0], tokens[0], all_logits[0])
             last_logits = all_logits[:, -1]  # (1, V)
         else:
             last_logits, new_state = self.model.prefill(tokens, state)  # (k, V)
@@ -491,22 +411,7 @@ class Engine:
                     with self._contained("first_token", unit.tracker):
                         self._start_decoding(unit, last_logits[i : i + 1])
 
-    def _record_prompt_logprobs(self, unit: _PrefillUnit, tokens: Tensor, logits: Tensor) -> None:
-        """Logprob of each prompt token given the tokens before it. tokens (C,), logits (C, V)."""
-        assert unit.prompt_logprobs is not None
-        k = unit.tracker.request.prompt_logprobs or 0
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (C, V)
-        previous = (
-            logprobs[:-1] if unit.carry_logprobs is None else torch.cat([unit.carry_logprobs[None], logprobs[:-1]])
-        )
-        targets = tokens if unit.carry_logprobs is not None else tokens[1:]
-        if unit.carry_logprobs is None:
-            unit.prompt_logprobs.append(None)  # the first token has no context
-        entries = _logprob_entries(previous, targets, k)
-        unit.prompt_logprobs.extend(entries)
-        unit.carry_logprobs = logprobs[-1]
-
-    def _start_decoding(self, unit: _PrefillUnit, logits: Tensor) -> None:
+    def _start_decoding(self, unit: PrefillUnit, logits: Tensor) -> None:
         """The prompt is in the state: sample each choice's first token and join the running batch. logits (1, V)."""
         tracker = unit.tracker
         assert tracker is not None
@@ -567,7 +472,7 @@ class Engine:
                 self._accept_token(seq, token, logprob, now)
 
     def _sample_rows(
-        self, sequences: list[_Sequence], logits: Tensor
+        self, sequences: list[ChoiceSequence], logits: Tensor
     ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
         """`_sample` for the batch; if it fails, each row alone, so that only the rows that fail alone fail."""
         try:
@@ -589,7 +494,7 @@ class Engine:
         return tokens, logprobs, failures
 
     def _sample(
-        self, sequences: list[_Sequence], logits: Tensor
+        self, sequences: list[ChoiceSequence], logits: Tensor
     ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
         """One token per sequence from logits (B, V) with each sequence's parameters, generator and grammar;
         per row None, or why its token is meaningless (the caller fails that request)."""
@@ -604,28 +509,20 @@ class Engine:
         # the step's one device-to-host copy: tokens, finite rows, rows with an allowed token
         host = torch.stack([result.tokens, result.finite.long(), result.any_allowed.long()]).tolist()
         tokens, finite_rows, allowed_rows_ok = host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
-        logprobs: list[TokenLogprob | None] = [None] * len(sequences)
-        rows = [i for i, seq in enumerate(sequences) if seq.tracker.request.logprobs is not None]
-        if rows:
-            k = max(sequences[i].tracker.request.logprobs or 0 for i in rows)
-            lp = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V): the model's distribution
-            entries = _logprob_entries(lp, result.tokens[rows], k)
-            for i, entry in zip(rows, entries, strict=True):
-                wanted = sequences[i].tracker.request.logprobs or 0
-                logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
+        logprobs = sampled_logprobs([seq.tracker.request.logprobs for seq in sequences], logits, result.tokens)
         failures = [
             None if finite and allowed else NON_FINITE if not finite else NO_TOKEN_ALLOWED
             for finite, allowed in zip(finite_rows, allowed_rows_ok, strict=True)
         ]
         return tokens, logprobs, failures
 
-    def _allowed(self, sequences: list[_Sequence]) -> list[Tensor | None] | None:
+    def _allowed(self, sequences: list[ChoiceSequence]) -> list[Tensor | None] | None:
         """The constrained rows' allowed tokens (V,) bool, None for free rows; None when no row is constrained."""
         if all(seq.matcher is None for seq in sequences):
             return None
         return allowed_rows([seq.matcher for seq in sequences], self.vocab_size, self.device)
 
-    def _accept_token(self, seq: _Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
+    def _accept_token(self, seq: ChoiceSequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         request = seq.tracker.request
         if seq.tokens:
             self.metrics.inter_token_latency.observe(now - seq.last_time)
@@ -669,7 +566,7 @@ class Engine:
         if finish is not None:
             self._finish(seq, finish)
 
-    def _advance_grammar(self, seq: _Sequence, token: int) -> bool:
+    def _advance_grammar(self, seq: ChoiceSequence, token: int) -> bool:
         """Feed `token` to the sequence's grammar; False (the request failed) if the grammar refuses it."""
         if seq.matcher is None or seq.matcher.consume(token):
             return True
@@ -678,7 +575,7 @@ class Engine:
 
     # ---- finishing ----------------------------------------------------------------------------------------------
 
-    def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+    def _finish(self, seq: ChoiceSequence, reason: FinishReason) -> None:
         if seq.finished:
             return
         seq.finished = True
@@ -694,7 +591,7 @@ class Engine:
         if tracker.open == 0:
             self._retire(tracker, observe_latency=reason != "abort")
 
-    def _store_finished(self, seq: _Sequence) -> None:
+    def _store_finished(self, seq: ChoiceSequence) -> None:
         """Cache a finished sequence's state (prompt + every generated token but the last, which was sampled and
         never fed) and, for chat, queue a fill to the boundary where the conversation's next turn continues."""
         request = seq.tracker.request
@@ -704,18 +601,16 @@ class Engine:
         prompt = request.prompts[seq.index // request.n]
         fed = prompt + seq.tokens[:-1]
         self._store_in_cache(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
-        if request.continuation is None:
+        target = continuation_to_fill(self.prefix_cache, request, prompt, seq.stream.text)
+        if target is None:
             return
-        target = request.continuation(seq.stream.text)  # (chat template + tokenizer: about a millisecond)
-        if len(target) <= len(prompt) or self.prefix_cache.contains(target):
-            return
-        fill = _PrefillUnit(None, 0, target, [])
+        fill = PrefillUnit(None, 0, target, [])
         self._restore(fill)
         if fill.remaining > 0:
             self._prefilling.append(fill)
             self.metrics.prefill_tokens.labels(kind="cache_fill").inc(fill.remaining)
 
-    def _close(self, tracker: _Tracker, reason: FinishReason) -> None:
+    def _close(self, tracker: Tracker, reason: FinishReason) -> None:
         """End every unfinished choice of a request with `reason` (abort: cancelled; error: failed)."""
         if tracker.closed:
             return
@@ -731,13 +626,13 @@ class Engine:
         if not tracker.closed:  # nothing was open
             self._retire(tracker, observe_latency=reason != "abort")
 
-    def _fail(self, tracker: _Tracker, message: str, *, status: int = 500, code: str = "generation_error") -> None:
+    def _fail(self, tracker: Tracker, message: str, *, status: int = 500, code: str = "generation_error") -> None:
         if tracker.closed:
             return
         self._emit(tracker, RequestError(message, status=status, code=code))
         self._close(tracker, "error")
 
-    def _retire(self, tracker: _Tracker, *, observe_latency: bool) -> None:
+    def _retire(self, tracker: Tracker, *, observe_latency: bool) -> None:
         tracker.closed = True
         if observe_latency:
             self.metrics.e2e_request_latency.observe(time.monotonic() - tracker.request.arrival)
@@ -748,7 +643,7 @@ class Engine:
 
     # ---- delivery and gauges ------------------------------------------------------------------------------------
 
-    def _emit(self, tracker: _Tracker, event: Event) -> None:
+    def _emit(self, tracker: Tracker, event: Event) -> None:
         self._pending.append((tracker.handle, event))
 
     def _deliver(self) -> None:
@@ -787,20 +682,3 @@ class Engine:
 def _put_all(batch: list[tuple[RequestHandle, Event]]) -> None:
     for handle, event in batch:
         handle.queue.put_nowait(event)
-
-
-def _logprob_entries(logprobs: Tensor, targets: Tensor, k: int) -> list[TokenLogprob]:
-    """logprobs (R, V), targets (R,) -> per row the target's logprob and the k most likely tokens."""
-    chosen = logprobs.gather(1, targets[:, None].to(logprobs.device))[:, 0].tolist()  # (R,)
-    if k > 0:
-        top_values, top_ids = logprobs.topk(k, dim=-1)  # (R, k) each
-        tops = [
-            list(zip(ids, values, strict=True))
-            for ids, values in zip(top_ids.tolist(), top_values.tolist(), strict=True)
-        ]
-    else:
-        tops = [[] for _ in chosen]
-    return [
-        TokenLogprob(token=int(t), logprob=float(lp), top=top)
-        for t, lp, top in zip(targets.tolist(), chosen, tops, strict=True)
-    ]
