@@ -213,7 +213,9 @@ class TnnConfig:
     def load(cls, path: str | Path) -> TnnConfig:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not valid UTF-8: {exc}") from exc
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
         try:

@@ -120,7 +120,7 @@ def apply_penalties(
     if output_counts is not None:
         seen |= output_counts > 0
     repetition = _column([p.repetition_penalty for p in params], logits)
-    penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
+    penalised = _cap(torch.where(logits > 0, logits / repetition, logits * repetition))
     logits = torch.where(seen, penalised, logits)
     if output_counts is not None:
         counts = output_counts.to(logits.dtype)
@@ -193,6 +193,21 @@ def mask_disallowed(logits: Tensor, allowed: RowTensors | None) -> tuple[Tensor,
     return logits.index_copy(0, index, fill_neg_inf(logits[index], blocked)), any_allowed
 
 
+def _cap(x: Tensor) -> Tensor:
+    """+inf (a positive logit divided by a penalty or temperature that underflowed, e.g. 1e-46 in float32) to the
+    largest finite value: the limit it stands for, and no inf - inf = NaN in the softmax."""
+    return x.clamp(max=torch.finfo(x.dtype).max)
+
+
+def _allowed_or_best(tokens: Tensor, masked: Tensor, allowed: RowTensors | None) -> Tensor:
+    """tokens (B,) with any token the mask forbids (masked logit -inf; possible only when every kept probability
+    underflowed) replaced by the row's most likely allowed token: a constrained row never gets a forbidden one."""
+    if allowed is None:
+        return tokens
+    forbidden = masked.gather(1, tokens[:, None])[:, 0] == float("-inf")  # (B,)
+    return torch.where(forbidden, masked.argmax(dim=-1), tokens)
+
+
 def _exponentials(generators: Sequence[torch.Generator | None], vocab: int, like: Tensor) -> Tensor:
     """(R, V) Exp(1) draws in vocabulary order, -log U: V uniforms per seeded row from its generator (the same
     alone or in any batch), the unseeded rows in one draw from the global RNG. (-log U, not `exponential_`,
@@ -242,7 +257,8 @@ def _keep_in_window(scaled: Tensor, params: Sequence[SamplingParams], top_k: lis
     else:
         normaliser = torch.where(unlimited, scaled.logsumexp(dim=-1), candidates.logsumexp(dim=-1))  # (R,)
         probs = torch.exp(candidates - normaliser[:, None])  # (R, W)
-    keep &= (probs.cumsum(dim=-1) - probs) < _column([p.top_p for p in params], scaled)  # the top token survives
+    keep &= (probs.cumsum(dim=-1) - probs) < _column([p.top_p for p in params], scaled)
+    keep[:, 0] = True  # the top token survives, also a top_p that is 0 in float32 (5e-324)
     if window < vocab and bool((keep[:, -1] & unlimited).any()):
         return None
     return torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, order, keep)
@@ -262,7 +278,7 @@ def _draw(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence
     (`_winner_kept`, no sort, no (R, V) mask). Rows whose winner was cut (rarely more than 1 - top_p of draws)
     run the race again over the kept tokens with the same draws: the same tokens as `sample_reference`."""
     vocab = logits.shape[-1]
-    scaled = logits / _column([p.temperature for p in params], logits)  # (R, V)
+    scaled = _cap(logits / _column([p.temperature for p in params], logits))  # (R, V)
     race = _exponentials(generators, vocab, scaled)  # (R, V), drawn once
     probs = torch.softmax(scaled, dim=-1)  # (R, V)
     winners = (probs / race).argmax(dim=-1)  # (R,)
@@ -394,12 +410,14 @@ def _sample(
     logits, any_allowed = mask_disallowed(logits, allowed)
     sampled = [i for i, p in enumerate(params) if not p.greedy]
     if len(sampled) == batch:
-        return SampleResult(tokens=_draw(logits, params, generators), finite=finite, any_allowed=any_allowed)
+        tokens = _allowed_or_best(_draw(logits, params, generators), logits, allowed)
+        return SampleResult(tokens=tokens, finite=finite, any_allowed=any_allowed)
     tokens = logits.argmax(dim=-1)  # (B,): the greedy rows' tokens
     if sampled:
         index = torch.tensor(sampled, device=logits.device)
         drawn = _draw(logits[index], [params[i] for i in sampled], [generators[i] for i in sampled])
         tokens.index_copy_(0, index, drawn)
+        tokens = _allowed_or_best(tokens, logits, allowed)
     return SampleResult(tokens=tokens, finite=finite, any_allowed=any_allowed)
 
 
@@ -429,13 +447,14 @@ def sample_reference(
         return SampleResult(tokens=logits.argmax(dim=-1), finite=finite, any_allowed=any_allowed)
 
     temperature = _column([1.0 if p.greedy else p.temperature for p in params], logits)
-    sorted_logits, order = (logits / temperature).sort(dim=-1, descending=True)  # (B, V) each
+    sorted_logits, order = _cap(logits / temperature).sort(dim=-1, descending=True)  # (B, V) each
     ranks = torch.arange(vocab, device=logits.device)[None, :]  # (1, V)
     top_k = torch.tensor([p.top_k or vocab for p in params], device=logits.device)[:, None]
     keep = ranks < top_k  # (B, V)
     probs = torch.softmax(sorted_logits.masked_fill(~keep, float("-inf")), dim=-1)
     top_p = _column([p.top_p for p in params], logits)
-    keep &= (probs.cumsum(dim=-1) - probs) < top_p  # the most likely token always survives
+    keep &= (probs.cumsum(dim=-1) - probs) < top_p
+    keep[:, 0] = True  # the most likely token always survives
     keep &= _min_p_keep(sorted_logits, params)
     probs = torch.softmax(sorted_logits.masked_fill(~keep, float("-inf")), dim=-1)  # (B, V)
 
@@ -443,4 +462,4 @@ def sample_reference(
     choice = (probs / race.gather(1, order)).argmax(dim=-1)  # (B,) position in sorted order
     sampled = order.gather(1, choice[:, None])[:, 0]
     tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
-    return SampleResult(tokens=tokens, finite=finite, any_allowed=any_allowed)
+    return SampleResult(tokens=_allowed_or_best(tokens, logits, allowed), finite=finite, any_allowed=any_allowed)

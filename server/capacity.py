@@ -1,14 +1,16 @@
 """How many state slots the engine preallocates: a state-memory budget divided by the bytes one sequence holds.
 
-The budget (`--state-memory`, TNN_STATE_MEMORY) is bytes (`2GiB`, `512MiB`, `1.5GB`, `1000000`) or a fraction
-in (0, 1] of the memory free at start-up (host RAM on CPU, device memory on CUDA). `--max-num-seqs` caps the
-result: slots = min(max_num_seqs, budget // bytes per sequence).
+Every size flag (`--state-memory`, `--state-cache-memory`, `--state-cache-disk`) is read by `parse_memory`, with
+one meaning: bytes (`2GiB`, `512MiB`, `1.5GB`, `64k` = 64 KiB as in docker, `1000000`) or a fraction in (0, 1] of
+what is free where the budget lives at start-up (host RAM on CPU, device memory on CUDA, disk space for the disk
+tier). `--max-num-seqs` caps the slots: slots = min(max_num_seqs, budget // bytes per sequence).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +34,14 @@ class MemoryBudget:
 
     def resolve(self, device: torch.device) -> int:
         """The budget in bytes on `device` (a fraction is taken of the memory free now)."""
+        return self.of_free(lambda: free_memory(device))
+
+    def of_free(self, free: Callable[[], int]) -> int:
+        """The budget in bytes, a fraction taken of `free()` bytes."""
         if self.bytes is not None:
             return self.bytes
         assert self.fraction is not None
-        return int(self.fraction * free_memory(device))
+        return int(self.fraction * free())
 
     def describe(self) -> str:
         if self.bytes is not None:
@@ -43,21 +49,22 @@ class MemoryBudget:
         return f"{self.fraction:g} of free memory"
 
 
-def parse_memory(text: str) -> MemoryBudget:
-    """'2GiB', '512MiB', '1.5GB', '1000000' (bytes) or '0.25' (a fraction of free memory). ValueError otherwise."""
+def parse_memory(text: str | int, *, flag: str = "--state-memory", allow_zero: bool = False) -> MemoryBudget:
+    """'2GiB', '512MiB', '1.5GB', '1000000' (bytes) or '0.25' (a fraction of what is free); '0' (0 bytes) only
+    with `allow_zero`. ValueError naming `flag` otherwise."""
     match = _AMOUNT.match(str(text))
     if match is None or match.group(2).lower() not in UNITS:
-        raise ValueError(
-            f"state memory must be bytes like 2GiB, 512MiB or 1000000, or a fraction like 0.25; got {text!r}"
-        )
+        raise ValueError(f"{flag} must be bytes like 2GiB, 512MiB or 1000000, or a fraction like 0.25; got {text!r}")
     number, unit = float(match.group(1)), match.group(2).lower()
+    if number == 0 and allow_zero:
+        return MemoryBudget(bytes=0)
     if not unit and number <= 1.0:
         if number <= 0:
-            raise ValueError(f"a state memory fraction must be in (0, 1], got {text!r}")
+            raise ValueError(f"{flag}: a fraction must be in (0, 1], got {text!r}")
         return MemoryBudget(fraction=number)
     amount = int(number * UNITS[unit])
     if amount < 1:
-        raise ValueError(f"state memory must be at least 1 byte, got {text!r}")
+        raise ValueError(f"{flag} must be at least 1 byte, got {text!r}")
     return MemoryBudget(bytes=amount)
 
 

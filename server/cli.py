@@ -90,11 +90,20 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """Each problem with the setting it concerns, never the values given (pydantic's own text repeats the input,
+    API and admin keys included)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
     except ValidationError as exc:
-        logger.error("invalid settings: %s", exc)
+        logger.error("invalid settings: %s", describe_invalid_settings(exc))
         return 2
     if "TNN_LOG_LEVEL" in os.environ:
         logging.getLogger().setLevel(settings.log_level)

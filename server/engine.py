@@ -9,19 +9,24 @@ With the prefix-state cache (tnn.server.prefix_cache), admission restores the lo
 prompt, prefill stops at the cache's boundaries to store states, and a finished sequence stores its final state
 (and, for chat, a "fill" unit extends it to where the next turn continues: a prefill with no sequences).
 Events reach each request's asyncio queue through `loop.call_soon_threadsafe`, once per phase.
-The event loop never runs model code; nothing here blocks it.
+The event loop never runs model code; nothing here blocks it. An exception in one request's work fails that
+request alone (docs/fault-isolation.md).
+
+Beside it: tnn.server.engine_records (the bookkeeping of requests in flight), tnn.server.logprobs (sampled and
+prompt logprobs), tnn.server.cache_fill (the prefix cache's fill policy), tnn.server.scheduler (slots, the
+prefill plan).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +36,11 @@ from torch import Tensor
 from tnn.model.sampling import sample
 from tnn.model.tnn import TnnLM, TnnState
 from tnn.server.batch import RunningBatch
+from tnn.server.cache_fill import continuation_to_fill, restore
 from tnn.server.capacity import parse_memory, plan_slots
 from tnn.server.compiled_step import CompiledStepSource
 from tnn.server.decode_graphs import DecodeStep
+from tnn.server.engine_records import ChoiceSequence, PrefillUnit, Tracker
 from tnn.server.generation import (
     CachedPrompt,
     ChoiceDelta,
@@ -45,19 +52,17 @@ from tnn.server.generation import (
     RequestHandle,
     TokenLogprob,
 )
+from tnn.server.logprobs import PROMPT_LOGPROBS_CHUNK, record_prompt_logprobs, sampled_logprobs
 from tnn.server.metrics import Metrics
-from tnn.server.prefix_cache import PrefixCache, build_prefix_cache, cache_boundaries
+from tnn.server.prefix_cache import PrefixCache, build_prefix_cache
 from tnn.server.scheduler import SlotBudget, group_by, plan_prefill
 from tnn.server.settings import Settings
 from tnn.server.structured import Grammars, TokenMatcher, allowed_rows
-from tnn.server.textstream import TextStream
 from tnn.server.tokenizer import ServerTokenizer
 
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
-PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
-SEED_MODULUS = 2**64
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class RowFailure:
 
 NON_FINITE = RowFailure("the model produced non-finite logits", "non_finite_logits")
 NO_TOKEN_ALLOWED = RowFailure("the grammar allows no token here", "grammar_error")
+SAMPLING_FAULT = RowFailure("internal error in the engine (sample)", "internal_error")
 
 
 class Overloaded(Exception):
@@ -76,82 +82,6 @@ class Overloaded(Exception):
 
 class NotAccepting(Exception):
     """Not ready yet, draining or stopped: answer 503."""
-
-
-class _Tracker:
-    """Engine-side bookkeeping of one request."""
-
-    def __init__(self, handle: RequestHandle) -> None:
-        self.handle = handle
-        self.request = handle.request
-        self.sequences: list[_Sequence] = []
-        self.open = self.request.n_sequences  # choices not yet finished
-        self.admitted: float | None = None
-        self.first_token: float | None = None
-        self.closed = False
-
-
-class _Sequence:
-    """One choice: its sampler, generated tokens and text. Compared by identity."""
-
-    def __init__(self, tracker: _Tracker, index: int, engine: Engine, prompt: list[int]) -> None:
-        request = tracker.request
-        self.tracker = tracker
-        self.index = index
-        seed = request.sampling.seed
-        self.params = request.sampling if seed is None else dataclasses.replace(
-            request.sampling, seed=(seed + index) % SEED_MODULUS
-        )  # fmt: skip
-        self.generator = self.params.generator(engine.device)
-        self.stream = TextStream(engine.tokenizer.detokenizer(), request.stop)
-        vocab = engine.vocab_size
-        p = self.params
-        needs_counts = p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1
-        self.counts = torch.zeros(vocab, dtype=torch.int32, device=engine.device) if needs_counts else None
-        self.prompt_mask: Tensor | None = None
-        if p.repetition_penalty != 1:
-            self.prompt_mask = torch.zeros(vocab, dtype=torch.bool, device=engine.device)
-            self.prompt_mask[torch.tensor(prompt, device=engine.device)] = True
-        self.matcher = None if request.grammar is None else engine.grammar_matcher(request.grammar)
-        self.tokens: list[int] = []
-        self.last_time = 0.0
-        self.pending_tokens: list[int] = []
-        self.pending_logprobs: list[TokenLogprob] = []
-        self.finished = False
-
-
-class _PrefillUnit:
-    """One prompt being prefilled (possibly over several iterations) for its n sequences; without a tracker, a
-    cache fill (tokens prefilled only to store their state)."""
-
-    def __init__(
-        self, tracker: _Tracker | None, prompt_index: int, prompt: list[int], sequences: list[_Sequence]
-    ) -> None:
-        self.tracker = tracker
-        self.prompt_index = prompt_index
-        self.prompt = prompt
-        self.tokens = torch.tensor([prompt], dtype=torch.long)  # (1, L), moved to the device per chunk
-        self.position = 0
-        self.state: TnnState | None = None
-        self.sequences = sequences
-        self.prompt_logprobs: list[TokenLogprob | None] | None = (
-            [] if tracker is not None and tracker.request.prompt_logprobs is not None else None
-        )
-        self.carry_logprobs: Tensor | None = None  # (V,) log-probs after the last prefilled token
-        self.stops: list[int] = []  # positions where the prefix cache stores the state (ascending)
-
-    @property
-    def remaining(self) -> int:
-        return self.tokens.shape[1] - self.position
-
-    @property
-    def until_stop(self) -> int:
-        """Tokens to prefill before the next cache boundary (or the end)."""
-        return next((p for p in self.stops if p > self.position), self.tokens.shape[1]) - self.position
-
-    @property
-    def closed(self) -> bool:
-        return self.tracker is not None and self.tracker.closed
 
 
 class Engine:
@@ -187,10 +117,10 @@ class Engine:
         self._outstanding = 0  # sequences submitted and not finished
         self._lock = threading.Lock()
         self._inbox: deque[RequestHandle] = deque()
-        self._waiting: deque[_Tracker] = deque()
-        self._active: list[_Tracker] = []
-        self._prefilling: list[_PrefillUnit] = []
-        self._batch: RunningBatch[_Sequence] = RunningBatch(
+        self._waiting: deque[Tracker] = deque()
+        self._active: list[Tracker] = []
+        self._prefilling: list[PrefillUnit] = []
+        self._batch: RunningBatch[ChoiceSequence] = RunningBatch(
             model.empty_state(slots) if self.generative else TnnState(())
         )  # allocated once
         use_graphs = self.device.type == "cuda" and not settings.enforce_eager and settings.warmup
@@ -207,7 +137,7 @@ class Engine:
         )  # loaded or built from warm-up (or start) on; swapped into decode_step by the engine thread
         self._compiled_started = False
         self._pending: list[tuple[RequestHandle, Event]] = []
-        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any], int]] = deque()
         self._wake = threading.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,13 +179,14 @@ class Engine:
         self._wake.set()
         return handle
 
-    def run_in_engine(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        """Run `fn` (model work of another route, e.g. embeddings) on the engine thread between iterations.
-        Raises NotAccepting when not serving; await the result with asyncio.wrap_future."""
+    def run_in_engine(self, fn: Callable[[], Any], tokens: int = 1) -> concurrent.futures.Future[Any]:
+        """Run `fn` (model work of another route, e.g. embeddings, over `tokens` tokens) on the engine thread
+        between iterations. Raises NotAccepting when not serving; await the result with asyncio.wrap_future
+        (cancelling it before it runs skips it)."""
         if not self.accepting or not self.alive:
             raise NotAccepting("the server is not accepting requests")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._calls.append((fn, future))
+        self._calls.append((fn, future, tokens))
         self._wake.set()
         return future
 
@@ -329,12 +260,13 @@ class Engine:
             try:
                 with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
                     self._iteration()
-            except Exception:
+            except Exception:  # outside every per-request hook: shared machinery (see docs/fault-isolation.md)
                 logger.exception("engine iteration failed; failing the requests in flight")
                 for tracker in list(self._active):
                     self._fail(tracker, "internal error in the engine")
                 self._batch.clear()
                 self._prefilling.clear()
+                self.metrics.engine_faults.labels(hook="iteration").inc()
             self._deliver()
         while self._calls:
             self._calls.popleft()[1].set_exception(NotAccepting("the server is shutting down"))
@@ -347,11 +279,16 @@ class Engine:
         return bool(self._calls or self._inbox or self._waiting or self._prefilling or self._batch.rows)
 
     def _run_calls(self) -> None:
-        """The queued `run_in_engine` calls, each result or exception into its future."""
-        while self._calls:
-            fn, future = self._calls.popleft()
+        """The queued `run_in_engine` calls, each result or exception into its future. While requests are
+        generating, calls of at most `max_prefill_tokens` tokens (at least one call) per iteration: a large
+        embeddings request interleaves with the decode steps instead of stalling them."""
+        generating = bool(self._inbox or self._waiting or self._prefilling or self._batch.rows)
+        spent = 0
+        while self._calls and not (generating and spent >= self.settings.max_prefill_tokens):
+            fn, future, tokens = self._calls.popleft()
             if not future.set_running_or_notify_cancel():
-                continue
+                continue  # cancelled: its client is gone
+            spent += max(tokens, 1)
             try:
                 with torch.inference_mode():
                     future.set_result(fn())
@@ -360,7 +297,7 @@ class Engine:
 
     def _iteration(self) -> None:
         while self._inbox:
-            tracker = _Tracker(self._inbox.popleft())
+            tracker = Tracker(self._inbox.popleft())
             self._waiting.append(tracker)
             self._active.append(tracker)
         for tracker in [t for t in self._active if t.handle.cancelled]:
@@ -374,40 +311,75 @@ class Engine:
         self._update_gauges()
         self._log_stats()
 
+    # ---- fault containment (docs/fault-isolation.md) ------------------------------------------------------------
+
+    @contextmanager
+    def _contained(self, hook: str, tracker: Tracker | None) -> Iterator[None]:
+        """One request's work (`hook`): an exception fails `tracker` alone (its slots go back, its pins were
+        released by the cache's context managers) and is counted; None: cache work, skipped."""
+        try:
+            yield
+        except Exception:
+            self._fault(hook, tracker)
+
+    def _fault(self, hook: str, tracker: Tracker | None) -> None:
+        """Count and log the exception being handled; fail `tracker` (None: cache work, nothing to fail)."""
+        self.metrics.engine_faults.labels(hook=hook).inc()
+        if tracker is None:
+            logger.exception("engine: %s failed; skipped (the cache misses that state)", hook)
+            return
+        logger.exception("engine: %s failed for request %s; failing it alone", hook, tracker.request.request_id)
+        self._fail(tracker, f"internal error in the engine ({hook})", code="internal_error")
+
+    def _store_in_cache(self, tokens: list[int], state: TnnState) -> None:
+        """A cache store that never fails a request: a fault skips the state."""
+        assert self.prefix_cache is not None
+        with self._contained("cache_store", None):
+            self.prefix_cache.store(tokens, state)
+
+    # ---- admission and prefill ------------------------------------------------------------------------------
+
     def _admit(self) -> None:
         now = time.monotonic()
         while self._waiting:
             tracker = self._waiting[0]
-            request = tracker.request
-            if not self.slots.acquire(request.n_sequences):
+            if not self.slots.acquire(tracker.request.n_sequences):
                 return
             self._waiting.popleft()
-            tracker.admitted = now
-            self.metrics.request_queue_time.observe(now - request.arrival)
-            for p, prompt in enumerate(request.prompts):
-                sequences = [_Sequence(tracker, p * request.n + i, self, prompt) for i in range(request.n)]
-                tracker.sequences.extend(sequences)
-                unit = _PrefillUnit(tracker, p, prompt, sequences)
-                if self.prefix_cache is not None and request.cache_prompt:
-                    self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
-                self._prefilling.append(unit)
-                self.metrics.prompt_tokens.inc(len(prompt))
-                self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
-                self._prompt_tokens += len(prompt)
+            with self._contained("admit", tracker):
+                try:
+                    self._admit_request(tracker, now)
+                except Exception:  # the slots no sequence holds yet go back here; _fail frees the others
+                    unbuilt = tracker.request.n_sequences - len(tracker.sequences)
+                    if unbuilt:
+                        self.slots.release(unbuilt)
+                    raise
 
-    def _restore(self, unit: _PrefillUnit, *, lookup: bool = True) -> None:
+    def _admit_request(self, tracker: Tracker, now: float) -> None:
+        """Build the request's sequences on `slots` and queue its prompts' prefills (from the cache's longest
+        prefix when it has one)."""
+        request = tracker.request
+        tracker.admitted = now
+        self.metrics.request_queue_time.observe(now - request.arrival)
+        for p, prompt in enumerate(request.prompts):
+            sequences = []
+            for i in range(request.n):
+                sequences.append(ChoiceSequence(tracker, p * request.n + i, self, prompt))
+                tracker.sequences.append(sequences[-1])
+            unit = PrefillUnit(tracker, p, prompt, sequences)
+            self._prefilling.append(unit)
+            if self.prefix_cache is not None and request.cache_prompt:
+                self._restore(unit, lookup=request.prompt_logprobs is None)  # prompt logprobs need every token
+            self.metrics.prompt_tokens.inc(len(prompt))
+            self.metrics.prefill_tokens.labels(kind="prompt").inc(unit.remaining)
+            self._prompt_tokens += len(prompt)
+
+    def _restore(self, unit: PrefillUnit, *, lookup: bool = True) -> None:
         """Start `unit` from the longest cached prefix of its prompt and plan where it stores states."""
         assert self.prefix_cache is not None
-        request = unit.tracker.request if unit.tracker is not None else None
-        if lookup:
-            with self.prefix_cache.lookup(unit.prompt, count=unit.tracker is not None) as hit:
-                if hit is not None:
-                    unit.position = hit.length
-                    unit.state = self.prefix_cache.copy_out(hit, self.device)
-            if unit.position and unit.tracker is not None:
-                self._emit(unit.tracker, CachedPrompt(unit.prompt_index, unit.position))
-        extra = request.cache_boundaries if request is not None else ()
-        unit.stops = cache_boundaries(unit.position, len(unit.prompt), self.settings.state_cache_interval, extra)
+        restore(self.prefix_cache, unit, self.device, self.settings.state_cache_interval, lookup=lookup)
+        if unit.position and unit.tracker is not None:
+            self._emit(unit.tracker, CachedPrompt(unit.prompt_index, unit.position))
 
     def _prefill(self, *, fills_only: bool = False) -> None:
         units = [u for u in self._prefilling if u.tracker is None or not fills_only]
@@ -426,22 +398,32 @@ class Engine:
             members = [chosen[i][0] for i in group if not chosen[i][0].closed]
             if not members:
                 continue
+            chunk = chosen[group[0]][1]
             try:
-                self._prefill_group(members, chosen[group[0]][1])
+                self._prefill_group(members, chunk)
             except Exception:
-                logger.exception("prefill failed for %d prompt(s)", len(members))
+                if len(members) == 1:
+                    self._prefill_fault(members[0])
+                    continue
+                logger.warning("prefill of %d prompts together failed; each alone", len(members), exc_info=True)
                 for unit in members:
-                    if unit.tracker is None:
-                        self._prefilling.remove(unit)
-                    else:
-                        self._fail(unit.tracker, "internal error during prefill")
+                    try:
+                        self._prefill_group([unit], chunk)
+                    except Exception:
+                        self._prefill_fault(unit)
 
-    def _prefill_group(self, units: list[_PrefillUnit], chunk: int) -> None:
+    def _prefill_fault(self, unit: PrefillUnit) -> None:
+        """In an except block: the prefill of `unit` alone failed; its request fails (a cache fill is dropped)."""
+        if unit in self._prefilling:
+            self._prefilling.remove(unit)
+        self._fault("prefill" if unit.tracker is not None else "cache_fill", unit.tracker)
+
+    def _prefill_group(self, units: list[PrefillUnit], chunk: int) -> None:
         tokens = torch.cat([u.tokens[:, u.position : u.position + chunk] for u in units]).to(self.device)  # (k, C)
         state = None if units[0].state is None else TnnState.cat([u.state for u in units if u.state is not None])
         if units[0].prompt_logprobs is not None:  # a group of one (see the keys in _prefill)
             all_logits, new_state = self.model.recurrent_logits(tokens, state)  # (1, C, V)
-            self._record_prompt_logprobs(units[0], tokens[0], all_logits[0])
+            record_prompt_logprobs(units[0], tokens[0], all_logits[0])
             last_logits = all_logits[:, -1]  # (1, V)
         else:
             last_logits, new_state = self.model.prefill(tokens, state)  # (k, V)
@@ -449,28 +431,14 @@ class Engine:
             unit.position += chunk
             unit.state = new_state if len(units) == 1 else new_state.gather([i])
             if self.prefix_cache is not None and unit.position in unit.stops:
-                self.prefix_cache.store(unit.prompt[: unit.position], unit.state)
+                self._store_in_cache(unit.prompt[: unit.position], unit.state)
             if unit.remaining == 0:
                 self._prefilling.remove(unit)
                 if unit.tracker is not None:
-                    self._start_decoding(unit, last_logits[i : i + 1])
+                    with self._contained("first_token", unit.tracker):
+                        self._start_decoding(unit, last_logits[i : i + 1])
 
-    def _record_prompt_logprobs(self, unit: _PrefillUnit, tokens: Tensor, logits: Tensor) -> None:
-        """Logprob of each prompt token given the tokens before it. tokens (C,), logits (C, V)."""
-        assert unit.prompt_logprobs is not None
-        k = unit.tracker.request.prompt_logprobs or 0
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (C, V)
-        previous = (
-            logprobs[:-1] if unit.carry_logprobs is None else torch.cat([unit.carry_logprobs[None], logprobs[:-1]])
-        )
-        targets = tokens if unit.carry_logprobs is not None else tokens[1:]
-        if unit.carry_logprobs is None:
-            unit.prompt_logprobs.append(None)  # the first token has no context
-        entries = _logprob_entries(previous, targets, k)
-        unit.prompt_logprobs.extend(entries)
-        unit.carry_logprobs = logprobs[-1]
-
-    def _start_decoding(self, unit: _PrefillUnit, logits: Tensor) -> None:
+    def _start_decoding(self, unit: PrefillUnit, logits: Tensor) -> None:
         """The prompt is in the state: sample each choice's first token and join the running batch. logits (1, V)."""
         tracker = unit.tracker
         assert tracker is not None
@@ -486,7 +454,7 @@ class Engine:
             return
         n = len(sequences)
         state = unit.state.repeat(n) if n > 1 else unit.state  # n > 1 completions share the prefill
-        tokens, logprobs, failures = self._sample(sequences, logits.expand(n, -1))
+        tokens, logprobs, failures = self._sample_rows(sequences, logits.expand(n, -1))
         now = time.monotonic()
         if tracker.first_token is None:
             tracker.first_token = now
@@ -497,7 +465,10 @@ class Engine:
             self._fail(tracker, failure.message, code=failure.code)
             return
         for seq, token, logprob in zip(sequences, tokens, logprobs, strict=True):
-            self._accept_token(seq, token, logprob, now)
+            with self._contained("token", tracker):
+                self._accept_token(seq, token, logprob, now)
+        if tracker.closed:
+            return
         live = [i for i, seq in enumerate(sequences) if not seq.finished]
         if live:
             self._batch.add([sequences[i] for i in live], state if len(live) == n else state.gather(live))  # copied
@@ -509,13 +480,13 @@ class Engine:
         try:
             assert self.decode_step is not None
             logits = self.decode_step([seq.tokens[-1] for seq in sequences])  # (B, V); pool rows [0, B) in place
-            sampled, logprobs, failures = self._sample(sequences, logits)
         except Exception:
             logger.exception("decode step failed for a batch of %d", len(sequences))
             for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
                 self._fail(tracker, "internal error during decoding")
             self._batch.clear()
             return
+        sampled, logprobs, failures = self._sample_rows(sequences, logits)
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(sequences))
         now = time.monotonic()
@@ -525,10 +496,33 @@ class Engine:
             if failure is not None:
                 self._fail(seq.tracker, failure.message, code=failure.code)
                 continue
-            self._accept_token(seq, token, logprob, now)
+            with self._contained("token", seq.tracker):
+                self._accept_token(seq, token, logprob, now)
+
+    def _sample_rows(
+        self, sequences: list[ChoiceSequence], logits: Tensor
+    ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
+        """`_sample` for the batch; if it fails, each row alone, so that only the rows that fail alone fail."""
+        try:
+            return self._sample(sequences, logits)
+        except Exception:
+            if len(sequences) == 1:
+                self.metrics.engine_faults.labels(hook="sample").inc()
+                logger.exception("engine: sample failed for request %s", sequences[0].tracker.request.request_id)
+                return [0], [None], [SAMPLING_FAULT]
+            logger.warning("sampling a batch of %d failed; each row alone", len(sequences), exc_info=True)
+        tokens: list[int] = []
+        logprobs: list[TokenLogprob | None] = []
+        failures: list[RowFailure | None] = []
+        for i, seq in enumerate(sequences):
+            token, logprob, failure = self._sample_rows([seq], logits[i : i + 1])
+            tokens += token
+            logprobs += logprob
+            failures += failure
+        return tokens, logprobs, failures
 
     def _sample(
-        self, sequences: list[_Sequence], logits: Tensor
+        self, sequences: list[ChoiceSequence], logits: Tensor
     ) -> tuple[list[int], list[TokenLogprob | None], list[RowFailure | None]]:
         """One token per sequence from logits (B, V) with each sequence's parameters, generator and grammar;
         per row None, or why its token is meaningless (the caller fails that request)."""
@@ -543,28 +537,20 @@ class Engine:
         # the step's one device-to-host copy: tokens, finite rows, rows with an allowed token
         host = torch.stack([result.tokens, result.finite.long(), result.any_allowed.long()]).tolist()
         tokens, finite_rows, allowed_rows_ok = host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
-        logprobs: list[TokenLogprob | None] = [None] * len(sequences)
-        rows = [i for i, seq in enumerate(sequences) if seq.tracker.request.logprobs is not None]
-        if rows:
-            k = max(sequences[i].tracker.request.logprobs or 0 for i in rows)
-            lp = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V): the model's distribution
-            entries = _logprob_entries(lp, result.tokens[rows], k)
-            for i, entry in zip(rows, entries, strict=True):
-                wanted = sequences[i].tracker.request.logprobs or 0
-                logprobs[i] = dataclasses.replace(entry, top=entry.top[:wanted])
+        logprobs = sampled_logprobs([seq.tracker.request.logprobs for seq in sequences], logits, result.tokens)
         failures = [
             None if finite and allowed else NON_FINITE if not finite else NO_TOKEN_ALLOWED
             for finite, allowed in zip(finite_rows, allowed_rows_ok, strict=True)
         ]
         return tokens, logprobs, failures
 
-    def _allowed(self, sequences: list[_Sequence]) -> list[Tensor | None] | None:
+    def _allowed(self, sequences: list[ChoiceSequence]) -> list[Tensor | None] | None:
         """The constrained rows' allowed tokens (V,) bool, None for free rows; None when no row is constrained."""
         if all(seq.matcher is None for seq in sequences):
             return None
         return allowed_rows([seq.matcher for seq in sequences], self.vocab_size, self.device)
 
-    def _accept_token(self, seq: _Sequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
+    def _accept_token(self, seq: ChoiceSequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
         request = seq.tracker.request
         if seq.tokens:
             self.metrics.inter_token_latency.observe(now - seq.last_time)
@@ -578,8 +564,7 @@ class Engine:
         if seq.counts is not None:
             seq.counts[token] += 1
         finish: FinishReason | None = None
-        if seq.matcher is not None and not seq.matcher.consume(token):
-            self._fail(seq.tracker, f"the grammar refused token {token}: {seq.matcher.error}", code="grammar_error")
+        if not self._advance_grammar(seq, token):
             return
         eos = token == self.tokenizer.eos_id or token in request.eos_token_ids
         if token in request.stop_token_ids or (eos and not request.ignore_eos):
@@ -609,9 +594,16 @@ class Engine:
         if finish is not None:
             self._finish(seq, finish)
 
+    def _advance_grammar(self, seq: ChoiceSequence, token: int) -> bool:
+        """Feed `token` to the sequence's grammar; False (the request failed) if the grammar refuses it."""
+        if seq.matcher is None or seq.matcher.consume(token):
+            return True
+        self._fail(seq.tracker, f"the grammar refused token {token}: {seq.matcher.error}", code="grammar_error")
+        return False
+
     # ---- finishing ----------------------------------------------------------------------------------------------
 
-    def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+    def _finish(self, seq: ChoiceSequence, reason: FinishReason) -> None:
         if seq.finished:
             return
         seq.finished = True
@@ -619,14 +611,15 @@ class Engine:
         self.slots.release()
         if seq in self._batch.rows:
             if reason in ("stop", "length"):
-                self._store_finished(seq)
+                with self._contained("store_finished", None):  # the answer is complete: a fault costs the cache
+                    self._store_finished(seq)
             self._batch.remove(seq)
         tracker = seq.tracker
         tracker.open -= 1
         if tracker.open == 0:
             self._retire(tracker, observe_latency=reason != "abort")
 
-    def _store_finished(self, seq: _Sequence) -> None:
+    def _store_finished(self, seq: ChoiceSequence) -> None:
         """Cache a finished sequence's state (prompt + every generated token but the last, which was sampled and
         never fed) and, for chat, queue a fill to the boundary where the conversation's next turn continues."""
         request = seq.tracker.request
@@ -635,19 +628,17 @@ class Engine:
         assert self._batch.state is not None
         prompt = request.prompts[seq.index // request.n]
         fed = prompt + seq.tokens[:-1]
-        self.prefix_cache.store(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
-        if request.continuation is None:
+        self._store_in_cache(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
+        target = continuation_to_fill(self.prefix_cache, request, prompt, seq.stream.text)
+        if target is None:
             return
-        target = request.continuation(seq.stream.text)  # (chat template + tokenizer: about a millisecond)
-        if len(target) <= len(prompt) or self.prefix_cache.contains(target):
-            return
-        fill = _PrefillUnit(None, 0, target, [])
+        fill = PrefillUnit(None, 0, target, [])
         self._restore(fill)
         if fill.remaining > 0:
             self._prefilling.append(fill)
             self.metrics.prefill_tokens.labels(kind="cache_fill").inc(fill.remaining)
 
-    def _close(self, tracker: _Tracker, reason: FinishReason) -> None:
+    def _close(self, tracker: Tracker, reason: FinishReason) -> None:
         """End every unfinished choice of a request with `reason` (abort: cancelled; error: failed)."""
         if tracker.closed:
             return
@@ -663,13 +654,13 @@ class Engine:
         if not tracker.closed:  # nothing was open
             self._retire(tracker, observe_latency=reason != "abort")
 
-    def _fail(self, tracker: _Tracker, message: str, *, status: int = 500, code: str = "generation_error") -> None:
+    def _fail(self, tracker: Tracker, message: str, *, status: int = 500, code: str = "generation_error") -> None:
         if tracker.closed:
             return
         self._emit(tracker, RequestError(message, status=status, code=code))
         self._close(tracker, "error")
 
-    def _retire(self, tracker: _Tracker, *, observe_latency: bool) -> None:
+    def _retire(self, tracker: Tracker, *, observe_latency: bool) -> None:
         tracker.closed = True
         if observe_latency:
             self.metrics.e2e_request_latency.observe(time.monotonic() - tracker.request.arrival)
@@ -680,7 +671,7 @@ class Engine:
 
     # ---- delivery and gauges ------------------------------------------------------------------------------------
 
-    def _emit(self, tracker: _Tracker, event: Event) -> None:
+    def _emit(self, tracker: Tracker, event: Event) -> None:
         self._pending.append((tracker.handle, event))
 
     def _deliver(self) -> None:
@@ -696,6 +687,7 @@ class Engine:
         m = self.metrics
         waiting = len(self._waiting) + len(self._inbox)
         m.num_requests_waiting.set(waiting)
+        m.engine_calls_waiting.set(len(self._calls))
         m.num_requests_running.set(len(self._active) - len(self._waiting))
         m.state_slots_used.set(self.slots.used)
         prefill_bytes = sum(u.state.nbytes for u in self._prefilling if u.state is not None)
@@ -718,20 +710,3 @@ class Engine:
 def _put_all(batch: list[tuple[RequestHandle, Event]]) -> None:
     for handle, event in batch:
         handle.queue.put_nowait(event)
-
-
-def _logprob_entries(logprobs: Tensor, targets: Tensor, k: int) -> list[TokenLogprob]:
-    """logprobs (R, V), targets (R,) -> per row the target's logprob and the k most likely tokens."""
-    chosen = logprobs.gather(1, targets[:, None].to(logprobs.device))[:, 0].tolist()  # (R,)
-    if k > 0:
-        top_values, top_ids = logprobs.topk(k, dim=-1)  # (R, k) each
-        tops = [
-            list(zip(ids, values, strict=True))
-            for ids, values in zip(top_ids.tolist(), top_values.tolist(), strict=True)
-        ]
-    else:
-        tops = [[] for _ in chosen]
-    return [
-        TokenLogprob(token=int(t), logprob=float(lp), top=top)
-        for t, lp, top in zip(targets.tolist(), chosen, tops, strict=True)
-    ]

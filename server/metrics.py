@@ -107,12 +107,15 @@ class Metrics:
             "tnn_num_requests_running", "Requests holding state slots (prefilling or decoding)."
         )
         self.num_requests_waiting = gauge("tnn_num_requests_waiting", "Requests queued for slots.")
+        self.engine_calls_waiting = gauge(
+            "tnn_engine_calls_waiting", "Queued model calls of other routes (embeddings batches) not yet run."
+        )
         self.state_slots_used = gauge("tnn_state_slots_used", "State slots in use.")
         self.state_slots_total = gauge("tnn_state_slots_total", "State slots (max concurrent sequences).")
         self.state_bytes = gauge("tnn_state_bytes", "Bytes of recurrent state held by sequences now.")
         self.prefill_tokens = ModelLabeled(
-            Counter("tnn_prefill_tokens", "Tokens run through prefill, by kind: prompt (uncached part) or cache_fill.",
-                    ["model_name", "kind"], registry=r),
+            Counter("tnn_prefill_tokens", "Tokens run through prefill, by kind: prompt (uncached part), cache_fill "
+                    "or embedding.", ["model_name", "kind"], registry=r),
             model_name,
         )  # fmt: skip
         self.prefix_cache_queries = counter("tnn_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
@@ -132,11 +135,19 @@ class Metrics:
                     ["model_name", "tier"], registry=r),
             model_name,
         )  # fmt: skip
+        self.engine_faults = ModelLabeled(
+            Counter("tnn_engine_faults", "Exceptions the engine contained, by hook (each failed one request, or "
+                    "skipped one cache write).", ["model_name", "hook"], registry=r),
+            model_name,
+        )  # fmt: skip
+        self.prefix_cache_write_errors = counter(
+            "tnn_prefix_cache_write_errors", "Disk-tier writes that failed (e.g. ENOSPC): the state stayed in memory."
+        )
         for tier in ("memory", "disk"):
             self.prefix_cache_entries.labels(tier=tier)
             self.prefix_cache_bytes.labels(tier=tier)
             self.prefix_cache_evictions.labels(tier=tier)
-        for kind in ("prompt", "cache_fill"):
+        for kind in ("prompt", "cache_fill", "embedding"):
             self.prefill_tokens.labels(kind=kind)
         for reason in ("stop", "length", "abort", "error"):
             self.requests.labels(finish_reason=reason)

@@ -5,7 +5,6 @@ logged and answered with a 500."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -13,6 +12,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tnn.server.auth import AuthProblem, check_bearer
 from tnn.server.errors import BodyTimeout, BodyTooLarge, error_body
 from tnn.server.metrics import Metrics
 
@@ -31,9 +31,8 @@ async def _send_error(send: Send, status: int, message: str, code: str, headers:
 
 class ApiKeyMiddleware:
     """`Authorization: Bearer <key>` on every route but OPEN_PATHS and the paths `is_public` accepts (the
-    playground page): the scheme case-insensitive (RFC 7235), the key compared exactly in constant time. Two
-    Authorization headers are refused (400), never first- or last-wins: a proxy that appends its own must not
-    decide which one counts."""
+    playground page), checked by `tnn.server.auth.check_bearer` (as the admin routes are). Two Authorization
+    headers are refused (400)."""
 
     def __init__(
         self, app: ASGIApp, *, api_key: str, metrics: Metrics, is_public: Callable[[str], bool] = lambda path: False
@@ -49,17 +48,14 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or exempt or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        given = [value for name, value in scope["headers"] if name == b"authorization"]
-        if len(given) > 1:
+        problem = check_bearer([value for name, value in scope["headers"] if name == b"authorization"], self.expected)
+        if problem is AuthProblem.DUPLICATE:
             self.metrics.errors.labels(code="400").inc()
-            await _send_error(send, 400, f"{len(given)} Authorization headers; send exactly one",
-                              "duplicate_authorization", [])  # fmt: skip
+            await _send_error(send, 400, problem.value, "duplicate_authorization", [])
             return
-        scheme, _, key = (given[0] if given else b"").strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.expected):
+        if problem is not None:
             self.metrics.errors.labels(code="401").inc()
-            message = "missing API key" if not given else "invalid API key"
-            await _send_error(send, 401, f"{message}: send 'Authorization: Bearer <key>'", "invalid_api_key",
+            await _send_error(send, 401, f"{problem.value}: send 'Authorization: Bearer <key>'", "invalid_api_key",
                               [(b"www-authenticate", b"Bearer")])  # fmt: skip
             return
         await self.app(scope, receive, send)

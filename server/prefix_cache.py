@@ -9,7 +9,10 @@ boundary where a chat's next turn continues.
 
 Memory: least recently used out first, under a byte budget, in host memory by default (on the model's device when
 asked). An entry is pinned while a request copies it and is never evicted then. With a `StateDisk`, evicted
-and shutdown-time states go to safetensors files and come back on a hit, also after a restart. The cache only
+and shutdown-time states go to safetensors files and come back on a hit, also after a restart. Evicted states
+are written by one writer thread (serialisation, write, fsync outside the lock, off the engine thread); until
+written, a hit takes the state back. A failed write (ENOSPC...) degrades the disk tier: that state is dropped,
+counted (tnn_prefix_cache_write_errors) and warned about once; nothing fails a request. The cache only
 uses the state's public surface: what `gather` returns goes in, a private copy comes out (`tnn.server.state_io`).
 """
 
@@ -19,16 +22,20 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from tnn.model.tnn import TnnLM
+from tnn.server.capacity import parse_memory
 from tnn.server.metrics import Metrics
 from tnn.server.prefix_index import PrefixIndex
 from tnn.server.settings import Settings
@@ -49,6 +56,7 @@ class _Entry:
     state: Any | None  # a 1-row state on the cache device; None: only on disk
     disk: DiskRecord | None = None
     pins: int = 0  # requests copying it right now: never evicted while > 0
+    writing: Any | None = None  # evicted, its file not written yet: the state, still usable
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,9 @@ class PrefixCache:
         self._index: PrefixIndex[_Entry] = PrefixIndex()
         self._memory: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        self._writer = None if disk is None else ThreadPoolExecutor(1, thread_name_prefix="tnn-state-disk")
+        self._writes: set[Future[None]] = set()
+        self._write_failures = 0
         if disk is not None:
             kept, deleted = disk.scan()
             for record in kept:
@@ -142,7 +153,10 @@ class PrefixCache:
                 logger.error("prefix cache: entry of %d tokens does not match the prompt; dropped", length)
                 self._forget(entry)
                 continue
-            if entry.state is None and not self._load(entry):
+            if entry.state is None and entry.writing is not None:  # evicted, still being written: take it back
+                entry.state = entry.writing
+                self._memory[entry.tokens] = entry
+            elif entry.state is None and not self._load(entry):
                 continue
             self._memory.move_to_end(entry.tokens)
             return entry
@@ -198,27 +212,76 @@ class PrefixCache:
             for entry in [e for e in self._memory.values() if e.pins == 0]:
                 if over <= 0:
                     break
-                self._spill(entry)
                 self._memory.pop(entry.tokens)
+                if self.disk is not None and entry.disk is None and entry.writing is None:
+                    entry.writing = entry.state
+                    self._schedule_write(entry)
                 entry.state = None
-                if entry.disk is None:
+                if entry.disk is None and entry.writing is None:
                     self._forget(entry)
                 self.metrics.prefix_cache_evictions.labels(tier="memory").inc()
                 over -= self.entry_bytes
         self._update_gauges()
 
-    def _spill(self, entry: _Entry) -> None:
-        """Write a memory entry to disk unless it is there already."""
-        if self.disk is None or entry.disk is not None:
+    def _schedule_write(self, entry: _Entry) -> None:
+        assert self._writer is not None
+        future = self._writer.submit(self._write, entry)
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
+
+    def _write(self, entry: _Entry) -> None:
+        """Writer thread: the file of an evicted entry; only the index updates take the lock."""
+        assert self.disk is not None
+        with self._lock:
+            state = entry.writing
+            if state is None or self._index.get(entry.tokens) is not entry:  # cleared meanwhile
+                entry.writing = None
+                return
+        try:
+            data = self.disk.encode(entry.tokens, state_to_tensors(state))
+            if len(data) > self.disk.budget:
+                raise OSError(f"a state file of {len(data)} bytes exceeds --state-cache-disk")
+            with self._lock:
+                self._dropped(self.disk.make_room(len(data)))
+            path = self.disk.write_file(entry.tokens, data)
+        except Exception as exc:
+            self._write_failed(entry, exc)
             return
-        record, deleted = self.disk.write(entry.tokens, state_to_tensors(entry.state))
-        entry.disk = record
+        with self._lock:
+            entry.writing = None
+            if self._index.get(entry.tokens) is entry:
+                entry.disk = self.disk.register(entry.tokens, path)
+            else:  # cleared while writing: the file goes too
+                path.unlink(missing_ok=True)
+            self._update_gauges()
+
+    def _write_failed(self, entry: _Entry, exc: Exception) -> None:
+        """Degrade, never fail: the state is dropped from the disk tier (kept if a hit took it back)."""
+        self.metrics.prefix_cache_write_errors.inc()
+        self._write_failures += 1
+        if self._write_failures == 1:
+            logger.warning("prefix cache: a disk-tier write failed (%s); evicted states that cannot be written "
+                           "are dropped (tnn_prefix_cache_write_errors counts them; warned once)", exc)  # fmt: skip
+        with self._lock:
+            entry.writing = None
+            if entry.state is None:
+                self._forget(entry)
+            self._update_gauges()
+
+    def flush(self) -> None:
+        """Wait until every scheduled disk write is done (tests, shutdown)."""
+        while self._writes:
+            for future in list(self._writes):
+                future.result()
+
+    def _dropped(self, deleted: list[DiskRecord]) -> None:
+        """Entries whose files the disk tier deleted to make room. Caller holds the lock."""
         for gone in deleted:
             self.metrics.prefix_cache_evictions.labels(tier="disk").inc()
             other = self._index.get(gone.tokens)
             if other is not None:
                 other.disk = None
-                if other.state is None:
+                if other.state is None and other.writing is None:
                     self._forget(other)
 
     def _forget(self, entry: _Entry) -> None:
@@ -242,15 +305,18 @@ class PrefixCache:
     def close(self) -> None:
         """Write the states still only in memory to disk, most recently used first, as many as the disk budget
         holds (older files make room first)."""
-        if self.disk is None:
+        if self.disk is None or self._writer is None:
             return
+        self.flush()
+        self._writer.shutdown(wait=True)
         with self._lock:
             pending = [e for e in reversed(self._memory.values()) if e.disk is None]
             written = 0
             for entry in pending:
                 if written + self.entry_bytes + 8 * len(entry.tokens) + FILE_OVERHEAD > self.disk.budget:
                     break
-                self._spill(entry)
+                entry.writing = entry.state
+                self._write(entry)
                 written += entry.disk.nbytes if entry.disk is not None else 0
             for entry in self._memory.values():  # file times in use order: a restart evicts the stalest first
                 if entry.disk is not None:
@@ -309,19 +375,25 @@ def model_identity(model: TnnLM) -> str:
 def build_prefix_cache(model: TnnLM, settings: Settings, metrics: Metrics) -> PrefixCache | None:
     """The cache `settings` ask for, or None when disabled (--state-cache-memory 0)."""
     device = model.device if settings.state_cache_on_device else torch.device("cpu")
-    budget = default_budget(device) if settings.state_cache_memory is None else int(settings.state_cache_memory)
+    budget = (
+        default_budget(device)
+        if settings.state_cache_memory is None
+        else parse_memory(settings.state_cache_memory, allow_zero=True).resolve(device)
+    )
     if budget == 0:
         logger.info("prefix cache disabled (--state-cache-memory 0)")
         return None
     template = model.empty_state(1)
     disk = None
     if settings.state_cache_dir is not None:
-        disk = StateDisk(settings.state_cache_dir, identity=model_identity(model),
-                         budget=int(settings.state_cache_disk))  # fmt: skip
+        directory = Path(settings.state_cache_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        disk_budget = parse_memory(settings.state_cache_disk).of_free(lambda: shutil.disk_usage(directory).free)
+        disk = StateDisk(directory, identity=model_identity(model), budget=disk_budget)
     cache = PrefixCache(template=template, device=device, budget=budget, metrics=metrics, disk=disk)
     logger.info(
         "prefix cache: %.1f MiB on %s = %d states of %.1f KiB; a state every %s prompt tokens%s",
         budget / 2**20, device, cache.capacity, cache.entry_bytes / 1024, settings.state_cache_interval or "no",
-        "" if disk is None else f"; disk tier {disk.directory} ({int(settings.state_cache_disk) / 2**20:.0f} MiB)",
+        "" if disk is None else f"; disk tier {disk.directory} ({disk.budget / 2**20:.0f} MiB)",
     )  # fmt: skip
     return cache

@@ -358,10 +358,10 @@ class ReadyResponse(BaseModel):
     status: str
 
 
-class EmbeddingRequest(BaseModel):
-    """OpenAI /v1/embeddings: `input` is a string, strings, token ids or lists of token ids."""
+class EmbeddingRequest(StrictBody):
+    """OpenAI /v1/embeddings: `input` is a string, strings, token ids or lists of token ids (strict, as the
+    completions and chat bodies are: no "192" or 192.0 dimensions, no float or bool token ids)."""
 
-    model_config = ConfigDict(extra="allow")
     input: str | list[str] | list[int] | list[list[int]]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"

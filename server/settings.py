@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliPositionalArg, CliSuppress, NoDecode, SettingsConfigDict
 
 from tnn.server.capacity import parse_memory
@@ -115,8 +115,10 @@ class Settings(BaseSettings):
 
     # Prefix-state cache (tnn.server.prefix_cache): states after exact token prefixes, so prompts that continue
     # a cached prefix (the next chat turn, a shared system prompt) prefill only their new tokens.
-    state_cache_memory: ByteSize | None = Field(
-        default=None, description="prefix-state cache budget: bytes or 512MiB, 2GB; 0: off; none: 5% of RAM, <= 2 GiB"
+    state_cache_memory: str | None = Field(
+        default=None,
+        description="prefix-state cache budget: bytes (512MiB, 2GB) or a fraction (0.25) of free memory (host RAM, "
+        "or device memory with --state-cache-on-device); 0: off; none: 5% of RAM, <= 2 GiB",
     )
     state_cache_on_device: bool = Field(
         default=False, description="keep cached prefix states on the model's device instead of host memory"
@@ -127,7 +129,9 @@ class Settings(BaseSettings):
     state_cache_dir: Path | None = Field(
         default=None, description="disk tier for cached states: evicted and shutdown-time ones, reloaded on start"
     )
-    state_cache_disk: ByteSize = Field(default=ByteSize(4 * 2**30), description="bytes the disk tier may use")
+    state_cache_disk: str = Field(
+        default="4GiB", description="bytes the disk tier may use (4GiB), or a fraction (0.25) of the free disk space"
+    )
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0, description="seconds from arrival to the last token")
@@ -186,11 +190,19 @@ class Settings(BaseSettings):
             self.api_key = None
         return self
 
-    @field_validator("state_memory")
+    @field_validator("state_memory", "state_cache_memory", "state_cache_disk")
     @classmethod
-    def _parseable_memory(cls, value: str) -> str:
-        parse_memory(value)  # ValueError names the accepted forms
+    def _parseable_size(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:  # ValueError names the flag and the accepted forms
+            parse_memory(value, flag="--" + str(info.field_name).replace("_", "-"),
+                          allow_zero=info.field_name == "state_cache_memory")  # fmt: skip
         return value
+
+    @field_validator("api_key", "admin_key")
+    @classmethod
+    def _strip_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key read from a secret file often ends in a newline: the whitespace around it is never part of it."""
+        return None if value is None else SecretStr(value.get_secret_value().strip())
 
     @field_validator("admin_key")
     @classmethod

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 from transformers import PreTrainedTokenizerFast
 
@@ -13,6 +16,7 @@ from tnn.model.fairseq_dict import unk_beyond_vocab
 from tnn.server.textstream import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Used when tokenizer_config.json has no chat_template: plain "Role: text" turns, which any base LM can continue.
 DEFAULT_CHAT_TEMPLATE = (
@@ -22,6 +26,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+TEMPLATE_CHECK_SECONDS = 5.0  # the load-time sample render: a template that loops for ever is refused, named
+TEMPLATE_CHECK_CHARS = 1_000_000  # ... and so is one whose three short turns render to more than this
 
 # Rendered once at startup: a template that fails on it would fail every chat request.
 SAMPLE_CONVERSATION = [
@@ -58,8 +64,10 @@ class ServerTokenizer:
                 "%s has no chat_template; /v1/chat/completions uses a plain 'Role: text' template", model_dir
             )
         try:
-            self.render_chat(SAMPLE_CONVERSATION)
-        except Exception as exc:  # jinja2 syntax and runtime errors, raise_exception() in the template
+            sample = within_seconds(lambda: self.render_chat(SAMPLE_CONVERSATION), TEMPLATE_CHECK_SECONDS)
+            if len(sample) > TEMPLATE_CHECK_CHARS:
+                raise ValueError(f"the sample renders to {len(sample):,} characters (at most {TEMPLATE_CHECK_CHARS:,})")
+        except Exception as exc:  # jinja2 syntax and runtime errors, raise_exception() in the template, the limits
             raise ValueError(
                 f"{model_dir / 'tokenizer_config.json'}: the chat_template does not render a sample conversation "
                 f"(user, assistant, user): {type(exc).__name__}: {exc}"
@@ -141,3 +149,21 @@ class TokenIdTokenizer:
 
     def token_text(self, token: int) -> str:
         return f"token_id:{token}"
+
+
+def within_seconds(fn: Callable[[], T], seconds: float) -> T:
+    """fn() in this thread, stopped with TimeoutError once `seconds` have passed (checked at every Python line:
+    a Jinja template is compiled Python, so an endless loop in one stops; only for load-time checks, slow)."""
+    deadline = time.monotonic() + seconds
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Callable[..., object]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"did not finish within {seconds:g} s")
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        return fn()
+    finally:
+        sys.settrace(previous)

@@ -4,12 +4,11 @@ set they are off (403). The API-key middleware lets /admin/* through so that the
 from __future__ import annotations
 
 import asyncio
-import hmac
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from tnn.server.auth import AuthProblem, check_bearer
 from tnn.server.deps import StateDep
 from tnn.server.errors import ApiError
 from tnn.server.openapi import WITH_A_BODY, error_responses
@@ -17,14 +16,18 @@ from tnn.server.openapi import WITH_A_BODY, error_responses
 ADMIN_PREFIX = "/admin"
 
 
-def require_admin(state: StateDep, authorization: Annotated[str, Header()] = "") -> None:
+def require_admin(state: StateDep, request: Request) -> None:
     key = state.settings.admin_key or state.settings.api_key
     if key is None:
         raise ApiError(403, "admin routes are off: start the server with TNN_ADMIN_KEY (or TNN_API_KEY)",
                        code="admin_disabled")  # fmt: skip
-    if not hmac.compare_digest(authorization.encode(), f"Bearer {key.get_secret_value()}".encode()):
-        raise ApiError(401, "invalid admin key: send 'Authorization: Bearer <admin key>'", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    problem = check_bearer([v for k, v in request.scope["headers"] if k == b"authorization"],
+                           key.get_secret_value().encode())  # fmt: skip
+    if problem is AuthProblem.DUPLICATE:
+        raise ApiError(400, problem.value, code="duplicate_authorization")
+    if problem is not None:
+        raise ApiError(401, f"{problem.value.replace('API', 'admin')}: send 'Authorization: Bearer <admin key>'",
+                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
 router = APIRouter(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
 from tnn.server.deps import EmbeddingsDep, reject_invalid_text
+from tnn.server.embeddings import ClientGone
 from tnn.server.openapi import GENERATION, error_responses
 from tnn.server.schemas import EmbeddingRequest, EmbeddingResponse
 
@@ -13,6 +14,9 @@ router = APIRouter(
 )
 
 
-@router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, service: EmbeddingsDep) -> EmbeddingResponse:
-    return await service.create(body)
+@router.post("/embeddings", response_model=EmbeddingResponse)
+async def embeddings(body: EmbeddingRequest, service: EmbeddingsDep, raw: Request) -> EmbeddingResponse | Response:
+    try:
+        return await service.create(body, raw.is_disconnected)
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it

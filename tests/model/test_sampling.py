@@ -254,3 +254,43 @@ def test_bias_outside_the_vocabulary_and_bad_masks_are_refused() -> None:
         sample(logits, [SamplingParams()], [None], allowed=torch.ones(1, VOCAB))
     with pytest.raises(ValueError, match="one allowed mask"):
         sample(logits, [SamplingParams()], [None], allowed=[None, None])
+
+
+@pytest.mark.parametrize("sampler", [sample, sample_reference])
+@pytest.mark.parametrize("top_p", [5e-324, 1e-46, 1e-30])
+def test_a_top_p_that_underflows_keeps_the_top_allowed_token(sampler, top_p: float) -> None:
+    """top_p 5e-324 is 0 in float32: the top token still survives (the smallest nucleus), the grammar's too."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(8, 64, generator=gen) * 4
+    allowed = torch.zeros(8, 64, dtype=torch.bool)
+    allowed[:, 5] = allowed[:, 9] = True  # guided_choice ["0", "0"]: one or two tokens allowed
+    params = [SamplingParams(temperature=1.0, top_p=top_p, seed=i) for i in range(8)]
+    result = sampler(logits, params, [p.generator() for p in params], allowed=allowed)
+    masked = logits.masked_fill(~allowed, float("-inf"))
+    assert torch.equal(result.tokens, masked.argmax(dim=-1))
+
+
+@pytest.mark.parametrize("sampler", [sample, sample_reference])
+def test_no_forbidden_token_even_when_every_kept_probability_underflows(sampler) -> None:
+    """A cold row whose race draws nothing positive (every kept p/E is 0) still returns an allowed token."""
+    logits = torch.full((1, 32), -1e30)
+    logits[0, 7] = 0.0
+    allowed = torch.zeros(1, 32, dtype=torch.bool)
+    allowed[0, 20] = True  # the only allowed token has a logit ~ -inf: probability 0 after the softmax
+    params = [SamplingParams(temperature=0.01, seed=1)]
+    result = sampler(logits, params, [params[0].generator()], allowed=allowed)
+    assert result.tokens.tolist() == [20] and bool(result.any_allowed[0])
+
+
+@pytest.mark.parametrize("sampler", [sample, sample_reference])
+@pytest.mark.parametrize("penalty", [1e-46, 5e-324, 1e-38])
+def test_a_repetition_penalty_that_underflows_acts_as_its_limit(sampler, penalty: float) -> None:
+    """repetition_penalty -> 0 sends a seen token's positive logit to +inf: capped at the largest float, so the
+    seen positive tokens win (no inf - inf = NaN, no token 0 / EOS by accident)."""
+    logits = torch.tensor([[2.0, 1.0, -1.0, 3.0, 0.5, 0.0]])
+    seen = torch.tensor([[False, True, True, False, True, False]])
+    drawn = set()
+    for seed in range(40):
+        params = [SamplingParams(temperature=0.7, repetition_penalty=penalty, seed=seed)]
+        drawn.add(sampler(logits, params, [params[0].generator()], prompt_mask=seen).tokens.item())
+    assert drawn <= {1, 4} and drawn  # the seen tokens with a positive logit, nothing else

@@ -149,3 +149,35 @@ def test_explicit_no_auth_serves_openly_and_says_so(tiny_model_dir: Path) -> Non
 
 def test_the_auth_mode_is_logged(secured: ServerProcess) -> None:
     assert "authentication is on" in secured.log() and KEY not in secured.log()
+
+
+@pytest.mark.parametrize("header", [f"bearer {KEY}", f"Bearer  {KEY}", f"BEARER {KEY}"])
+@pytest.mark.parametrize(("method", "path"), [("POST", "/admin/reset_prefix_cache"), ("GET", "/v1/models")])
+def test_admin_and_api_routes_read_the_bearer_header_alike(
+    secured: ServerProcess, header: str, method: str, path: str
+) -> None:
+    response = httpx.request(method, secured.url + path, headers={"Authorization": header})
+    assert response.status_code == 200, response.text
+
+
+def test_admin_routes_refuse_two_authorization_headers(secured: ServerProcess) -> None:
+    headers = [("Authorization", f"Bearer {KEY}"), ("Authorization", f"Bearer {KEY}")]
+    response = httpx.post(secured.url + "/admin/reset_prefix_cache", headers=headers)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "duplicate_authorization"
+
+
+def test_keys_from_a_secret_file_lose_their_surrounding_whitespace(tiny_model_dir: Path) -> None:
+    """A trailing newline or a leading space (a secret file written by hand) is not part of the key."""
+    env = {"TNN_API_KEY": f" {KEY}\n", "TNN_ADMIN_KEY": "admin-Key\n"}
+    with ServerProcess(tiny_model_dir, env=env) as server:
+        assert httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        admin = httpx.post(server.url + "/admin/reset_prefix_cache", headers={"Authorization": "Bearer admin-Key"})
+        assert admin.status_code == 200
+    assert KEY not in server.log() and "admin-Key" not in server.log()
+
+
+def test_refused_settings_never_print_a_key(tiny_model_dir: Path) -> None:
+    result = serve_exit(tiny_model_dir, ["--no-auth"],
+                        {"TNN_API_KEY": KEY, "TNN_ADMIN_KEY": "admin-Key"})  # fmt: skip
+    assert result.returncode == 2 and "--no-auth contradicts" in result.stderr + result.stdout
+    assert KEY not in result.stderr + result.stdout and "admin-Key" not in result.stderr + result.stdout

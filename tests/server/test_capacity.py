@@ -14,6 +14,9 @@ from tests.support import ServerProcess, metric_value, scrape_metrics
 from tnn.cli.main import main
 from tnn.server.batch import RunningBatch
 from tnn.server.capacity import MemoryBudget, free_memory, parse_memory, plan_slots
+from tnn.server.metrics import Metrics
+from tnn.server.prefix_cache import build_prefix_cache
+from tnn.server.settings import Settings
 
 CPU = torch.device("cpu")
 
@@ -36,7 +39,7 @@ def test_memory_amounts_parse(text: str, expected: MemoryBudget) -> None:
 
 @pytest.mark.parametrize("text", ["", "lots", "2 parsecs", "-1GiB", "0", "0.0", "1e-10GiB"])
 def test_bad_memory_amounts_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="state memory"):
+    with pytest.raises(ValueError, match="--state-memory"):
         parse_memory(text)
 
 
@@ -100,3 +103,20 @@ def test_a_budget_below_one_sequence_fails_at_startup(tiny_model_dir: Path) -> N
 
 def test_bad_state_memory_flag_exits_2() -> None:
     assert main(["serve", "--state-memory", "lots"]) == 2
+
+
+@pytest.mark.parametrize("field", ["state_memory", "state_cache_memory", "state_cache_disk"])
+def test_every_size_flag_reads_sizes_alike(field: str, tmp_path: Path) -> None:
+    """One parser, one meaning: 64k is 65,536 bytes and 0.25 a fraction of what is free, for every flag."""
+    for text, expected in [("64k", MemoryBudget(bytes=65_536)), ("0.25", MemoryBudget(fraction=0.25))]:
+        value = getattr(Settings(model_dir=tmp_path, **{field: text}), field)
+        assert parse_memory(value) == expected
+    with pytest.raises(ValueError, match="--" + field.replace("_", "-")):
+        Settings(model_dir=tmp_path, **{field: "lots"})
+
+
+def test_a_cache_fraction_is_of_free_memory_and_zero_turns_it_off(tiny_model_dir: Path) -> None:
+    model = tnn.model.load(tiny_model_dir)
+    quarter = build_prefix_cache(model, Settings(model_dir=tiny_model_dir, state_cache_memory="0.25"), Metrics())
+    assert quarter is not None and abs(quarter.budget - 0.25 * free_memory(CPU)) < 0.05 * free_memory(CPU)
+    assert build_prefix_cache(model, Settings(model_dir=tiny_model_dir, state_cache_memory="0"), Metrics()) is None

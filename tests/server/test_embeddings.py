@@ -80,6 +80,12 @@ def test_token_id_inputs_and_base64(encoder: ServerProcess, encoder_dir: Path) -
         ({"input": [""]}, "input"),
         ({"input": [[1, 2], [100000]]}, "input"),
         ({"input": "x", "model": "other"}, "model"),
+        ({"input": "hello", "dimensions": "192"}, "dimensions"),
+        ({"input": "hello", "dimensions": 192.0}, "dimensions"),
+        ({"input": [1.0, 2.0]}, "input"),
+        ({"input": [True, False]}, "input"),
+        ({"input": [[2.0]]}, "input"),
+        ({"input": "hello", "unknown_field": 1}, "unknown_field"),
     ],
 )
 def test_bad_embedding_requests_get_4xx(encoder: ServerProcess, body: dict, param: str) -> None:
@@ -132,3 +138,11 @@ def test_tnn_embed_cli(encoder: ServerProcess, encoder_dir: Path) -> None:
 def test_embed_cli_never_imports_torch() -> None:
     code = "import sys, tnn.clients.cli_embed; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_null_encoding_format_is_the_default(encoder: ServerProcess) -> None:
+    with httpx.Client(base_url=encoder.url, timeout=60) as http:
+        null = http.post("/v1/embeddings", json={"input": "hello", "encoding_format": None})
+        default = http.post("/v1/embeddings", json={"input": "hello"})
+    assert null.status_code == 200, null.text
+    assert null.json()["data"] == default.json()["data"]

@@ -129,3 +129,23 @@ def test_every_500_is_logged_once(tiny_model_dir: Path, caplog: pytest.LogCaptur
     assert "kaboom" not in response.text
     logged = [r for r in caplog.records if r.exc_info is not None]
     assert len(logged) == 1 and "GET /boom" in logged[0].getMessage()
+
+
+@pytest.mark.parametrize("top_p", [5e-324, 1e-46])
+def test_an_underflowing_top_p_with_a_grammar_answers_200(server: ServerProcess, top_p: float) -> None:
+    """top_p is 0 in float32: the top allowed token survives (no 'the grammar refused token 0')."""
+    body = {"prompt": "Pick:", "max_tokens": 5, "temperature": 1.0, "top_p": top_p, "guided_choice": ["0", "0"]}
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == "0"
+
+
+@pytest.mark.parametrize("penalty", [1e-46, 5e-324])
+def test_an_underflowing_repetition_penalty_does_not_end_the_reply(server: ServerProcess, penalty: float) -> None:
+    """repetition_penalty underflows to 0 in float32: its limit (the prompt's positive-logit tokens win), not an
+    instant EOS from NaN logits."""
+    body = {"prompt": "To be or not", "max_tokens": 8, "temperature": 1.0, "seed": 3, "repetition_penalty": penalty}
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "length" and response.json()["usage"]["completion_tokens"] == 8

@@ -71,8 +71,31 @@ def absurd_config(model_dir: Path) -> str:
     return r"config.json: d_model must be an integer in \[1, 65536\], got 1000000000"
 
 
+def endless_template(model_dir: Path) -> str:
+    """10^10 iterations (the sandbox caps one range at 10^5, not two nested ones): refused within the limit."""
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    path.write_text(json.dumps({**config, "chat_template": loop}))
+    return r"tokenizer_config.json: the chat_template does not render .*TimeoutError: did not finish within 5 s"
+
+
+def huge_template(model_dir: Path) -> str:
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "chat_template": "{% for i in range(100000) %}{{ 'x' * 20 }}{% endfor %}"}))
+    return r"tokenizer_config.json: the chat_template does not render .*2,000,000 characters \(at most 1,000,000\)"
+
+
+def non_utf8_config(model_dir: Path) -> str:
+    path = model_dir / "config.json"
+    path.write_bytes(path.read_bytes().replace(b'"causal"', b'"caus\xffal"'))
+    return r"config.json is not valid UTF-8"
+
+
 BREAKAGES: list[Callable[[Path], str]] = [nan_weight, broken_template, raising_template, garbage_tokenizer,
-                                          oversized_tokenizer, mistyped_config, absurd_config]  # fmt: skip
+                                          oversized_tokenizer, mistyped_config, absurd_config, endless_template,
+                                          huge_template, non_utf8_config]  # fmt: skip
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda f: f.__name__)

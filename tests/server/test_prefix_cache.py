@@ -5,8 +5,12 @@ and exactness of a restored state against prefilling everything."""
 from __future__ import annotations
 
 import copy
+import errno
+import json
 import logging
+import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import torch
 
 import tnn.model
 from tnn.model.tnn import TnnLM, TnnState
+from tnn.server import state_disk
 from tnn.server.metrics import Metrics
 from tnn.server.prefix_cache import PrefixCache, cache_boundaries, model_identity
 from tnn.server.prefix_index import PrefixIndex
@@ -173,6 +178,7 @@ def test_disk_tier_spills_evictions_and_reloads_them_after_a_restart(model: TnnL
     states = [prefill(model, p)[1] for p in prompts]
     for p, s in zip(prompts, states, strict=True):
         cache.store(p, s)
+    cache.flush()  # evictions are written by the writer thread
     assert len(disk.records) == 2  # the two evicted ones
     cache.close()  # shutdown: the rest too
     assert len(list(tmp_path.glob("*.safetensors"))) == 4 and not list(tmp_path.glob(".*"))
@@ -226,6 +232,73 @@ def test_disk_tier_stays_within_its_budget_oldest_first(model: TnnLM, tmp_path: 
     assert disk.nbytes <= disk.budget and len(list(tmp_path.glob("*.safetensors"))) == 2
     disk.budget = 1000
     assert disk.write([9], tensors) == (None, [])  # can never fit: not written, nothing deleted
+
+
+def flip_token_bit(path: Path, index: int) -> None:
+    """Flip the lowest bit of the `index`-th stored token id (safetensors: 8-byte header size, JSON header, data)."""
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    start = json.loads(data[8 : 8 + size])["__tokens__"]["data_offsets"][0]
+    data[8 + size + start + 8 * index] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_token_id_never_serves_the_other_prompt(
+    model: TnnLM, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The token ids are inside the checksum: a file whose ids now spell another prompt is corrupt, not a hit."""
+    prompt = tokens_of(50, 20)
+    other = prompt[:10] + [prompt[10] ^ 1] + prompt[11:]
+    disk = StateDisk(tmp_path, identity="m", budget=10**9)
+    record, _ = disk.write(prompt, state_to_tensors(prefill(model, prompt)[1]))
+    assert record is not None
+    flip_token_bit(record.path, 10)
+    cache = make_cache(model, 5, StateDisk(tmp_path, identity="m", budget=10**9))
+    assert cache.contains(other)  # the scan reads the flipped ids ...
+    with caplog.at_level(logging.WARNING, logger="tnn.server.state_disk"), cache.lookup(other + [3]) as hit:
+        assert hit is None  # ... the read refuses them
+    assert any("checksum mismatch" in r.message for r in caplog.records)
+    assert not cache.contains(other)  # forgotten: the next lookup does not read it again
+
+
+def test_symlinks_and_fifos_are_skipped_at_start(
+    model: TnnLM, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = StateDisk(tmp_path, identity="m", budget=10**9)
+    prompt = tokens_of(51, 12)
+    disk.write(prompt, state_to_tensors(prefill(model, prompt)[1]))
+    (tmp_path / "dangling.safetensors").symlink_to(tmp_path / "gone")
+    os.mkfifo(tmp_path / "pipe.safetensors")  # opening it would block for ever
+    with caplog.at_level(logging.WARNING, logger="tnn.server.state_disk"):
+        cache = make_cache(model, 5, StateDisk(tmp_path, identity="m", budget=10**9))
+    skipped = {r.getMessage() for r in caplog.records if "not a regular file" in r.getMessage()}
+    assert len(skipped) == 2 and cache.contains(prompt)
+
+
+def test_a_full_disk_degrades_the_disk_tier_and_leaves_no_temp_file(
+    model: TnnLM, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on every write: the evicted states are dropped (counted, warned once), nothing raises, the writes
+    run on the writer thread, and shutdown is clean."""
+    threads = set()
+
+    def full(fd: int) -> None:
+        threads.add(threading.current_thread().name)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_disk.os, "fsync", full)
+    cache = make_cache(model, 2, StateDisk(tmp_path, identity="m", budget=10**9))
+    prompts = [tokens_of(60 + i, 12) for i in range(5)]
+    with caplog.at_level(logging.WARNING, logger="tnn.server.prefix_cache"):
+        for p in prompts:
+            cache.store(p, prefill(model, p)[1])
+        cache.flush()
+        cache.close()  # shutdown tries the two in memory too: no traceback
+    assert threads and all(name.startswith("tnn-state-disk") for name in threads - {"MainThread"})
+    assert cache.metrics.prefix_cache_write_errors._value.get() == 5  # 3 evictions + 2 at shutdown
+    assert sum("disk-tier write failed" in r.getMessage() for r in caplog.records) == 1
+    assert list(tmp_path.iterdir()) == []  # no temp file, no partial file
+    assert [cache.contains(p) for p in prompts] == [False, False, False, True, True]
 
 
 @pytest.mark.gpu
