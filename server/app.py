@@ -25,7 +25,7 @@ from tnn.server.metrics import Metrics
 from tnn.server.middleware import OPEN_PATHS, ApiKeyMiddleware, RequestLimitMiddleware, UnexpectedErrorMiddleware
 from tnn.server.model_check import check_servable
 from tnn.server.openapi import install_openapi
-from tnn.server.routes import admin, embeddings, health, openai, playground, tokenize
+from tnn.server.routes import admin, embeddings, health, ollama, openai, playground, responses, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -133,9 +133,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(admin.router)
+    app.include_router(ollama.router)
     if settings.playground:
         playground.mount(app)
     app.add_middleware(

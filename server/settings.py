@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         default=None, description="disk tier for cached states: evicted and shutdown-time ones, reloaded on start"
     )
     state_cache_disk: ByteSize = Field(default=ByteSize(4 * 2**30), description="bytes the disk tier may use")
+    response_store: ByteSize = Field(
+        default=ByteSize(256 * 2**20),
+        description="bytes of stored /v1/responses records (in state_cache_dir when set, else in memory)",
+    )
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0, description="seconds from arrival to the last token")

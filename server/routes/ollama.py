@@ -1,0 +1,127 @@
+"""Ollama-compatible routes (/api/...): chat, generate, embed, tags, show, version. Errors come as Ollama's
+`{"error": "message"}` with the same status codes as the OpenAI routes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from tnn.server.deps import EmbeddingsDep, ServingDep, StateDep, reject_invalid_text
+from tnn.server.errors import ApiError, validation_error
+from tnn.server.ollama import (
+    API_VERSION,
+    Ollama,
+    OllamaChatRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    served_name,
+)
+from tnn.server.openapi import BEHIND_THE_KEY, GENERATION, error_responses
+from tnn.server.schemas import EmbeddingRequest
+from tnn.server.state import AppState
+
+
+class OllamaErrors(APIRoute):
+    """Answers errors as Ollama does: `{"error": "message"}` (counted like every error answer)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (ApiError, RequestValidationError) as exc:
+                error = exc if isinstance(exc, ApiError) else validation_error(exc.errors())
+                request.app.state.tnn.metrics.errors.labels(code=str(error.status)).inc()
+                return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+        return handle
+
+
+router = APIRouter(prefix="/api", tags=["ollama"], route_class=OllamaErrors,
+                   dependencies=[Depends(reject_invalid_text)])  # fmt: skip
+
+
+@router.post("/chat", responses=error_responses(*GENERATION))
+async def chat(body: OllamaChatRequest, request: Request, serving: ServingDep) -> Response:
+    return await Ollama(serving).chat(body, request)
+
+
+@router.post("/generate", responses=error_responses(*GENERATION))
+async def generate(body: OllamaGenerateRequest, request: Request, serving: ServingDep) -> Response:
+    return await Ollama(serving).generate(body, request)
+
+
+@router.post("/embed", responses=error_responses(*GENERATION))
+async def embed(body: OllamaEmbedRequest, service: EmbeddingsDep) -> dict[str, Any]:
+    served_name(body.model, service.serving)
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    answer = await service.create(EmbeddingRequest(input=inputs, dimensions=body.dimensions))
+    return {"model": body.model, "embeddings": [item.embedding for item in answer.data],
+            "prompt_eval_count": answer.usage.prompt_tokens}  # fmt: skip
+
+
+@router.get("/version", responses=error_responses(*BEHIND_THE_KEY))
+def version() -> dict[str, str]:
+    return {"version": API_VERSION}
+
+
+def _details(state: AppState) -> dict[str, Any]:
+    model = state.engine.model if state.engine is not None else None
+    count = sum(p.numel() for p in model.parameters()) if model is not None else 0
+    return {
+        "parent_model": "",
+        "format": "safetensors",
+        "family": "tnn",
+        "families": ["tnn"],
+        "parameter_size": f"{count / 1e6:.1f}M",
+        "quantization_level": state.settings.dtype.upper(),
+    }
+
+
+def _entry(state: AppState) -> dict[str, Any]:
+    directory = state.settings.model_dir
+    files = [p for p in directory.rglob("*") if p.is_file()] if directory is not None else []
+    digest = hashlib.sha256(f"{state.model_name}:{directory}:{state.created}".encode()).hexdigest()
+    name = state.model_name if ":" in state.model_name else f"{state.model_name}:latest"
+    return {"name": name, "model": name, "modified_at": _created(state), "size": sum(p.stat().st_size for p in files),
+            "digest": digest, "details": _details(state)}  # fmt: skip
+
+
+def _created(state: AppState) -> str:
+    return datetime.fromtimestamp(state.created, UTC).isoformat().replace("+00:00", "Z")
+
+
+@router.get("/tags", responses=error_responses(*BEHIND_THE_KEY))
+def tags(state: StateDep) -> dict[str, Any]:
+    return {"models": [_entry(state)]}
+
+
+@router.post("/show", responses=error_responses(*BEHIND_THE_KEY, 404))
+async def show(request: Request, state: StateDep, serving: ServingDep) -> dict[str, Any]:
+    body = await request.json()
+    name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str):
+        raise ApiError(400, "model is required", param="model", code="invalid_value")
+    served_name(name, serving)
+    model = serving.engine.model
+    config = model.config
+    info = {
+        "general.architecture": "tnn",
+        "general.parameter_count": sum(p.numel() for p in model.parameters()),
+        "tnn.context_length": state.settings.max_prompt_tokens,
+        "tnn.embedding_length": config.d_model,
+        "tnn.block_count": config.n_layers,
+        "tnn.vocab_size": config.vocab_size,
+    }
+    template = getattr(serving.tokenizer, "chat_template", "")
+    return {"modelfile": "", "parameters": "", "template": template, "details": _details(state), "model_info": info,
+            "capabilities": ["completion"] if serving.engine.generative else ["embedding"],
+            "modified_at": _created(state)}  # fmt: skip
