@@ -202,7 +202,7 @@ class Ollama:
                 return answer  # the client went away
             data = json.loads(bytes(answer.body))
             choice = data["choices"][0]
-            text = choice["message"]["content"] if kind == "chat" else choice["text"]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
             final = _final(body, kind, text or "", choice["finish_reason"], data["usage"], start, start)
             return JSONResponse(final)
         assert isinstance(answer, StreamingResponse)
@@ -251,7 +251,7 @@ async def _ndjson(answer: StreamingResponse, body: OllamaBody, kind: str, start:
                 lines.append(json.dumps(_final(body, kind, "", finish, chunk["usage"], start, first)))
                 continue
             for choice in chunk["choices"]:
-                text = choice["delta"].get("content") if kind == "chat" else choice["text"]
+                text = choice["delta"].get("content") if "delta" in choice else choice["text"]
                 finish = choice.get("finish_reason") or finish
                 if text:
                     first = first if first != start else time.monotonic_ns()
