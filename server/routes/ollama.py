@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from tnn.server.deps import EmbeddingsDep, ServingDep, StateDep, reject_invalid_text
 from tnn.server.errors import ApiError, validation_error
@@ -24,8 +25,21 @@ from tnn.server.ollama import (
     served_name,
 )
 from tnn.server.openapi import BEHIND_THE_KEY, GENERATION, error_responses
-from tnn.server.schemas import EmbeddingRequest
+from tnn.server.schemas import EmbeddingRequest, ErrorResponse
 from tnn.server.state import AppState
+
+
+class OllamaError(BaseModel):
+    error: str
+
+
+def ollama_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The routes' own errors are Ollama's `{"error": ...}`; those the middleware answers (401, 413, 431, ...)
+    keep the server's envelope."""
+    return {code: {**spec, "model": OllamaError | ErrorResponse} for code, spec in error_responses(*codes).items()}
+
+
+NDJSON_LINES = {"application/x-ndjson": {"schema": {"type": "string", "description": "JSON objects, one a line"}}}
 
 
 class OllamaErrors(APIRoute):
@@ -49,17 +63,17 @@ router = APIRouter(prefix="/api", tags=["ollama"], route_class=OllamaErrors,
                    dependencies=[Depends(reject_invalid_text)])  # fmt: skip
 
 
-@router.post("/chat", responses=error_responses(*GENERATION))
+@router.post("/chat", responses={**ollama_errors(*GENERATION), 200: {"content": NDJSON_LINES}})
 async def chat(body: OllamaChatRequest, request: Request, serving: ServingDep) -> Response:
     return await Ollama(serving).chat(body, request)
 
 
-@router.post("/generate", responses=error_responses(*GENERATION))
+@router.post("/generate", responses={**ollama_errors(*GENERATION), 200: {"content": NDJSON_LINES}})
 async def generate(body: OllamaGenerateRequest, request: Request, serving: ServingDep) -> Response:
     return await Ollama(serving).generate(body, request)
 
 
-@router.post("/embed", responses=error_responses(*GENERATION))
+@router.post("/embed", responses=ollama_errors(*GENERATION))
 async def embed(body: OllamaEmbedRequest, service: EmbeddingsDep) -> dict[str, Any]:
     served_name(body.model, service.serving)
     inputs = [body.input] if isinstance(body.input, str) else body.input
@@ -68,7 +82,7 @@ async def embed(body: OllamaEmbedRequest, service: EmbeddingsDep) -> dict[str, A
             "prompt_eval_count": answer.usage.prompt_tokens}  # fmt: skip
 
 
-@router.get("/version", responses=error_responses(*BEHIND_THE_KEY))
+@router.get("/version", responses=ollama_errors(*BEHIND_THE_KEY))
 def version() -> dict[str, str]:
     return {"version": API_VERSION}
 
@@ -99,16 +113,20 @@ def _created(state: AppState) -> str:
     return datetime.fromtimestamp(state.created, UTC).isoformat().replace("+00:00", "Z")
 
 
-@router.get("/tags", responses=error_responses(*BEHIND_THE_KEY))
+@router.get("/tags", responses=ollama_errors(*BEHIND_THE_KEY))
 def tags(state: StateDep) -> dict[str, Any]:
     return {"models": [_entry(state)]}
 
 
-@router.post("/show", responses=error_responses(*BEHIND_THE_KEY, 404))
-async def show(request: Request, state: StateDep, serving: ServingDep) -> dict[str, Any]:
-    body = await request.json()
-    name = body.get("model") or body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str):
+class OllamaShowRequest(BaseModel):
+    model: str | None = None
+    name: str | None = None  # the field's older name
+
+
+@router.post("/show", responses=ollama_errors(*BEHIND_THE_KEY, 404))
+async def show(body: OllamaShowRequest, state: StateDep, serving: ServingDep) -> dict[str, Any]:
+    name = body.model or body.name
+    if name is None:
         raise ApiError(400, "model is required", param="model", code="invalid_value")
     served_name(name, serving)
     model = serving.engine.model
