@@ -51,13 +51,37 @@ class ResponseStore:
         self.budget = budget
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute(SCHEMA)
-            count, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM responses").fetchone()
+        self._clock = 0.0
+        try:
+            self._db, count, nbytes = self._open()
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: set it aside, start empty
+            assert path is not None
+            aside = path.with_suffix(".corrupt")
+            logger.error("responses: %s is unreadable (%s); moved to %s, starting with no stored responses",
+                         path, exc, aside)  # fmt: skip
+            path.replace(aside)
+            self._db, count, nbytes = self._open()
         if count:
             logger.info("responses: %d stored response(s) (%.1f KiB) in %s", count, nbytes / 1024, path)
+
+    def _now(self) -> float:
+        """Strictly increasing use times (two uses within one clock tick keep their order)."""
+        self._clock = max(time.time(), self._clock + 1e-6)
+        return self._clock
+
+    def _open(self) -> tuple[sqlite3.Connection, int, int]:
+        db = sqlite3.connect(":memory:" if self.path is None else str(self.path), check_same_thread=False)
+        try:
+            with db:
+                db.execute(SCHEMA)
+                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("integrity check failed")
+                count, nbytes = db.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM responses").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db, int(count), int(nbytes)
 
     @property
     def nbytes(self) -> int:
@@ -72,7 +96,7 @@ class ResponseStore:
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                (response_id, owner, time.time(), nbytes, record, messages),
+                (response_id, owner, self._now(), nbytes, record, messages),
             )
             return self._evict()
 
@@ -84,7 +108,7 @@ class ResponseStore:
             ).fetchone()
             if row is None:
                 return None
-            self._db.execute("UPDATE responses SET used = ? WHERE id = ?", (time.time(), response_id))
+            self._db.execute("UPDATE responses SET used = ? WHERE id = ?", (self._now(), response_id))
         return StoredResponse(record=json.loads(row[0]), messages=json.loads(row[1]))
 
     def delete(self, response_id: str, owner: str) -> bool:

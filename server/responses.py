@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -54,6 +56,8 @@ from tnn.server.schemas import (
 from tnn.server.schemas import Request as OptionsBody
 from tnn.server.serving import KEEPALIVE, SSE_HEADERS, ClientGone, Serving
 from tnn.server.tools import ToolChoiceError, ToolPlan, parse_tool_calls, plan_tool_calls
+
+logger = logging.getLogger(__name__)
 
 
 def not_found(response_id: str, param: str | None = None) -> ApiError:
@@ -111,6 +115,10 @@ class Responses:
         ).labels(name)  # fmt: skip
         self.stored_evictions = Counter(
             "tnn_response_store_evictions", "Stored responses evicted to keep the store within its byte budget.",
+            ["model_name"], registry=registry,
+        ).labels(name)  # fmt: skip
+        self.store_errors = Counter(
+            "tnn_response_store_errors", "Responses that could not be stored (the store failed; the reply was sent).",
             ["model_name"], registry=registry,
         ).labels(name)  # fmt: skip
 
@@ -274,8 +282,13 @@ class Responses:
         if plan.body.store:
             conversation = [*plan.messages, {"role": "assistant", "content": result.text}]  # what the engine cached
             stored = StoredResponse(record=record, messages=conversation)
-            evicted = await asyncio.to_thread(self.store.put, plan.request.request_id, plan.owner, stored)
-            self.stored_evictions.inc(evicted)
+            try:
+                evicted = await asyncio.to_thread(self.store.put, plan.request.request_id, plan.owner, stored)
+            except sqlite3.Error:  # a fault of the store fails storing, not the request (DESIGN: faults)
+                logger.exception("responses: could not store %s", plan.request.request_id)
+                self.store_errors.inc()
+            else:
+                self.stored_evictions.inc(evicted)
         return record
 
     # ---- streaming -----------------------------------------------------------------------------------------------

@@ -43,12 +43,18 @@ NDJSON_LINES = {"application/x-ndjson": {"schema": {"type": "string", "descripti
 
 
 class OllamaErrors(APIRoute):
-    """Answers errors as Ollama does: `{"error": "message"}` (counted like every error answer)."""
+    """Reads bodies and answers errors as Ollama does: JSON whatever the Content-Type, errors as
+    `{"error": "message"}` (counted like every error answer)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
+            if request.method == "POST":  # the body is JSON whatever its type says, as in Ollama (`curl -d`)
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+                if hasattr(request, "_headers"):
+                    del request._headers  # Starlette's cached view of the scope's headers
             try:
                 return await handler(request)
             except (ApiError, RequestValidationError) as exc:

@@ -5,22 +5,18 @@ happen, and the pages render the API's operations."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, chromium
 
 pytestmark = pytest.mark.timeout(300)
 
-CHROMIUM = os.environ.get("TNN_CHROMIUM", "/usr/bin/chromium")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -37,13 +33,8 @@ def test_pages_reference_only_this_server(server: ServerProcess, page: str) -> N
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no chromium at {CHROMIUM}: `make browser-tools` (apt-get install chromium) or set TNN_CHROMIUM")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.mark.browser

@@ -92,3 +92,11 @@ def test_errors_in_ollama_shape(client: ollama.Client, call: object, status: int
     with pytest.raises(ollama.ResponseError) as error:
         call(client)  # type: ignore[operator]
     assert error.value.status_code == status and words in error.value.error
+
+
+def test_body_is_json_whatever_its_content_type(server: ServerProcess) -> None:
+    """`curl -d` (Ollama's documented calls) sends application/x-www-form-urlencoded; Ollama reads JSON anyway."""
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}})
+    reply = httpx.post(server.url + "/api/generate", content=body, timeout=60,
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert reply.status_code == 200 and reply.json()["eval_count"] == 2
