@@ -24,7 +24,7 @@ from tnn.server.ollama import (
     OllamaGenerateRequest,
     served_name,
 )
-from tnn.server.openapi import BEHIND_THE_KEY, GENERATION, error_responses
+from tnn.server.openapi import BEHIND_THE_KEY, GENERATION, WITH_A_BODY, error_responses
 from tnn.server.schemas import EmbeddingRequest, ErrorResponse
 from tnn.server.state import AppState
 
@@ -129,7 +129,7 @@ class OllamaShowRequest(BaseModel):
     name: str | None = None  # the field's older name
 
 
-@router.post("/show", responses=ollama_errors(*BEHIND_THE_KEY, 404))
+@router.post("/show", responses=ollama_errors(*WITH_A_BODY))
 async def show(body: OllamaShowRequest, state: StateDep, serving: ServingDep) -> dict[str, Any]:
     name = body.model or body.name
     if name is None:
