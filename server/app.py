@@ -25,7 +25,7 @@ from tnn.server.metrics import Metrics
 from tnn.server.middleware import OPEN_PATHS, ApiKeyMiddleware, RequestLimitMiddleware, UnexpectedErrorMiddleware
 from tnn.server.model_check import check_servable
 from tnn.server.openapi import install_openapi
-from tnn.server.routes import admin, embeddings, health, openai, playground, tokenize
+from tnn.server.routes import admin, docs, embeddings, health, ollama, openai, playground, responses, tokenize
 from tnn.server.serving import Serving
 from tnn.server.settings import Settings
 from tnn.server.state import AppState
@@ -127,15 +127,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if state.phase != "failed":
             state.phase = "stopped"
 
-    app = FastAPI(title="tnn-serve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="tnn-serve", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tnn = state
     install_error_handlers(app, metrics)
     install_openapi(app)
+    docs.install(app)  # /docs and /redoc from local assets
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(admin.router)
+    app.include_router(ollama.router)
     if settings.playground:
         playground.mount(app)
     app.add_middleware(

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     state_cache_disk: str = Field(
         default="4GiB", description="bytes the disk tier may use (4GiB), or a fraction (0.25) of the free disk space"
     )
+    response_store: str = Field(
+        default="256MiB",
+        description="bytes of stored /v1/responses records (in state_cache_dir when set, else in memory), or a "
+        "fraction (0.05) of free memory",
+    )
 
     # HTTP
     request_timeout: float = Field(default=600.0, gt=0, description="seconds from arrival to the last token")
@@ -190,7 +195,7 @@ class Settings(BaseSettings):
             self.api_key = None
         return self
 
-    @field_validator("state_memory", "state_cache_memory", "state_cache_disk")
+    @field_validator("state_memory", "state_cache_memory", "state_cache_disk", "response_store")
     @classmethod
     def _parseable_size(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:  # ValueError names the flag and the accepted forms

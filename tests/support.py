@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -114,6 +115,30 @@ def make_fairseq_checkpoint(path: str | Path, *, vocab_size: int, seed: int = 0)
     path = Path(path)
     torch.save(checkpoint, path)
     return path
+
+
+CHROMIUM = os.environ.get("TNN_CHROMIUM", "/usr/bin/chromium")
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium driven by playwright (never a downloaded browser); skips the calling test with a reason
+    when either is absent."""
+    import shutil
+
+    import pytest
+
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+    )
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"no chromium at {CHROMIUM}: `make browser-tools` (apt-get install chromium) or set TNN_CHROMIUM")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

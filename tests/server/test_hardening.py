@@ -74,9 +74,12 @@ def test_openapi_documents_400_not_422_and_metrics_as_text(server: ServerProcess
             assert "422" not in codes, (method, path)
             if method == "post":
                 assert {"400", "413"} <= codes, (method, path)
-                assert operation["responses"]["400"]["content"]["application/json"]["schema"] == {
-                    "$ref": "#/components/schemas/ErrorResponse"
-                }
+                error = operation["responses"]["400"]["content"]["application/json"]["schema"]
+                envelope = {"$ref": "#/components/schemas/ErrorResponse"}
+                if path.startswith("/api/"):  # Ollama's routes: their own {"error": "..."}, or the envelope
+                    assert envelope in error["anyOf"], path
+                else:
+                    assert error == envelope, (method, path)
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]

@@ -9,9 +9,7 @@ the very request body the page sent (seeded sampling: the same body gives the sa
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -23,26 +21,19 @@ import jsonschema
 import pytest
 
 import tnn.model
-from tests.support import ServerProcess, metric_value, scrape_metrics
+from tests.support import ServerProcess, chromium, metric_value, scrape_metrics
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
-CHROMIUM = os.environ.get("TNN_CHROMIUM", "/usr/bin/chromium")
 KEY = "playground-key"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"no chromium at {CHROMIUM}: `make browser-tools` (apt-get install chromium) or set TNN_CHROMIUM")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 # few slots and a small prefill budget: the warm-up (at the largest shapes) stays short on a busy CPU
