@@ -17,7 +17,6 @@ response.incomplete when max_output_tokens cut it, response.failed on an error).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import sqlite3
@@ -31,6 +30,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter
 
+from tnn.server.chat_turns import AnsweredTurn
 from tnn.server.conversations import ResponseStore, StoredResponse
 from tnn.server.errors import ApiError
 from tnn.server.generation import CachedPrompt, ChoiceDelta, GenerationRequest, RequestError
@@ -203,7 +203,7 @@ class Responses:
             max_tokens=max_tokens,
             arrival=arrival,
             **generation,
-            continuation=functools.partial(serving._answered_prefix, [*system, *messages]),
+            continuation=AnsweredTurn(serving.tokenizer, (*system, *messages), serving.settings.add_bos),
         )
         return _Plan(request, body, messages, history_prefix, tool_plan, owner)
 

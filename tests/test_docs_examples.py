@@ -72,10 +72,14 @@ def runnable(page: Path) -> list[Block]:
 
 
 def test_blocks_are_found() -> None:
-    """The collector sees the README's examples (a broken pattern would make the test below vacuous)."""
+    """The collector sees the examples (a broken pattern would make the test below vacuous): the README's shell
+    blocks, and Python and shell blocks across the pages, some opted out."""
     readme = blocks(REPO / "README.md")
-    assert sum(b.lang in PYTHON for b in readme) >= 1 and sum(b.lang in SHELL for b in readme) >= 1
-    assert any(b.opted_out for b in readme) or not readme
+    assert sum(b.lang in SHELL and not b.opted_out for b in readme) >= 1
+    every = [b for page in PAGES for b in blocks(page)]
+    assert sum(b.lang in PYTHON and not b.opted_out for b in every) >= 5
+    assert sum(b.lang in SHELL and not b.opted_out for b in every) >= 5
+    assert any(b.opted_out for b in every)
 
 
 @pytest.fixture(scope="module")
