@@ -118,7 +118,7 @@ def test_client_streams_from_a_real_tnn_serve(tiny_model_dir: Path) -> None:
 def test_tnn_microbench_rows(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vs_llamacpp, "BENCH_PROMPTS", [4, 16])
     threads = torch.get_num_threads()
-    rows = vs_llamacpp.tnn_microbench(tiny_model_dir, threads=1, repeats=1)
+    rows = vs_llamacpp.tnn_microbench(tnn.model.load(tiny_model_dir), threads=1, repeats=1)
     torch.set_num_threads(threads)
     assert [r["test"] for r in rows] == ["prefill4", "prefill16", "step (any depth)"]
     assert all(r["tokens_per_s"] > 0 for r in rows)
