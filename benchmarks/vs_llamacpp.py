@@ -126,11 +126,13 @@ def tnn_convert(source: Path, out: Path, *flags: str) -> Path:
 
 
 def shipped_pair(build: LlamaBuild | None, cache: Path) -> ModelPair:
-    """The shipped model, converted once offline with `tnn convert` (what `tnn serve` would otherwise redo at every
-    start: minutes on a busy CPU; the same weights and state either way), and its GPT-2."""
+    """The shipped model (converted once offline with `tnn convert` unless it ships converted: what `tnn serve`
+    would otherwise redo at every start, minutes on a busy CPU, with the same result), and its GPT-2."""
     shipped = tnn.model.default_model_dir()
-    weights = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()[:12]
-    tnn_dir = tnn_convert(shipped, cache / "models" / f"shipped-tnn-{weights}")
+    tnn_dir = shipped
+    if not tnn.model.load(shipped).is_converted:
+        weights = hashlib.sha256((shipped / "model.safetensors").read_bytes()).hexdigest()[:12]
+        tnn_dir = tnn_convert(shipped, cache / "models" / f"shipped-tnn-{weights}")
     training = training_config(shipped)
     gguf = gguf_for("shipped", training, shipped, build, cache)
     return ModelPair("shipped", tnn_dir, gguf, gpt2_shape(training))
