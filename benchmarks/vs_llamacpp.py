@@ -36,6 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,11 +254,17 @@ def requests_per_client(level: Level, quick: bool) -> int:
 # --- the run --------------------------------------------------------------------------------------------------------
 
 
-def run_levels(pair: ModelPair, build: LlamaBuild | None, levels: list[Level], args: argparse.Namespace) -> list[dict]:
+def run_levels(
+    pair: ModelPair,
+    build: LlamaBuild | None,
+    levels: list[Level],
+    args: argparse.Namespace,
+    on_level: Callable[[dict[str, Any]], None],
+) -> None:
+    """Each level against both servers; `on_level` gets each level's row as soon as it is measured."""
     vocab = json.loads((pair.tnn_dir / "config.json").read_text())["vocab_size"]
     prompts = PromptSource(vocab)
     serve_flags = ["--device", "cpu", "--threads", str(args.threads), *shlex.split(args.serve_args)]
-    rows = []
     with ServerProcess(
         pair.tnn_dir, args=serve_flags, env={"TNN_THREADS": str(args.threads)}, ready_timeout=600
     ) as tnn_server:
@@ -283,8 +290,7 @@ def run_levels(pair: ModelPair, build: LlamaBuild | None, levels: list[Level], a
             for name, measured in rounds.items():
                 row[name] = median_stats(measured) if measured else None
             logger.info("%s: %s", level.name, json.dumps({k: row[k] for k in ("tnn", "llama.cpp")}))
-            rows.append(row)
-    return rows
+            on_level(row)
 
 
 def llama_level(build: LlamaBuild | None, pair: ModelPair, level: Level, context: int, threads: int) -> Any:
@@ -370,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--serve-args", default="", help="extra `tnn serve` flags, one string")
     parser.add_argument("--threads", type=int, default=2, help="threads for both servers and the peaks")
     parser.add_argument("--max-tokens", type=int, default=None, help="generated tokens per request (128; 32 quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="measured rounds per level (3; 1 quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds per level, llama-bench -r (3; 1 quick)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="llama.cpp source, build and models")
     args = parser.parse_args(argv)
     args.levels = [Level.parse(text) for text in (args.levels or (QUICK_LEVELS if args.quick else DEFAULT_LEVELS))]
@@ -387,15 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     if build is None:
         logger.warning("no llama.cpp build in %s (--skip-build): measuring tnn serve alone", args.cache)
     pair = (paper_width_pair if args.paper_width else shipped_pair)(build, args.cache)
-    bench_repeats = 1 if args.quick else 3
     model = tnn.model.load(pair.tnn_dir)  # converted by tnn convert
-    microbench = {"tnn": tnn_microbench(model, args.threads, bench_repeats)}
+    microbench = {"tnn": tnn_microbench(model, args.threads, args.repeats)}
     if build is not None and pair.gguf is not None:
         microbench["llama.cpp"] = llama_bench(build.bench, pair.gguf, threads=args.threads, prompts=BENCH_PROMPTS,
-                                              depths=BENCH_DEPTHS, gen=BENCH_GEN, repetitions=bench_repeats)  # fmt: skip
+                                              depths=BENCH_DEPTHS, gen=BENCH_GEN, repetitions=args.repeats)  # fmt: skip
+    for side, bench_rows in microbench.items():
+        print(f"{side}: " + ", ".join(f"{r['test']} {r['tokens_per_s']:,.0f} tok/s" for r in bench_rows), flush=True)
     batches = sorted({1, *(level.clients for level in args.levels)})
     lines = roofline(model, batches, args.threads, repeats=10 if args.quick else 30)
-    rows = run_levels(pair, build, args.levels, args)
+    print("\n".join(roofline_lines(lines)), flush=True)
+    rows: list[dict[str, Any]] = []
     results = {
         "model": pair.name, "shape": pair.shape, "threads": args.threads, "max_tokens": args.max_tokens,
         "sampling": SAMPLING, "repeats": args.repeats, "serve_args": args.serve_args, "quick": args.quick,
@@ -405,11 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         "microbench": microbench, "roofline": lines, "levels": rows,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out.with_suffix(".png"))
-    for side, bench_rows in microbench.items():
-        print(f"{side}: " + ", ".join(f"{r['test']} {r['tokens_per_s']:,.0f} tok/s" for r in bench_rows))
-    print("\n".join(roofline_lines(lines)))
+
+    def save(row: dict[str, Any]) -> None:  # after every level: a run cut short keeps what it measured
+        rows.append(row)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, args.out.with_suffix(".png"))
+
+    run_levels(pair, build, args.levels, args, save)
     print(markdown_table(rows))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
