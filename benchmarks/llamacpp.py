@@ -216,9 +216,12 @@ def llama_server(
     binary: Path, gguf: Path, *, port: int, slots: int, context: int, threads: int, ready_timeout: float = 300.0
 ) -> Iterator[str]:
     """`llama-server` on 127.0.0.1:port with `slots` parallel sequences sharing `context` tokens of KV cache and
-    continuous batching; yields its URL once /health answers 200, stops it (SIGTERM, then SIGKILL) on exit."""
+    continuous batching, no host-memory prompt cache (every prompt is unique, so it cannot help); yields its URL once
+    /health answers 200, stops it (SIGTERM, then SIGKILL) on exit. Its log is kept (path logged) when something
+    failed."""
     command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-               "-tb", str(threads), "-np", str(slots), "-c", str(context), "--cont-batching"]  # fmt: skip
+               "-tb", str(threads), "-np", str(slots), "-c", str(context), "--cont-batching",
+               "--no-jinja", "--chat-template", "chatml", "--cache-ram", "0"]  # fmt: skip  # completions only: their jinja parser refuses our template
     url = f"http://127.0.0.1:{port}"
     with tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False) as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -234,6 +237,9 @@ def llama_server(
                 raise TimeoutError(f"llama-server not ready after {ready_timeout}s:\n{Path(log.name).read_text()}")
             time.sleep(0.1)
         yield url
+    except BaseException:
+        logger.error("llama-server's log: %s", log.name)
+        raise
     finally:
         process.terminate()
         try:
@@ -241,7 +247,7 @@ def llama_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-        Path(log.name).unlink(missing_ok=True)
+    Path(log.name).unlink(missing_ok=True)
 
 
 def llama_bench(
