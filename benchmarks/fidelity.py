@@ -32,7 +32,7 @@ from tnn.convert.fidelity import measure_fidelity, text_tokens
 from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load
 from tnn.model.config import SsmMethod
 from tnn.model.conversion import ReducedOptions
-from tnn.model.corpus import load_splits
+from tnn.training.corpus import load_splits
 
 RESULTS = Path(__file__).parent / "results"
 TOLERANCES = [2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3, 5e-4, 2e-4]

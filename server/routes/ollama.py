@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from tnn.server.deps import EmbeddingsDep, ServingDep, StateDep, reject_invalid_text
+from tnn.server.embeddings import ClientGone
 from tnn.server.errors import ApiError, validation_error
 from tnn.server.ollama import (
     API_VERSION,
@@ -79,11 +80,16 @@ async def generate(body: OllamaGenerateRequest, request: Request, serving: Servi
     return await Ollama(serving).generate(body, request)
 
 
-@router.post("/embed", responses=ollama_errors(*GENERATION))
-async def embed(body: OllamaEmbedRequest, service: EmbeddingsDep) -> dict[str, Any]:
+@router.post("/embed", response_model=None, responses=ollama_errors(*GENERATION))
+async def embed(body: OllamaEmbedRequest, request: Request, service: EmbeddingsDep) -> dict[str, Any] | Response:
     served_name(body.model, service.serving)
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    answer = await service.create(EmbeddingRequest(input=inputs, dimensions=body.dimensions))
+    try:
+        answer = await service.create(
+            EmbeddingRequest(input=inputs, dimensions=body.dimensions), request.is_disconnected
+        )
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it
     return {"model": body.model, "embeddings": [item.embedding for item in answer.data],
             "prompt_eval_count": answer.usage.prompt_tokens}  # fmt: skip
 
