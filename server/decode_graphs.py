@@ -78,10 +78,12 @@ class DecodeStep:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}  # bucket -> (bucket, V) logits written by its graph
         self.native: NativeStep | None = None  # the compiled step (CPU), once installed
+        self.native_rows = 0  # batches up to this many rows run the compiled step
 
-    def use_native(self, native: NativeStep) -> None:
-        """Run the compiled step from now on for batches it takes (1..native.max_batch); logged."""
+    def use_native(self, native: NativeStep, max_rows: int) -> None:
+        """Run the compiled step from now on for batches of 1..min(max_rows, native.max_batch) rows; logged."""
         self.native = native
+        self.native_rows = min(max_rows, native.max_batch)
         logger.info("decode step: %s", self.describe())
 
     def bucket(self, batch: int) -> int | None:
@@ -118,7 +120,7 @@ class DecodeStep:
     def describe(self) -> str:
         """For the startup log: whether the decode step replays CUDA graphs, and up to which batch."""
         if self.native is not None:
-            return f"compiled native decode step (AOTInductor) for batch <= {self.native.max_batch}, eager above"
+            return f"compiled native decode step (AOTInductor) for batch <= {self.native_rows}, eager above"
         if not self.use_graphs:
             return "eager decode step"
         return f"CUDA-graph decode step for batch <= {self.buckets[-1]} ({len(self.buckets)} buckets), eager above"
@@ -141,7 +143,7 @@ class DecodeStep:
         self.tokens[:batch].copy_(self.staging[:batch], non_blocking=True)  # the step waits for it on its stream
         if self.staged is not None:
             self.staged.record()
-        if self.native is not None and batch <= self.native.max_batch:
+        if self.native is not None and batch <= self.native_rows:
             return self.native(self.tokens[:batch], self.pool.rows(0, batch))  # (B, V)
         bucket = self.bucket(batch) if self.pad else None
         if bucket is None:

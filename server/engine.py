@@ -212,7 +212,7 @@ class Engine:
     def _install_compiled_step(self) -> None:
         native = self.compiled_step.take()
         if native is not None and self.decode_step is not None:
-            self.decode_step.use_native(native)
+            self.decode_step.use_native(native, self.settings.native_step_max_batch)
 
     def grammar_matcher(self, grammar: str) -> TokenMatcher:
         assert self.grammars is not None, "grammars are compiled by Serving only when the engine has them"

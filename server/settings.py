@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         "auto: load it, or build it in the background while the eager step serves; wait: build it before /ready; "
         "off: eager only",
     )
+    native_step_max_batch: int = Field(
+        default=48,
+        ge=1,
+        le=1_000_000,
+        description="largest batch the compiled step runs (the shipped model's compiled step is 3.5x the eager "
+        "one at batch 1 and slower from about 64: docs/decode-speed.md); larger batches run eagerly",
+    )
     compile_cache_dir: Path | None = Field(
         default=None, description="where compiled decode steps are kept; none: $TNN_CACHE_DIR or ~/.cache/tnn-serve"
     )
