@@ -34,6 +34,7 @@ WEATHER = {
         "additionalProperties": False,
     },
 }
+CALLS_ROOM = 1024  # tokens: up to 8 tool calls of the tiny model's tokens, never cut by max_output_tokens
 STREAM_ORDER = [
     "response.created",
     "response.in_progress",
@@ -131,8 +132,9 @@ def test_bad_schema_names_the_field(sdk: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("choice", [{"type": "function", "name": "get_weather"}, "required"])
 def test_function_tool_call(sdk: openai.OpenAI, choice: object) -> None:
+    # "required" allows 1 to 8 calls, as many as the (unseeded) draws make: room for all 8 (64 tokens cut some short)
     response = sdk.responses.create(model="tiny", input="Weather in Verona?", tools=[WEATHER], tool_choice=choice,
-                                    max_output_tokens=64)  # type: ignore[arg-type]  # fmt: skip
+                                    max_output_tokens=CALLS_ROOM)  # type: ignore[arg-type]  # fmt: skip
     assert response.status == "completed"
     call = response.output[0]
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
@@ -148,7 +150,7 @@ def test_function_tool_call(sdk: openai.OpenAI, choice: object) -> None:
 
 def test_streamed_function_call(sdk: openai.OpenAI) -> None:
     events = list(sdk.responses.create(model="tiny", input="Weather?", tools=[WEATHER], tool_choice="required",
-                                       max_output_tokens=64, stream=True))  # type: ignore[arg-type]  # fmt: skip
+                                       max_output_tokens=CALLS_ROOM, stream=True))  # type: ignore[arg-type]  # fmt: skip
     kinds = [event.type for event in events]
     assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
     call = events[-1].response.output[0]
