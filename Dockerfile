@@ -38,8 +38,8 @@ COPY --from=builder /opt/venv /opt/venv
 # HF_HUB_OFFLINE: models are local directories; never wait on a hub from a server (or an air-gapped host).
 # TNN_MODEL_DIR is unset: the shipped model is served unless a model directory is mounted and named, e.g.
 #   -v /path/to/model:/models:ro -e TNN_MODEL_DIR=/models
-# TNN_NATIVE_STEP=off: the slim image has no C++ compiler and no torch headers, so the compiled decode step
-# (docs/decode-speed.md) cannot be built in it; a build attempt at every start would only cost CPU.
+# TNN_NATIVE_STEP=off, TNN_NATIVE_KERNELS=off: the slim image has no C/C++ compiler and no torch headers, so the
+# compiled decode step and the native sampler (docs/decode-speed.md) cannot be built in it; their torch twins serve.
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -47,7 +47,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
     HF_HUB_OFFLINE=1 \
     TNN_HOST=0.0.0.0 \
     TNN_PORT=8000 \
-    TNN_NATIVE_STEP=off
+    TNN_NATIVE_STEP=off \
+    TNN_NATIVE_KERNELS=off
 USER 1000:1000
 WORKDIR /home/tnn
 EXPOSE 8000

@@ -1,5 +1,5 @@
-"""Sampling cost per decode step: the batched fast path (`sample`) against its slow twin (`sample_reference`, the
-previous algorithm: every row through penalties and a full vocabulary sort).
+"""Sampling cost per decode step: the batched fast path (`sample`) against its slow twin (`sample_reference`: every
+row through penalties and a full vocabulary sort).
 
 Per scenario (greedy, plain temperature, top-k, top-p, min-p, penalties, a mixed batch), batch 1 and 32, seeded
 rows (a generator per row, as the server runs them): median ms of both, interleaved, and the speedup.

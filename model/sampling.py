@@ -3,14 +3,17 @@
 Order per row: logit bias; repetition penalty (prompt and output tokens), presence/frequency penalties (output
 tokens); the allowed-token mask (grammar-constrained decoding: disallowed tokens get -inf); temperature; top-k and
 top-p on that distribution, then min-p (vLLM semantics: keep tokens at least `min_p` times as likely as the most
-likely one); then an exponential race in vocabulary order (argmax p / E, E ~ Exp(1) from the row's generator),
-which is a draw from the filtered distribution. Temperature 0 is greedy. Everything runs in float32.
+likely one); then an exponential race among the kept tokens (argmax p_v / E_v, with E_v ~ Exp(1) a function of
+the row's key, drawn from its generator, and the token: SplitMix64), which is a draw from the filtered
+distribution. Temperature 0 is greedy. Everything runs in float32 (the race's ratios in float64).
 
-`sample` does only the work each row asks for, batched over the rows that ask: greedy rows take an argmax, plain
-temperature rows race on the softmax without sorting, top-k/top-p rows rank only their most likely tokens (a
-top-k window; the whole row is sorted only when a nucleus is wider than the window), penalties touch only penalised rows. `sample_reference` is its slow twin (every row through every stage, full
-sort): the same tokens for the same seeds. A row whose logits are not finite, or whose allowed mask leaves no
-token, is reported, never sampled (the caller fails that request alone).
+`sample` does only the work each row asks for, batched over the rows that ask: greedy rows take an argmax;
+sampled rows get a probability floor from top-k/top-p/min-p (a native radix select, or in the torch twin a
+top-k window, sorting the whole row only when a nucleus is wider than it) and the race, in which the native
+kernel takes logarithms only for the few tokens that could still win; penalties touch only penalised rows.
+`sample_reference` is its slow twin (every row through every stage, a full sort, each row alone): the same
+tokens for the same seeds. A row whose logits are not finite, or whose allowed mask leaves no token, is
+reported, never sampled (the caller fails that request alone).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from tnn.model.sampling_native import native_draw, native_draw_available
 
 GREEDY_BELOW = 1e-5  # temperatures below this are treated as greedy (division would overflow)
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on logit_bias values
@@ -208,127 +214,94 @@ def _allowed_or_best(tokens: Tensor, masked: Tensor, allowed: RowTensors | None)
     return torch.where(forbidden, masked.argmax(dim=-1), tokens)
 
 
-def _exponentials(generators: Sequence[torch.Generator | None], vocab: int, like: Tensor) -> Tensor:
-    """(R, V) Exp(1) draws in vocabulary order, -log U: V uniforms per seeded row from its generator (the same
-    alone or in any batch), the unseeded rows in one draw from the global RNG. (-log U, not `exponential_`,
-    which is 8x slower on CPU; U = 0 gives E = inf: that token cannot win, which is right to within 2^-24.)"""
-    uniform = torch.empty(len(generators), vocab, dtype=like.dtype, device=like.device)
+def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
+    """One 64-bit key per row for the race's exponentials: a seeded row's from its generator (the same alone or
+    in any batch), the unseeded rows' in one draw from the global RNG."""
+    keys = torch.empty(len(generators), dtype=torch.int64)
     if any(g is None for g in generators):
-        uniform.uniform_()
+        keys.random_()
     for row, generator in enumerate(generators):
         if generator is not None:
-            uniform[row].uniform_(generator=generator)
-    return uniform.log_().neg_()
+            keys[row : row + 1].random_(generator=generator)
+    return [key % 2**64 for key in keys.tolist()]
 
 
-def _truncation_keep(scaled: Tensor, params: Sequence[SamplingParams]) -> Tensor:
-    """Top-k then top-p (on the top-k distribution, renormalised) of scaled (R, V): the kept tokens (R, V) bool,
-    in vocabulary order. Looks at the largest top_k (or TOP_P_WINDOW) most likely tokens first and sorts the
-    whole row only if some row's nucleus reaches past them."""
-    vocab = scaled.shape[-1]
-    top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
-    window = max(k for k in top_k if k < vocab) if any(k < vocab for k in top_k) else 0
-    if any(k == vocab for k in top_k):
-        window = max(window, TOP_P_WINDOW)
-    if window < vocab:
-        keep = _keep_in_window(scaled, params, top_k, window)
-        if keep is not None:
-            return keep
-    keep = _keep_in_window(scaled, params, top_k, vocab)
-    assert keep is not None  # the whole row always suffices
-    return keep
+def race_exponentials(keys: Sequence[int], vocab: int) -> Tensor:
+    """(R, V) float64 Exp(1) draws, E_v = -log(u_v) with u_v in (0, 1) the v-th output of SplitMix64 seeded with
+    the row's key: a function of the key and the token alone (model/csrc/sampler.c computes the same)."""
+    index = np.arange(1, vocab + 1, dtype=np.uint64)[None, :]  # (1, V)
+    z = np.asarray(keys, dtype=np.uint64)[:, None] + index * np.uint64(0x9E3779B97F4A7C15)  # (R, V), mod 2^64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    uniform = ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return torch.from_numpy(-np.log(uniform))
 
 
-def _keep_in_window(scaled: Tensor, params: Sequence[SamplingParams], top_k: list[int], window: int) -> Tensor | None:
-    """Top-k/top-p over the `window` most likely tokens of scaled (R, V); None if a row's nucleus may extend
-    past the window (then the caller sorts the whole row)."""
-    vocab = scaled.shape[-1]
-    if window == vocab:
-        ranked, order = scaled.sort(dim=-1, descending=True)  # (R, V) each
-    else:
-        ranked, order = scaled.topk(window, dim=-1)  # (R, W) each, sorted
-    ranks = torch.arange(window, device=scaled.device)[None, :]  # (1, W)
-    k_column = torch.tensor(top_k, device=scaled.device)[:, None]  # (R, 1)
+def _keep_floor(probs: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """(R, 1): the probability at and above which top-k, top-p (on the renormalised top-k distribution) and min-p
+    keep a token of probs (R, V) (0 for a row that truncates nothing). Looks at the largest top_k (or
+    TOP_P_WINDOW) most likely tokens first and ranks the whole row only if some row's nucleus reaches past them."""
+    vocab = probs.shape[-1]
+    floor = torch.zeros(len(params), 1, dtype=probs.dtype, device=probs.device)
+    if any(p.truncated for p in params):
+        top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+        window = max([k for k in top_k if k < vocab], default=0)
+        if any(k == vocab and p.top_p < 1 for k, p in zip(top_k, params, strict=True)):
+            window = max(window, TOP_P_WINDOW)
+        in_window = _floor_in_window(probs, params, top_k, min(window, vocab))
+        floor = in_window if in_window is not None else _floor_in_window(probs, params, top_k, vocab)
+        assert floor is not None  # the whole row always suffices
+    if any(p.min_p > 0 for p in params):
+        floor = torch.maximum(floor, probs.amax(dim=-1, keepdim=True) * _column([p.min_p for p in params], probs))
+    return floor
+
+
+def _floor_in_window(probs: Tensor, params: Sequence[SamplingParams], top_k: list[int], window: int) -> Tensor | None:
+    """`_keep_floor` before min-p from the `window` most likely tokens of probs (R, V); None if some row's
+    nucleus may extend past the window. A token is kept when fewer than k tokens rank before it and the
+    (top-k renormalised) mass ranked before it is below top_p; the most likely token always is."""
+    vocab = probs.shape[-1]
+    ranked = probs.topk(window, dim=-1).values if window < vocab else probs.sort(dim=-1, descending=True).values
+    ranks = torch.arange(window, device=probs.device)[None, :]  # (1, W)
+    k_column = torch.tensor(top_k, device=probs.device)[:, None]  # (R, 1)
     keep = ranks < k_column  # (R, W)
-    candidates = ranked.masked_fill(~keep, float("-inf"))
-    unlimited = k_column[:, 0] >= vocab  # (R,) rows without top-k: normalised over the whole row
-    if window == vocab:
-        probs = torch.softmax(candidates, dim=-1)
-    else:
-        normaliser = torch.where(unlimited, scaled.logsumexp(dim=-1), candidates.logsumexp(dim=-1))  # (R,)
-        probs = torch.exp(candidates - normaliser[:, None])  # (R, W)
-    keep &= (probs.cumsum(dim=-1) - probs) < _column([p.top_p for p in params], scaled)
+    mass = ranked.masked_fill(~keep, 0.0)  # (R, W): the top-k distribution, not yet renormalised
+    limited = k_column < vocab  # (R, 1): rows with a top-k renormalise over it; the others over the whole row
+    norm = torch.where(limited, mass.sum(dim=-1, keepdim=True), probs.sum(dim=-1, keepdim=True))
+    top_p = _column([p.top_p for p in params], probs)  # (R, 1)
+    keep &= (mass.cumsum(dim=-1) - mass) < top_p * norm
     keep[:, 0] = True  # the top token survives, also a top_p that is 0 in float32 (5e-324)
-    if window < vocab and bool((keep[:, -1] & unlimited).any()):
+    if window < vocab and bool((keep[:, -1:] & ~limited & (top_p < 1)).any()):
         return None
-    return torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, order, keep)
-
-
-def _min_p_keep(scaled: Tensor, params: Sequence[SamplingParams]) -> Tensor:
-    """Tokens with p >= min_p * p_max, i.e. scaled logit >= max + log(min_p). scaled (R, V) -> (R, V) bool."""
-    log_min_p = _column([math.log(p.min_p) if p.min_p > 0 else float("-inf") for p in params], scaled)
-    return scaled >= scaled.amax(dim=-1, keepdim=True) + log_min_p
+    floor = ranked.masked_fill(~keep, math.inf).amin(dim=-1, keepdim=True)  # (R, 1)
+    return torch.where(limited | (top_p < 1), floor, 0.0)
 
 
 def _draw(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]) -> Tensor:
     """One token per row of logits (R, V), every row sampled (none greedy). -> (R,) int64.
 
-    The race (p_v / E_v, E ~ Exp(1)) is run over every token first: truncation only removes tokens, so a winner
-    that top-k/top-p/min-p keep is also the winner among the kept tokens, and only that one token is checked
-    (`_winner_kept`, no sort, no (R, V) mask). Rows whose winner was cut (rarely more than 1 - top_p of draws)
-    run the race again over the kept tokens with the same draws: the same tokens as `sample_reference`."""
-    vocab = logits.shape[-1]
+    The softmax of the tempered logits, the probability floor per row that top-k/top-p/min-p keep, then an
+    exponential race among the kept tokens, argmax p_v / E_v: a draw from the filtered distribution. The race
+    is what keeps a seeded row's tokens the same in any batch: logits that differ in their last bits between
+    batch sizes change its winner only when two ratios tie to those bits (an inverted CDF would move a token
+    boundary with them). The native kernel (tnn.model.sampling_native) where it is built, else the torch twin."""
     scaled = _cap(logits / _column([p.temperature for p in params], logits))  # (R, V)
-    race = _exponentials(generators, vocab, scaled)  # (R, V), drawn once
     probs = torch.softmax(scaled, dim=-1)  # (R, V)
-    winners = (probs / race).argmax(dim=-1)  # (R,)
-    if not any(p.truncated or p.min_p > 0 for p in params):
-        return winners
-    cut = (~_winner_kept(scaled, probs, winners, params)).nonzero()[:, 0].tolist()  # rows whose winner was cut
-    if not cut:
-        return winners
-    index = torch.tensor(cut, device=scaled.device)
-    rows = scaled[index]  # (C, V)
-    drop = _truncation_drop(rows, [params[i] for i in cut])
-    redrawn = (torch.softmax(rows.masked_fill(drop, float("-inf")), dim=-1) / race[index]).argmax(dim=-1)  # (C,)
-    return winners.index_copy_(0, index, redrawn)
+    keys = race_keys(generators)
+    if native_draw_available(probs):
+        vocab = probs.shape[-1]
+        top_k = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+        return native_draw(probs, top_k, [p.top_p for p in params], [p.min_p for p in params], keys)
+    return _draw_torch(probs, params, keys)
 
 
-def _winner_kept(scaled: Tensor, probs: Tensor, winners: Tensor, params: Sequence[SamplingParams]) -> Tensor:
-    """(R,) bool: whether top-k, top-p and min-p keep each row's winner. scaled, probs (R, V); winners (R,).
-    A token is kept by top-k when fewer than k tokens are more likely, by top-p when the mass of the more likely
-    tokens is below top_p; rows with both (top-p on the renormalised top-k) report False (the full path decides)."""
-    vocab = scaled.shape[-1]
-    chosen = scaled.gather(1, winners[:, None])  # (R, 1)
-    ahead = scaled > chosen  # (R, V): the tokens ranked before the winner
-    kept = torch.ones(len(params), dtype=torch.bool, device=scaled.device)
-    if any(0 < p.top_k < vocab for p in params):
-        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=scaled.device)
-        kept &= ahead.sum(dim=-1) < top_k
-        both = torch.tensor([0 < p.top_k < vocab and p.top_p < 1 for p in params], device=scaled.device)
-        kept &= ~both
-    if any(p.top_p < 1 for p in params):
-        kept &= torch.where(ahead, probs, 0.0).sum(dim=-1) < _column([p.top_p for p in params], scaled)[:, 0]
-    if any(p.min_p > 0 for p in params):
-        kept &= _min_p_keep(scaled, params).gather(1, winners[:, None])[:, 0]
-    return kept
-
-
-def _truncation_drop(scaled: Tensor, params: Sequence[SamplingParams]) -> Tensor:
-    """(R, V) bool: the tokens top-k, top-p and min-p remove from scaled (R, V) (the full path)."""
-    drop: Tensor | None = None  # (R, V) bool, True: filtered out
-    truncated = [i for i, p in enumerate(params) if p.truncated]
-    if len(truncated) == len(params):
-        drop = ~_truncation_keep(scaled, params)
-    elif truncated:
-        index = torch.tensor(truncated, device=scaled.device)
-        keep = _truncation_keep(scaled[index], [params[i] for i in truncated])  # (T, V)
-        drop = torch.zeros_like(scaled, dtype=torch.bool).index_copy_(0, index, ~keep)
-    if any(p.min_p > 0 for p in params):
-        outside = ~_min_p_keep(scaled, params)
-        drop = outside if drop is None else drop | outside
-    assert drop is not None  # called only when some row truncates
-    return drop
+def _draw_torch(probs: Tensor, params: Sequence[SamplingParams], keys: Sequence[int]) -> Tensor:
+    """`_draw` after the softmax in torch ops: probs (R, V), one race key per row -> (R,) int64."""
+    if any(p.truncated or p.min_p > 0 for p in params):
+        probs = probs.masked_fill(probs < _keep_floor(probs, params), 0.0)
+    exponentials = race_exponentials(keys, probs.shape[-1]).to(probs.device)  # (R, V) float64
+    return (probs.double() / exponentials).argmax(dim=-1)
 
 
 def _check_batch(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[object]) -> None:
@@ -430,7 +403,8 @@ def sample_reference(
     prompt_mask: RowTensors | None = None,
     allowed: RowTensors | None = None,
 ) -> SampleResult:
-    """Slow twin of `sample`: every row through penalties, a full sort, top-k, top-p, min-p and the race."""
+    """Slow twin of `sample`: every row through penalties, a full sort for top-k, top-p and min-p, and the
+    race over every token of each sampled row alone."""
     _check_batch(logits, params, generators)
     logits, finite = _prepare(logits, params)
     batch, vocab = logits.shape
@@ -447,19 +421,21 @@ def sample_reference(
         return SampleResult(tokens=logits.argmax(dim=-1), finite=finite, any_allowed=any_allowed)
 
     temperature = _column([1.0 if p.greedy else p.temperature for p in params], logits)
-    sorted_logits, order = _cap(logits / temperature).sort(dim=-1, descending=True)  # (B, V) each
+    probs = torch.softmax(_cap(logits / temperature), dim=-1)  # (B, V), vocabulary order
+    ranked, order = probs.sort(dim=-1, descending=True)  # (B, V) each
     ranks = torch.arange(vocab, device=logits.device)[None, :]  # (1, V)
     top_k = torch.tensor([p.top_k or vocab for p in params], device=logits.device)[:, None]
     keep = ranks < top_k  # (B, V)
-    probs = torch.softmax(sorted_logits.masked_fill(~keep, float("-inf")), dim=-1)
-    top_p = _column([p.top_p for p in params], logits)
-    keep &= (probs.cumsum(dim=-1) - probs) < top_p
+    top_k_probs = ranked * keep / (ranked * keep).sum(dim=-1, keepdim=True)  # top-p acts on this, renormalised
+    keep &= (top_k_probs.cumsum(dim=-1) - top_k_probs) < _column([p.top_p for p in params], logits)
     keep[:, 0] = True  # the most likely token always survives
-    keep &= _min_p_keep(sorted_logits, params)
-    probs = torch.softmax(sorted_logits.masked_fill(~keep, float("-inf")), dim=-1)  # (B, V)
+    keep &= ranked >= ranked[:, :1] * _column([p.min_p for p in params], logits)
+    kept = torch.zeros_like(keep).scatter_(1, order, keep)  # (B, V), vocabulary order
 
-    race = torch.stack([_exponentials([g], vocab, probs)[0] for g in generators])  # (B, V), vocabulary order
-    choice = (probs / race.gather(1, order)).argmax(dim=-1)  # (B,) position in sorted order
-    sampled = order.gather(1, choice[:, None])[:, 0]
-    tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
+    sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
+    index = torch.tensor(sampled_rows, device=logits.device)
+    keys = [key for i in sampled_rows for key in race_keys([generators[i]])]  # each row alone
+    ratios = probs[index].masked_fill(~kept[index], 0.0).double() / race_exponentials(keys, vocab)  # (S, V)
+    drawn = ratios.argmax(dim=-1)  # (S,): the race among the kept tokens
+    tokens = logits.argmax(dim=-1).index_copy_(0, index, drawn)
     return SampleResult(tokens=_allowed_or_best(tokens, logits, allowed), finite=finite, any_allowed=any_allowed)

@@ -8,7 +8,7 @@ then one batched `step` for every running sequence, per-row sampling, detokeniza
 With the prefix-state cache (tnn.server.prefix_cache), admission restores the longest cached prefix of each
 prompt, prefill stops at the cache's boundaries to store states, and a finished sequence stores its final state
 (and, for chat, a "fill" unit extends it to where the next turn continues: a prefill with no sequences).
-Events reach each request's asyncio queue through `loop.call_soon_threadsafe`, once per phase.
+Events reach each request's asyncio queue through tnn.server.outbox (at most one loop wake-up in flight).
 The event loop never runs model code; nothing here blocks it. An exception in one request's work fails that
 request alone (docs/fault-isolation.md).
 
@@ -54,6 +54,7 @@ from tnn.server.generation import (
 )
 from tnn.server.logprobs import PROMPT_LOGPROBS_CHUNK, record_prompt_logprobs, sampled_logprobs
 from tnn.server.metrics import Metrics
+from tnn.server.outbox import Outbox
 from tnn.server.prefix_cache import PrefixCache, build_prefix_cache
 from tnn.server.scheduler import SlotBudget, group_by, plan_prefill
 from tnn.server.settings import Settings
@@ -140,7 +141,7 @@ class Engine:
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any], int]] = deque()
         self._wake = threading.Event()
         self._stopping = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: Outbox | None = None
         self._thread: threading.Thread | None = None
         self._last_stats = (time.monotonic(), 0, 0)  # time, prompt and generated tokens then
         self._prompt_tokens = 0
@@ -150,7 +151,7 @@ class Engine:
     # ---- event-loop side ------------------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._outbox = Outbox(loop)
         self._start_compiled_step()
         self._thread = threading.Thread(target=self._run, name="tnn-engine", daemon=True)
         self._thread.start()
@@ -675,13 +676,10 @@ class Engine:
         self._pending.append((tracker.handle, event))
 
     def _deliver(self) -> None:
-        if not self._pending or self._loop is None:
+        if not self._pending or self._outbox is None:
             return
         batch, self._pending = self._pending, []
-        try:
-            self._loop.call_soon_threadsafe(_put_all, batch)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            logger.debug("event loop closed; dropped %d events", len(batch))
+        self._outbox.send(batch)
 
     def _update_gauges(self) -> None:
         m = self.metrics
@@ -705,8 +703,3 @@ class Engine:
             (self._prompt_tokens - prompt) / (now - since), (self._generated_tokens - generated) / (now - since),
             len(self._active) - len(self._waiting), len(self._waiting), self.slots.used, self.slots.total,
         )  # fmt: skip
-
-
-def _put_all(batch: list[tuple[RequestHandle, Event]]) -> None:
-    for handle, event in batch:
-        handle.queue.put_nowait(event)

@@ -87,6 +87,32 @@ class RequestError:
 Event = ChoiceDelta | PromptLogprobs | CachedPrompt | RequestError
 
 
+def coalesce_deltas(events: list[Event]) -> list[Event]:
+    """Consecutive unfinished deltas of one choice merged into one (text, tokens and logprobs concatenated): a
+    stream that fell behind the engine sends one chunk for the tokens that piled up, not one chunk per token.
+    A finishing delta stays its own event (clients see the finish as before)."""
+    merged: list[Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if (
+            isinstance(event, ChoiceDelta)
+            and isinstance(last, ChoiceDelta)
+            and last.index == event.index
+            and last.finish_reason is None
+            and event.finish_reason is None
+        ):
+            merged[-1] = ChoiceDelta(
+                index=last.index,
+                text=last.text + event.text,
+                tokens=last.tokens + event.tokens,
+                logprobs=last.logprobs + event.logprobs,
+                text_offset=last.text_offset,
+            )
+        else:
+            merged.append(event)
+    return merged
+
+
 class RequestHandle:
     """The HTTP side of a submitted request: an asyncio queue the engine feeds, and a cancel switch."""
 

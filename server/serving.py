@@ -30,6 +30,7 @@ from tnn.server.generation import (
     RequestError,
     RequestHandle,
     TokenLogprob,
+    coalesce_deltas,
 )
 from tnn.server.generation_config import GenerationDefaults
 from tnn.server.metrics import Metrics
@@ -359,7 +360,7 @@ class Serving:
                 last_write = time.monotonic()
                 async for events in self._events(handle, raw):
                     out = []
-                    for event in events:
+                    for event in coalesce_deltas(events):
                         if isinstance(event, RequestError):
                             failed = ApiError(event.status, event.message, code=event.code)
                             break
