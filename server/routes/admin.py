@@ -16,7 +16,7 @@ from tnn.server.openapi import WITH_A_BODY, error_responses
 ADMIN_PREFIX = "/admin"
 
 
-def require_admin(state: StateDep, request: Request) -> None:
+async def require_admin(state: StateDep, request: Request) -> None:
     key = state.settings.admin_key or state.settings.api_key
     if key is None:
         raise ApiError(403, "admin routes are off: start the server with TNN_ADMIN_KEY (or TNN_API_KEY)",
