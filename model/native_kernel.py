@@ -59,13 +59,13 @@ def unsupported_reason(model: TnnLM) -> str | None:
 
 
 @functools.cache
-def _compiler() -> tuple[str, str]:
-    """The C++ compiler and its version line; raises RuntimeError where there is none."""
+def _compiler() -> tuple[str | None, str]:
+    """The C++ compiler ($CXX, c++ or g++; None where there is none) and its version line."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
-        raise RuntimeError("no C++ compiler (c++, g++ or $CXX) to build the native decode kernel")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    return compiler, version.splitlines()[0] if version else ""
+        return None, "no compiler"
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    return compiler, version.splitlines()[0] if version else compiler
 
 
 def library_key() -> str:
@@ -85,6 +85,8 @@ def build_library(path: Path) -> Path:
     """Compile native_kernel.cpp into `path` (written atomically), its digest beside it (`open_library` checks it).
     Raises RuntimeError with the compiler's message."""
     compiler, _ = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (c++, g++ or $CXX) to build the native decode kernel")
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
         partial = Path(scratch) / path.name

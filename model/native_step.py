@@ -94,10 +94,11 @@ def package_backend(package: Path) -> Backend:
     return "kernel" if package.suffix == ".so" else "aoti"
 
 
-def build_native_step(model: TnnLM, package: Path, *, max_batch: int) -> Path:
+def build_native_step(model: TnnLM, package: Path, *, max_batch: int, autotune: bool = False) -> Path:
     """Build `package` (written atomically; `package_path` names it): the kernel's library (seconds), or the model's
     decode step for batches 1..max_batch exported and compiled with AOTInductor (minutes of CPU). Raises where the
-    kernel refuses the model, or export or the C++ toolchain fails."""
+    kernel refuses the model, or export or the C++ toolchain fails. `autotune`: AOTInductor with max_autotune and
+    its C++ GEMM template (benchmarks/native_step.py --autotune compares it; slower than the kernel everywhere)."""
     if not model.is_converted:
         raise ValueError("only a converted model has a decode step to compile")
     if package_backend(package) == "kernel":
@@ -122,6 +123,8 @@ def build_native_step(model: TnnLM, package: Path, *, max_batch: int) -> Path:
         "freezing": True,  # weights as constants: packed for the GEMMs once, at compile time
         "aot_inductor.metadata": {LAYOUT_KEY: state_layout(model)},
     }
+    if autotune:
+        options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
     with tempfile.TemporaryDirectory(dir=package.parent, prefix=".build-") as scratch:
         partial = Path(scratch) / package.name
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=options)

@@ -166,3 +166,12 @@ def test_native_step_is_the_kernel_for_the_shipped_config(library: Path) -> None
     native = load_native_step(attach_ssm(small_model()), library, max_batch=8)
     assert isinstance(native, NativeStep)
     assert (native.name, native.preferred_max_rows) == ("native kernel", 8)
+
+
+def test_without_a_compiler_the_build_fails_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The path is still named (the server asks for it first); building raises, so the eager step serves."""
+    monkeypatch.setattr(native_kernel, "_compiler", lambda: (None, "no compiler"))
+    path = native_kernel.library_path(tmp_path)
+    with pytest.raises(RuntimeError, match="no C"):
+        build_native_step(attach_ssm(small_model()), path, max_batch=8)
+    assert not path.exists()
