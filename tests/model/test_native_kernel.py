@@ -3,7 +3,7 @@
 Same maths in float32; the kernel sums in another order (register-blocked dot products, FMA) and its exp is a
 polynomial (about 2 ulp), so logits and states agree to 1e-5 relative (measured: about 1e-6) over several steps
 from a random state, on rows [0, B) of a larger pool, at batch sizes that exercise every micro-kernel shape (1, 3,
-8 = 6 + 2, 64 = 10 x 6 + 4). The small models have a vocabulary and widths that are not multiples of the 16-output
+5, 8 = 6 + 2, 17 = 6 + 6 + 5, 64 = 10 x 6 + 4). The small models have a vocabulary and widths that are not multiples of the 16-output
 panels. One library build (seconds) per session; skipped where there is no C++ compiler or no AVX2.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tnn.model import TnnConfig, TnnLM, attach_ssm, native_kernel
+from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load, native_kernel
 from tnn.model.native_step import (
     NativeStep,
     build_native_step,
@@ -65,7 +65,7 @@ def random_pool(model: TnnLM, slots: int) -> TnnState:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("batch", [1, 3, 8, 64])
+@pytest.mark.parametrize("batch", [1, 3, 5, 8, 17, 64])
 def test_kernel_step_equals_the_eager_step(library: Path, variant: str, batch: int) -> None:
     fields, conversion = VARIANTS[variant]
     model = attach_ssm(small_model(**fields), **conversion)
@@ -175,3 +175,11 @@ def test_without_a_compiler_the_build_fails_with_the_reason(monkeypatch: pytest.
     with pytest.raises(RuntimeError, match="no C"):
         build_native_step(attach_ssm(small_model()), path, max_batch=8)
     assert not path.exists()
+
+
+def test_the_shipped_model_steps_as_its_eager_twin(library: Path) -> None:
+    """The shipped shapes (d 192, 576 channels, vocabulary 4,096: whole panels, K up to 576), batch 1 and 4."""
+    model = load(default_model_dir())
+    native = load_native_step(model, library, max_batch=8)
+    for batch in (1, 4):
+        assert check_against_eager(model, native, tolerance=TOLERANCE, batch=batch) <= TOLERANCE
