@@ -86,4 +86,5 @@ def test_a_float64_server_runs_the_aotinductor_step(tiny_model_dir: Path, tmp_pa
     with native_server(tiny_model_dir, tmp_path, "wait", "--dtype", "float64") as compiled:
         assert greedy(compiled.url) == expected
         assert "compiled native decode step (AOTInductor) for batch <= 8" in compiled.log()
+        assert "native kernel: the kernel is float32" in compiled.log()
     assert len(list(tmp_path.glob("step-*.pt2"))) == 1
