@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "compile-step": (
         "tnn.model.native_step_cli",
-        "compile a converted model's decode step to native code (AOTInductor) for tnn serve",
+        "build a converted model's native decode step (native kernel or AOTInductor) for tnn serve",
     ),
     "serve": ("tnn.server.cli", "serve a model directory over an OpenAI-compatible HTTP API"),
     "generate": ("tnn.clients.cli_generate", "complete a prompt on a running server, streaming the text"),

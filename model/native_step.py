@@ -11,6 +11,12 @@ Compiling takes tens of seconds (minutes on a busy machine), so a package is bui
 disk, keyed by everything the generated code depends on (`package_key`): the weights and SSM parameters, the
 dtype, the torch version and the CPU's vector instruction set. Loading a kept package takes milliseconds.
 
+Two backends make such a step. `kernel` (tnn.model.native_kernel) is one hand-written C++ function for the whole
+step with weights packed for it, built once per machine and shared by every model: the default wherever it covers
+the config (float32, pre-norm, SiLU; an AVX2 CPU), faster than the eager step at every batch size. `aoti`, the step
+compiled by AOTInductor into a package per model, covers every other config (float64, post-norm, other
+activations), faster than eager up to about 48 rows (docs/decode-speed.md). `preferred_backend` picks.
+
 The eager step stays the reference twin: `load_native_step` checks a loaded package against it on a random batch
 before it is used (a stale or foreign package is refused, never served), and tests tie the two together (float64
 to round-off, float32 to a stated tolerance).
@@ -24,10 +30,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from tnn.model import native_kernel
 from tnn.model.tnn import TnnLM, TnnState
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,15 @@ logger = logging.getLogger(__name__)
 PACKAGE_FORMAT = 1  # bump when the traced step changes meaning (a new key then builds a new package)
 LAYOUT_KEY = "tnn_state_layout"  # package metadata: the state layout it was compiled for (`state_layout`)
 MIN_MAX_BATCH = 2  # torch.export specialises a dimension whose range is a single value
+AOTI_MAX_ROWS = 48  # the AOTInductor step is slower than the eager one from about 64 rows (docs/decode-speed.md)
+
+Backend = Literal["kernel", "aoti"]
+BACKEND_NAMES: dict[Backend, str] = {"kernel": "native kernel", "aoti": "AOTInductor"}
+
+
+def preferred_backend(model: TnnLM) -> Backend:
+    """The hand-written kernel where it covers the model's config, else the AOTInductor step."""
+    return "kernel" if native_kernel.unsupported_reason(model) is None else "aoti"
 
 
 class _StepGraph(nn.Module):
@@ -72,11 +89,23 @@ def package_key(model: TnnLM, max_batch: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def build_native_step(model: TnnLM, package: Path, *, max_batch: int) -> Path:
-    """Export the model's decode step for batches 1..max_batch and compile it with AOTInductor into `package`
-    (written atomically). Minutes of CPU; raises where export or the C++ toolchain fails."""
+def package_backend(package: Path) -> Backend:
+    """Which backend built `package`: the kernel's shared library (.so) or an AOTInductor package (.pt2)."""
+    return "kernel" if package.suffix == ".so" else "aoti"
+
+
+def build_native_step(model: TnnLM, package: Path, *, max_batch: int, autotune: bool = False) -> Path:
+    """Build `package` (written atomically; `package_path` names it): the kernel's library (seconds), or the model's
+    decode step for batches 1..max_batch exported and compiled with AOTInductor (minutes of CPU). Raises where the
+    kernel refuses the model, or export or the C++ toolchain fails. `autotune`: AOTInductor with max_autotune and
+    its C++ GEMM template (benchmarks/native_step.py --autotune compares it; slower than the kernel everywhere)."""
     if not model.is_converted:
         raise ValueError("only a converted model has a decode step to compile")
+    if package_backend(package) == "kernel":
+        reason = native_kernel.unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(reason)
+        return native_kernel.build_library(package)
     max_batch = max(max_batch, MIN_MAX_BATCH)
     for layer in model.layers:
         layer.gtu.tno.fused_step = False  # the eager in-place ops are what gets traced
@@ -94,6 +123,8 @@ def build_native_step(model: TnnLM, package: Path, *, max_batch: int) -> Path:
         "freezing": True,  # weights as constants: packed for the GEMMs once, at compile time
         "aot_inductor.metadata": {LAYOUT_KEY: state_layout(model)},
     }
+    if autotune:
+        options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
     with tempfile.TemporaryDirectory(dir=package.parent, prefix=".build-") as scratch:
         partial = Path(scratch) / package.name
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial), inductor_configs=options)
@@ -113,11 +144,25 @@ class NativeStep:
     """A loaded compiled decode step: `(tokens (B,), state) -> logits (B, V)`, the state updated in place, exactly
     as `TnnLM.step` (whose contract it keeps: `state` may be a `rows(0, B)` view of a pool)."""
 
-    def __init__(self, runner: object, package: Path, max_batch: int, row_shapes: list[tuple[int, ...]]) -> None:
+    def __init__(
+        self,
+        runner: object,
+        package: Path,
+        max_batch: int,
+        row_shapes: list[tuple[int, ...]],
+        backend: Backend = "aoti",
+    ) -> None:
         self._runner = runner
         self.package = package
         self.max_batch = max_batch
         self.row_shapes = row_shapes  # per layer, the state's shape past the batch
+        self.backend = backend
+        # the most rows it runs by default (server: --native-step-max-batch): where it stops beating the eager step
+        self.preferred_max_rows = max_batch if backend == "kernel" else min(max_batch, AOTI_MAX_ROWS)
+
+    @property
+    def name(self) -> str:
+        return BACKEND_NAMES[self.backend]
 
     def __call__(self, tokens: Tensor, state: TnnState) -> Tensor:
         batch = tokens.shape[0]
@@ -134,11 +179,16 @@ def load_native_step(model: TnnLM, package: Path, *, max_batch: int, tolerance: 
     """Load a compiled step and check it against the eager step on a random batch (from a random state, so
     every term of the update counts). Raises ValueError naming the package when they differ by more than
     `tolerance` (relative to the logits' scale; default: 1e-4 for float32-or-narrower, 1e-10 for float64)."""
+    row_shapes = [layer.shape[1:] for layer in model.empty_state(1).layers]
+    if package_backend(package) == "kernel":
+        kernel = native_kernel.KernelRunner(package, model)  # refuses a config it does not cover
+        native = NativeStep(kernel, package, max(max_batch, 1), row_shapes, backend="kernel")
+        check_against_eager(model, native, tolerance=tolerance)
+        return native
     runner = torch._inductor.aoti_load_package(str(package))
     layout = runner.get_metadata().get(LAYOUT_KEY)  # type: ignore[attr-defined]
     if layout != state_layout(model):
         raise ValueError(f"{package}: compiled for state layout {layout}, this model's is {state_layout(model)}")
-    row_shapes = [layer.shape[1:] for layer in model.empty_state(1).layers]
     native = NativeStep(runner, package, max(max_batch, MIN_MAX_BATCH), row_shapes)
     check_against_eager(model, native, tolerance=tolerance)
     return native
@@ -182,6 +232,10 @@ def default_cache_dir() -> Path:
     return Path(root) / "native-step"
 
 
-def package_path(model: TnnLM, cache_dir: Path, *, max_batch: int) -> Path:
-    """The package file of this model's compiled step in `cache_dir` (present or not)."""
+def package_path(model: TnnLM, cache_dir: Path, *, max_batch: int, backend: Backend | None = None) -> Path:
+    """The file of this model's compiled step in `cache_dir` (present or not): the kernel's library, shared by every
+    model (named by `native_kernel.library_key`), or the model's AOTInductor package (by `package_key`).
+    `backend` None: `preferred_backend`."""
+    if (backend or preferred_backend(model)) == "kernel":
+        return native_kernel.library_path(cache_dir)
     return cache_dir / f"step-{package_key(model, max(max_batch, MIN_MAX_BATCH))}.pt2"

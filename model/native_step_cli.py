@@ -1,5 +1,6 @@
-"""`tnn compile-step MODEL_DIR`: compile a converted model's decode step to native code (AOTInductor) into the
-cache `tnn serve` reads, so a server starts with it at once (e.g. at image build time). Prints the package path.
+"""`tnn compile-step MODEL_DIR`: build a converted model's native decode step into the cache `tnn serve` reads, so
+a server starts with it at once (e.g. at image build time): the native kernel's library where it covers the model
+(seconds), else the model's AOTInductor package (minutes). Prints the path.
 
 Exit codes: 0 written (or already there); 1 the model cannot be loaded or is not converted; 2 compilation failed.
 """

@@ -1,4 +1,5 @@
-"""Getting the compiled decode step (tnn.model.native_step) into a running server without delaying its start.
+"""Getting the compiled decode step (tnn.model.native_step: the native kernel, or AOTInductor for models the kernel
+does not cover) into a running server without delaying its start.
 
 At start-up a package kept for this model (the cache folder, keyed by `package_key`) is loaded and checked against
 the eager step at once (milliseconds). Without one, `--native-step auto` builds it in a child process
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from tnn.model.native_kernel import unsupported_reason
 from tnn.model.native_step import NativeStep, default_cache_dir, load_native_step, package_path
 from tnn.model.tnn import TnnLM
 
@@ -46,6 +48,9 @@ class CompiledStepSource:
         """Load the kept package, or start (auto) or run (wait) its build. Never raises: the eager step serves."""
         if self.mode == "off" or self.model.device.type != "cpu":
             return  # CUDA has its graphs (tnn.server.decode_graphs)
+        refusal = unsupported_reason(self.model)
+        if refusal is not None:
+            logger.info("%s: the decode step is compiled with AOTInductor instead", refusal)
         package = package_path(self.model, self.cache_dir, max_batch=self.max_batch)
         if package.exists():
             self._loaded = self._load(package)

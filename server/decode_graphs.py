@@ -7,8 +7,9 @@ replay the graph of the smallest bucket >= B. The extra rows step a padding toke
 which belong to no running sequence (every admission overwrites its row whole), so what they hold never matters.
 The graph's inputs and outputs are static buffers: the tokens are copied in, logits are read from `logits[:B]`.
 
-On a CPU the counterpart is the compiled step (tnn.model.native_step, AOTInductor): the whole step as one native
-call, for every batch from 1 to the pool's size (no padding), installed with `use_native` once it is built and
+On a CPU the counterpart is the compiled step (tnn.model.native_step: the hand-written kernel, or AOTInductor for
+configs the kernel does not cover): the whole step as one native call, for every batch from 1 to the pool's size (no
+padding), installed with `use_native` once it is built and
 checked against the eager step (tnn.server.compiled_step). Until then, above the largest bucket and under
 `--enforce-eager`, the same step runs eagerly on rows [0, B); the padding can be turned on without graphs, which is
 how the CPU tests check it.
@@ -80,10 +81,11 @@ class DecodeStep:
         self.native: NativeStep | None = None  # the compiled step (CPU), once installed
         self.native_rows = 0  # batches up to this many rows run the compiled step
 
-    def use_native(self, native: NativeStep, max_rows: int) -> None:
-        """Run the compiled step from now on for batches of 1..min(max_rows, native.max_batch) rows; logged."""
+    def use_native(self, native: NativeStep, max_rows: int | None) -> None:
+        """Run the compiled step from now on for batches of 1..min(max_rows, native.max_batch) rows (None: up to
+        where its backend beats the eager step, `native.preferred_max_rows`); logged."""
         self.native = native
-        self.native_rows = min(max_rows, native.max_batch)
+        self.native_rows = native.preferred_max_rows if max_rows is None else min(max_rows, native.max_batch)
         logger.info("decode step: %s", self.describe())
 
     def bucket(self, batch: int) -> int | None:
@@ -120,7 +122,7 @@ class DecodeStep:
     def describe(self) -> str:
         """For the startup log: whether the decode step replays CUDA graphs, and up to which batch."""
         if self.native is not None:
-            return f"compiled native decode step (AOTInductor) for batch <= {self.native_rows}, eager above"
+            return f"compiled native decode step ({self.native.name}) for batch <= {self.native_rows}, eager above"
         if not self.use_graphs:
             return "eager decode step"
         return f"CUDA-graph decode step for batch <= {self.buckets[-1]} ({len(self.buckets)} buckets), eager above"

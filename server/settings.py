@@ -64,16 +64,17 @@ class Settings(BaseSettings):
     )
     native_step: NativeStepMode = Field(
         default="auto",
-        description="CPU: the decode step compiled to native code (AOTInductor), kept per model in the cache folder; "
+        description="CPU: the decode step as native code (the native kernel, or AOTInductor where the kernel does not "
+        "cover the model), kept in the cache folder; "
         "auto: load it, or build it in the background while the eager step serves; wait: build it before /ready; "
         "off: eager only",
     )
-    native_step_max_batch: int = Field(
-        default=48,
+    native_step_max_batch: int | None = Field(
+        default=None,
         ge=1,
         le=1_000_000,
-        description="largest batch the compiled step runs (the shipped model's compiled step is 3.5x the eager "
-        "one at batch 1 and slower from about 64: docs/decode-speed.md); larger batches run eagerly",
+        description="largest batch the compiled step runs, larger ones run eagerly; none: as far as its backend beats "
+        "the eager step (the native kernel: every batch; AOTInductor: 48; docs/decode-speed.md)",
     )
     compile_cache_dir: Path | None = Field(
         default=None, description="where compiled decode steps are kept; none: $TNN_CACHE_DIR or ~/.cache/tnn-serve"

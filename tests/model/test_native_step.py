@@ -41,7 +41,7 @@ def small_model(dtype: torch.dtype, seed: int = 0) -> TnnLM:
 def compiled(model: TnnLM, directory: Path) -> NativeStep:
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler: AOTInductor cannot build the step here")
-    package = package_path(model, directory, max_batch=MAX_BATCH)
+    package = package_path(model, directory, max_batch=MAX_BATCH, backend="aoti")
     build_native_step(model, package, max_batch=MAX_BATCH)
     return load_native_step(model, package, max_batch=MAX_BATCH)
 

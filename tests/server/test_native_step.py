@@ -1,5 +1,6 @@
 """`tnn serve` with the compiled decode step: built before /ready (`--native-step wait`), logged, and answering
-exactly what the eager server answers; a second server finds the kept package and starts with it at once.
+exactly what the eager server answers; a second server finds the kept library and starts with it at once. The tiny
+model (float32) runs the native kernel; served in float64 it runs the AOTInductor step (the kernel is float32).
 
 Greedy tokens must be equal (float32, 1e-5 relative differences in the logits do not flip an argmax of this
 model on these prompts; the model-level tolerance is in tests/model/test_native_step.py)."""
@@ -35,8 +36,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("compiled-steps")
 
 
-def native_server(model_dir: Path, cache_dir: Path, mode: str) -> ServerProcess:
-    args = ["--native-step", mode, "--compile-cache-dir", str(cache_dir), "--max-num-seqs", "8"]
+def native_server(model_dir: Path, cache_dir: Path, mode: str, *extra: str) -> ServerProcess:
+    args = ["--native-step", mode, "--compile-cache-dir", str(cache_dir), "--max-num-seqs", "8", *extra]
     return ServerProcess(model_dir, args=args, env={"TNN_NATIVE_STEP": mode}, ready_timeout=900)
 
 
@@ -47,14 +48,14 @@ def test_compiled_server_answers_as_the_eager_one_and_says_so(tiny_model_dir: Pa
         assert "eager decode step" in eager.log()
     with native_server(tiny_model_dir, cache_dir, "wait") as compiled:
         assert greedy(compiled.url) == expected
-        assert "compiled native decode step (AOTInductor) for batch <= 8" in compiled.log()
-    assert len(list(cache_dir.glob("step-*.pt2"))) == 1
+        assert "compiled native decode step (native kernel) for batch <= 8" in compiled.log()
+    assert len(list(cache_dir.glob("kernel-*.so"))) == 1
 
 
 def test_a_kept_package_is_loaded_at_start(tiny_model_dir: Path, cache_dir: Path) -> None:
     """Runs after the test above has built the package (same module, same cache folder)."""
-    if not list(cache_dir.glob("step-*.pt2")):
-        pytest.skip("the package was not built (the test above failed)")
+    if not list(cache_dir.glob("kernel-*.so")):
+        pytest.skip("the library was not built (the test above failed)")
     with native_server(tiny_model_dir, cache_dir, "auto") as server:
         log = server.log()
         assert "compiled decode step loaded from" in log
@@ -65,12 +66,25 @@ def test_a_kept_package_is_loaded_at_start(tiny_model_dir: Path, cache_dir: Path
 def test_a_damaged_package_is_refused_and_the_eager_step_serves(
     tiny_model_dir: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    packages = list(cache_dir.glob("step-*.pt2"))
-    if not packages:
-        pytest.skip("the package was not built (the first test failed)")
-    damaged = tmp_path / packages[0].name
-    damaged.write_bytes(packages[0].read_bytes()[:100_000])  # a truncated copy
-    with native_server(tiny_model_dir, tmp_path, "auto") as server:  # its rebuild is killed when it stops
+    libraries = list(cache_dir.glob("kernel-*.so"))
+    if not libraries:
+        pytest.skip("the library was not built (the first test failed)")
+    damaged = tmp_path / libraries[0].name
+    damaged.write_bytes(libraries[0].read_bytes()[:10_000])  # a truncated copy, beside the digest of the whole
+    digest = libraries[0].with_name(libraries[0].name + ".sha256")
+    (tmp_path / digest.name).write_bytes(digest.read_bytes())
+    with native_server(tiny_model_dir, tmp_path, "auto") as server:
         log = server.log()
-        assert "not used (RuntimeError" in log and "building it in the background" in log
+        assert "not used (ValueError" in log and "building it in the background" in log
         assert len(greedy(server.url)) == len(PROMPTS)
+
+
+def test_a_float64_server_runs_the_aotinductor_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A config the kernel refuses gets the AOTInductor package, answering as the eager float64 server."""
+    with native_server(tiny_model_dir, tmp_path, "off", "--dtype", "float64") as eager:
+        expected = greedy(eager.url)
+    with native_server(tiny_model_dir, tmp_path, "wait", "--dtype", "float64") as compiled:
+        assert greedy(compiled.url) == expected
+        assert "compiled native decode step (AOTInductor) for batch <= 8" in compiled.log()
+        assert "native kernel: the kernel is float32" in compiled.log()
+    assert len(list(tmp_path.glob("step-*.pt2"))) == 1

@@ -1,0 +1,282 @@
+// The whole TNN decode step as one C++ function (AVX2 + FMA, float32, one thread): tnn.model.native_kernel.
+//
+// Per step: embedding rows, then per layer SimpleRMSNorm -> [u v] = silu(h [Wu; Wv]^T + b) -> the SSM update in place
+// (tnn.model.ssm.step.ssm_step) gated by u -> x += out_proj; SimpleRMSNorm -> x += l3(silu(l1 h) * l2 h); then the
+// final LayerNorm and the tied output projection. Pre-norm, SiLU GTU and GLU, no GTU norm: the Python side refuses
+// other configs before it calls this.
+//
+// Weights come packed (tnn.model.native_kernel.pack_panels): a (N, K) weight as ceil(N/16) panels of K x 16 floats,
+// row k of a panel holding the 16 outputs' weights for input k (zero past N). The micro-kernel keeps R rows x NP
+// panels of outputs in registers, broadcasts one input and streams each panel once: for a small batch every weight
+// is read once per step; for a large one a panel stays in L1/L2 while the batch's rows go past it.
+//
+// The C ABI (ctypes): tnn_step(dims, scalars, weights, batch, tokens, states, logits) -> 0, or 1 for a token id out of
+// range (nothing written). dims: d, D, G, V, layers, final_norm, then per layer (modes N, FIR length h). scalars:
+// embedding scale, SimpleRMSNorm eps, LayerNorm eps. weights: embedding (V, d), output panels, LayerNorm weight and
+// bias, then per layer WEIGHTS_PER_LAYER pointers (see the enum). states: per layer (batch, 2N + h, D), contiguous.
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int PANEL = 16;  // outputs per packed panel: two AVX2 registers
+
+enum LayerWeight {
+    UV_PANELS, UV_BIAS, OUT_PANELS, OUT_BIAS, GLU12_PANELS, GLU12_BIAS, GLU3_PANELS, GLU3_BIAS,
+    POLE_REAL, POLE_IMAG, WEIGHT_REAL, WEIGHT_IMAG, FIR, WEIGHTS_PER_LAYER
+};
+constexpr int GLOBAL_WEIGHTS = 4;  // embedding, output panels, LayerNorm weight, LayerNorm bias
+
+// exp(x) for 8 floats: Cephes' polynomial after reducing by ln 2 (about 2 ulp), clamped to the finite range.
+inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(0x7f)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
+}
+
+inline __m256 silu8(__m256 x) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(x, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+inline float silu1(float x) { return x / (1.0f + std::exp(-x)); }
+
+// x (n,) <- silu(x)
+void silu_inplace(float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, silu8(_mm256_loadu_ps(x + i)));
+    for (; i < n; ++i) x[i] = silu1(x[i]);
+}
+
+// out (n,) = silu(a) * b
+void silu_mul(const float* a, const float* b, float* out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu8(_mm256_loadu_ps(a + i)), _mm256_loadu_ps(b + i)));
+    }
+    for (; i < n; ++i) out[i] = silu1(a[i]) * b[i];
+}
+
+// SimpleRMSNorm of one row: out = x / (||x|| n^-1/2 + eps)
+void simple_rms_norm(const float* x, float* out, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += double(x[i]) * x[i];
+    float inv = 1.0f / (float(std::sqrt(sum) / std::sqrt(double(n))) + eps);
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv;
+}
+
+// LayerNorm of one row (biased variance, as torch)
+void layer_norm(const float* x, float* out, int64_t n, const float* weight, const float* bias, float eps) {
+    double mean = 0.0;
+    for (int64_t i = 0; i < n; ++i) mean += x[i];
+    mean /= double(n);
+    double var = 0.0;
+    for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+    float inv = float(1.0 / std::sqrt(var / double(n) + eps));
+    float m = float(mean);
+    for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - m) * inv * weight[i] + bias[i];
+}
+
+// R rows x NP panels of out = x W^T (+ bias) (+ out if accumulate). x rows are ldx apart; panels K*PANEL apart.
+// `valid` output columns of this block are written (fewer than NP*PANEL only for the last, partial panel).
+template <int R, int NP>
+inline void micro_kernel(const float* x, int64_t ldx, int64_t K, const float* panels, const float* bias, float* out,
+                         int64_t ldo, int64_t valid, bool accumulate) {
+    __m256 acc[R][2 * NP];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int j = 0; j < 2 * NP; ++j) acc[r][j] = _mm256_setzero_ps();
+    const int64_t stride = K * PANEL;
+    for (int64_t k = 0; k < K; ++k) {
+        __m256 w[2 * NP];
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) {
+            w[2 * p] = _mm256_loadu_ps(panels + p * stride + k * PANEL);
+            w[2 * p + 1] = _mm256_loadu_ps(panels + p * stride + k * PANEL + 8);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            __m256 xr = _mm256_broadcast_ss(x + r * ldx + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < 2 * NP; ++j) acc[r][j] = _mm256_fmadd_ps(xr, w[j], acc[r][j]);
+        }
+    }
+    alignas(32) float result[R][2 * NP * 8];  // the accumulators leave the registers once, after the K loop
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int j = 0; j < 2 * NP; ++j) _mm256_store_ps(result[r] + 8 * j, acc[r][j]);
+    for (int r = 0; r < R; ++r) {
+        float* row = out + r * ldo;
+        if (valid == NP * PANEL) {
+            for (int j = 0; j < 2 * NP; ++j) {
+                __m256 v = _mm256_load_ps(result[r] + 8 * j);
+                if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + 8 * j));
+                if (accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(row + 8 * j));
+                _mm256_storeu_ps(row + 8 * j, v);
+            }
+            continue;
+        }
+        for (int64_t c = 0; c < valid; ++c) {
+            float v = result[r][c] + (bias ? bias[c] : 0.0f);
+            row[c] = accumulate ? row[c] + v : v;
+        }
+    }
+}
+
+// R rows (R <= 6) against every panel, NP panels at a time where R is small (independent accumulators hide the
+// FMA latency when there are few rows).
+template <int R>
+void rows_by_panels(const float* x, int64_t ldx, int64_t K, const float* panels, int64_t N, const float* bias,
+                    float* out, int64_t ldo, bool accumulate, int64_t first_panel, int64_t last_panel) {
+    constexpr int NP = R == 1 ? 4 : R <= 3 ? 2 : 1;
+    const int64_t stride = K * PANEL;
+    int64_t p = first_panel;
+    for (; p + NP <= last_panel && (p + NP) * PANEL <= N; p += NP) {
+        micro_kernel<R, NP>(x, ldx, K, panels + p * stride, bias ? bias + p * PANEL : nullptr, out + p * PANEL, ldo,
+                            NP * PANEL, accumulate);
+    }
+    for (; p < last_panel; ++p) {
+        int64_t valid = N - p * PANEL < PANEL ? N - p * PANEL : PANEL;
+        micro_kernel<R, 1>(x, ldx, K, panels + p * stride, bias ? bias + p * PANEL : nullptr, out + p * PANEL, ldo,
+                           valid, accumulate);
+    }
+}
+
+void rows_dispatch(int rows, const float* x, int64_t ldx, int64_t K, const float* panels, int64_t N,
+                   const float* bias, float* out, int64_t ldo, bool accumulate, int64_t p0, int64_t p1) {
+    switch (rows) {
+        case 1: rows_by_panels<1>(x, ldx, K, panels, N, bias, out, ldo, accumulate, p0, p1); break;
+        case 2: rows_by_panels<2>(x, ldx, K, panels, N, bias, out, ldo, accumulate, p0, p1); break;
+        case 3: rows_by_panels<3>(x, ldx, K, panels, N, bias, out, ldo, accumulate, p0, p1); break;
+        case 4: rows_by_panels<4>(x, ldx, K, panels, N, bias, out, ldo, accumulate, p0, p1); break;
+        case 5: rows_by_panels<5>(x, ldx, K, panels, N, bias, out, ldo, accumulate, p0, p1); break;
+        default: rows_by_panels<6>(x, ldx, K, panels, N, bias, out, ldo, accumulate, p0, p1); break;
+    }
+}
+
+constexpr int MAX_ROWS = 6;
+constexpr int64_t PANEL_GROUP = 4;  // panels per group when the batch has several row blocks
+
+// out (B, N) = x (B, K) W^T + bias (bias may be null), or out += that when accumulate.
+void linear(const float* x, int64_t B, int64_t K, const float* panels, int64_t N, const float* bias, float* out,
+            bool accumulate) {
+    const int64_t n_panels = (N + PANEL - 1) / PANEL;
+    if (B <= MAX_ROWS) {
+        rows_dispatch(int(B), x, K, K, panels, N, bias, out, N, accumulate, 0, n_panels);
+        return;
+    }
+    // A few panels stay in cache while every block of rows goes past them.
+    for (int64_t p0 = 0; p0 < n_panels; p0 += PANEL_GROUP) {
+        int64_t p1 = p0 + PANEL_GROUP < n_panels ? p0 + PANEL_GROUP : n_panels;
+        for (int64_t r = 0; r < B; r += MAX_ROWS) {
+            int rows = B - r < MAX_ROWS ? int(B - r) : MAX_ROWS;
+            rows_dispatch(rows, x + r * K, K, K, panels, N, bias, out + r * N, N, accumulate, p0, p1);
+        }
+    }
+}
+
+// One row's SSM update in place (tnn.model.ssm.step.ssm_step) and its gated output: y = u * o.
+// state: (2N + h, D) = real planes, imaginary planes, FIR history (most recent first); v, u, y: (D,)
+void ssm_row(float* state, const float* v, const float* u, float* y, int64_t D, int64_t N, int64_t h,
+             const float* pr, const float* pi, const float* wr, const float* wi, const float* fir) {
+    float* real = state;
+    float* imag = state + N * D;
+    float* history = state + 2 * N * D;
+    const float* input = h ? history + (h - 1) * D : v;  // what enters the modes: v_{t-h}, or v_t without a head
+    for (int64_t c = 0; c < D; ++c) y[c] = 0.0f;
+    for (int64_t j = 0; j < N; ++j) {
+        float* re = real + j * D;
+        float* im = imag + j * D;
+        const float *a = pr + j * D, *b = pi + j * D, *wre = wr + j * D, *wim = wi + j * D;
+#pragma GCC ivdep
+        for (int64_t c = 0; c < D; ++c) {
+            float r = re[c], i = im[c], x = input[c];
+            float new_real = a[c] * r - b[c] * i + wre[c] * x;
+            im[c] = b[c] * r + a[c] * i + wim[c] * x;
+            re[c] = new_real;
+            y[c] += new_real;
+        }
+    }
+    if (h) {
+        for (int64_t c = 0; c < D; ++c) y[c] += fir[c] * v[c];
+        for (int64_t i = 1; i < h; ++i) {
+            const float* tap = fir + i * D;
+            const float* past = history + (i - 1) * D;
+            for (int64_t c = 0; c < D; ++c) y[c] += tap[c] * past[c];
+        }
+        std::memmove(history + D, history, size_t((h - 1) * D) * sizeof(float));
+        std::memcpy(history, v, size_t(D) * sizeof(float));
+    }
+    for (int64_t c = 0; c < D; ++c) y[c] *= u[c];
+}
+
+}  // namespace
+
+extern "C" int tnn_step(const int64_t* dims, const float* scalars, const float* const* weights, int64_t B,
+                        const int64_t* tokens, float* const* states, float* logits) {
+    const int64_t d = dims[0], D = dims[1], G = dims[2], V = dims[3], n_layers = dims[4];
+    const bool final_norm = dims[5] != 0;
+    const float embed_scale = scalars[0], rms_eps = scalars[1], ln_eps = scalars[2];
+    for (int64_t b = 0; b < B; ++b)
+        if (tokens[b] < 0 || tokens[b] >= V) return 1;
+
+    thread_local std::vector<float> work;
+    const int64_t per_row = 2 * d + 2 * D + D + 2 * G + G;
+    if (int64_t(work.size()) < B * per_row) work.resize(size_t(B * per_row));
+    float* x = work.data();    // (B, d) the residual stream
+    float* hn = x + B * d;     // (B, d) its normalised copy
+    float* uv = hn + B * d;    // (B, 2D) silu(u) | silu(v)
+    float* y = uv + B * 2 * D; // (B, D) gated SSM output
+    float* g = y + B * D;      // (B, 2G) l1 h | l2 h
+    float* gp = g + B * 2 * G; // (B, G) silu(l1 h) * l2 h
+
+    const float* embedding = weights[0];
+    for (int64_t b = 0; b < B; ++b) {
+        const float* row = embedding + tokens[b] * d;
+        for (int64_t i = 0; i < d; ++i) x[b * d + i] = row[i] * embed_scale;
+    }
+    for (int64_t l = 0; l < n_layers; ++l) {
+        const float* const* w = weights + GLOBAL_WEIGHTS + l * WEIGHTS_PER_LAYER;
+        const int64_t N = dims[6 + 2 * l], h = dims[7 + 2 * l];
+        const int64_t rows = 2 * N + h;
+        for (int64_t b = 0; b < B; ++b) simple_rms_norm(x + b * d, hn + b * d, d, rms_eps);
+        linear(hn, B, d, w[UV_PANELS], 2 * D, w[UV_BIAS], uv, false);
+        silu_inplace(uv, B * 2 * D);
+        for (int64_t b = 0; b < B; ++b) {
+            ssm_row(states[l] + b * rows * D, uv + b * 2 * D + D, uv + b * 2 * D, y + b * D, D, N, h, w[POLE_REAL],
+                    w[POLE_IMAG], w[WEIGHT_REAL], w[WEIGHT_IMAG], w[FIR]);
+        }
+        linear(y, B, D, w[OUT_PANELS], d, w[OUT_BIAS], x, true);
+        for (int64_t b = 0; b < B; ++b) simple_rms_norm(x + b * d, hn + b * d, d, rms_eps);
+        linear(hn, B, d, w[GLU12_PANELS], 2 * G, w[GLU12_BIAS], g, false);
+        for (int64_t b = 0; b < B; ++b) silu_mul(g + b * 2 * G, g + b * 2 * G + G, gp + b * G, G);
+        linear(gp, B, G, w[GLU3_PANELS], d, w[GLU3_BIAS], x, true);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+        if (final_norm) {
+            layer_norm(x + b * d, hn + b * d, d, weights[2], weights[3], ln_eps);
+        } else {
+            std::memcpy(hn + b * d, x + b * d, size_t(d) * sizeof(float));
+        }
+    }
+    linear(hn, B, d, weights[1], V, nullptr, logits, false);
+    return 0;
+}

@@ -1,0 +1,185 @@
+"""The hand-written decode kernel (tnn.model.native_kernel) against its reference twin, the eager `TnnLM.step`.
+
+Same maths in float32; the kernel sums in another order (register-blocked dot products, FMA) and its exp is a
+polynomial (about 2 ulp), so logits and states agree to 1e-5 relative (measured: about 1e-6) over several steps
+from a random state, on rows [0, B) of a larger pool, at batch sizes that exercise every micro-kernel shape (1, 3,
+5, 8 = 6 + 2, 17 = 6 + 6 + 5, 64 = 10 x 6 + 4). The small models have a vocabulary and widths that are not multiples of the 16-output
+panels. One library build (seconds) per session; skipped where there is no C++ compiler or no AVX2.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load, native_kernel
+from tnn.model.native_step import (
+    NativeStep,
+    build_native_step,
+    check_against_eager,
+    load_native_step,
+    package_path,
+    preferred_backend,
+)
+from tnn.model.tnn import TnnState
+
+TOLERANCE = 1e-5
+STEPS = 5
+POOL = 70
+pytestmark = [
+    pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"),
+    pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in native_kernel.VECTOR_ISAS, reason="no AVX2"),
+]
+
+VARIANTS = {
+    "reduced": ({}, {}),  # modes plus a FIR head, biases, final LayerNorm, scaled embedding: the shipped shape
+    "plain": ({"bias": False, "final_norm": False, "scale_embedding": False, "padding_idx": None}, {}),
+    "etsc": ({}, {"method": "etsc"}),  # modes only, no FIR head
+}
+
+
+def small_model(seed: int = 0, dtype: torch.dtype = torch.float32, **fields: object) -> TnnLM:
+    torch.manual_seed(seed)
+    config = TnnConfig(
+        vocab_size=101, d_model=24, n_layers=2, d_glu=20, d_rpe=8, train_length=64, dropout=0.0, **fields
+    )
+    return TnnLM(config).to(dtype).eval()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = package_path(attach_ssm(small_model()), tmp_path_factory.mktemp("kernel"), max_batch=POOL)
+    assert path.suffix == ".so"
+    return build_native_step(attach_ssm(small_model()), path, max_batch=POOL)
+
+
+def random_pool(model: TnnLM, slots: int) -> TnnState:
+    generator = torch.Generator().manual_seed(2)
+    pool = model.empty_state(slots)
+    for layer in pool.layers:
+        layer.copy_(torch.randn(layer.shape, generator=generator, dtype=layer.dtype) * 0.5)
+    return pool
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("batch", [1, 3, 5, 8, 17, 64])
+def test_kernel_step_equals_the_eager_step(library: Path, variant: str, batch: int) -> None:
+    fields, conversion = VARIANTS[variant]
+    model = attach_ssm(small_model(**fields), **conversion)
+    native = load_native_step(model, library, max_batch=POOL)
+    assert native.backend == "kernel"
+    eager_pool = random_pool(model, POOL)
+    native_pool = eager_pool.clone()
+    tokens = torch.randint(0, model.config.vocab_size, (batch,), generator=torch.Generator().manual_seed(batch))
+    with torch.inference_mode():
+        for _ in range(STEPS):
+            expected, _ = model.step(tokens, eager_pool.rows(0, batch))
+            actual = native(tokens, native_pool.rows(0, batch))
+            assert actual.shape == (batch, model.config.vocab_size)
+            assert (actual - expected).abs().max() <= TOLERANCE * expected.abs().max()
+            tokens = expected.argmax(-1)
+    for got, want in zip(native_pool.layers, eager_pool.layers, strict=True):
+        assert (got[:batch] - want[:batch]).abs().max() <= TOLERANCE * want[:batch].abs().max()
+        assert torch.equal(got[batch:], want[batch:])  # rows outside the step untouched
+
+
+@pytest.mark.parametrize(
+    ("fields", "dtype", "reason"),
+    [
+        ({}, torch.float64, "the kernel is float32"),
+        ({"norm_position": "post"}, torch.float32, "post-norm"),
+        ({"gtu_act": "gelu"}, torch.float32, "activations gelu/silu"),
+        ({"gtu_norm": True}, torch.float32, "a GTU norm"),
+    ],
+)
+def test_configs_the_kernel_does_not_cover_are_refused(
+    library: Path, fields: dict[str, object], dtype: torch.dtype, reason: str
+) -> None:
+    """Refused with the reason, before any step: the AOTInductor backend (or the eager step) serves them."""
+    model = attach_ssm(small_model(dtype=dtype, **fields))
+    assert reason in (native_kernel.unsupported_reason(model) or "")
+    assert preferred_backend(model) == "aoti"
+    assert package_path(model, library.parent, max_batch=8).suffix == ".pt2"
+    with pytest.raises(ValueError, match=reason):
+        load_native_step(model, library, max_batch=8)
+    with pytest.raises(ValueError, match=reason):
+        build_native_step(model, library.parent / "other.so", max_batch=8)
+
+
+def test_an_unconverted_model_is_refused(library: Path) -> None:
+    assert "not converted" in (native_kernel.unsupported_reason(small_model()) or "")
+
+
+def test_weights_are_packed_from_the_model_it_is_loaded_for(library: Path) -> None:
+    """The library holds no weights (one build serves every model: its key ignores them); a step packed from other
+    weights is caught by the check against the eager step."""
+    model = attach_ssm(small_model())
+    other = attach_ssm(small_model())
+    with torch.no_grad():
+        other.layers[1].glu.l3.weight.mul_(1.1)
+    assert package_path(other, library.parent, max_batch=8) == library
+    check_against_eager(other, load_native_step(other, library, max_batch=8))
+    stale = load_native_step(model, library, max_batch=8)
+    with pytest.raises(ValueError, match="stale or foreign"):
+        check_against_eager(other, stale)
+
+
+def test_library_key_follows_the_source_and_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key = native_kernel.library_key()
+    assert native_kernel.library_key() == key
+    edited = tmp_path / "native_kernel.cpp"
+    edited.write_text(native_kernel.SOURCE.read_text() + "\n// edited\n")
+    monkeypatch.setattr(native_kernel, "SOURCE", edited)
+    assert native_kernel.library_key() != key
+    monkeypatch.setattr(native_kernel, "SOURCE", Path(native_kernel.__file__).with_name("native_kernel.cpp"))
+    monkeypatch.setattr(native_kernel, "FLAGS", (*native_kernel.FLAGS, "-DOTHER"))
+    assert native_kernel.library_key() != key
+
+
+def test_bad_tokens_and_states_are_refused(library: Path) -> None:
+    model = attach_ssm(small_model())
+    native = load_native_step(model, library, max_batch=8)
+    pool = model.empty_state(4)
+    before = pool.clone()
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 101\)"):
+        native(torch.tensor([0, 101]), pool.rows(0, 2))
+    assert all(torch.equal(a, b) for a, b in zip(pool.layers, before.layers, strict=True))  # nothing written
+    strided = TnnState(tuple(layer[::2] for layer in pool.layers))
+    with pytest.raises(ValueError, match="contiguous float32 states"):
+        native(torch.tensor([0, 1]), strided)
+    with pytest.raises(ValueError, match="1..8 rows"):
+        native(torch.zeros(9, dtype=torch.long), model.empty_state(9))
+
+
+def test_a_damaged_library_is_refused(library: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / library.name
+    damaged.write_bytes(library.read_bytes()[:1000])
+    (tmp_path / f"{library.name}.sha256").write_text((library.parent / f"{library.name}.sha256").read_text())
+    with pytest.raises(ValueError, match="damaged"):
+        load_native_step(attach_ssm(small_model()), damaged, max_batch=8)
+
+
+def test_native_step_is_the_kernel_for_the_shipped_config(library: Path) -> None:
+    native = load_native_step(attach_ssm(small_model()), library, max_batch=8)
+    assert isinstance(native, NativeStep)
+    assert (native.name, native.preferred_max_rows) == ("native kernel", 8)
+
+
+def test_without_a_compiler_the_build_fails_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The path is still named (the server asks for it first); building raises, so the eager step serves."""
+    monkeypatch.setattr(native_kernel, "_compiler", lambda: (None, "no compiler"))
+    path = native_kernel.library_path(tmp_path)
+    with pytest.raises(RuntimeError, match="no C"):
+        build_native_step(attach_ssm(small_model()), path, max_batch=8)
+    assert not path.exists()
+
+
+def test_the_shipped_model_steps_as_its_eager_twin(library: Path) -> None:
+    """The shipped shapes (d 192, 576 channels, vocabulary 4,096: whole panels, K up to 576), batch 1 and 4."""
+    model = load(default_model_dir())
+    native = load_native_step(model, library, max_batch=8)
+    for batch in (1, 4):
+        assert check_against_eager(model, native, tolerance=TOLERANCE, batch=batch) <= TOLERANCE
