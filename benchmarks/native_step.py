@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from tnn.model import TnnLM, attach_ssm, default_model_dir, load
-from tnn.model.native_step import NativeStep, build_native_step, default_cache_dir, load_native_step, package_path
+from tnn.model.native_lib import default_cache_dir
+from tnn.model.native_step import NativeStep, build_native_step, load_native_step, package_path
 from tnn.model.sampling import SamplingParams, sample
 
 RESULTS = Path(__file__).resolve().parent / "results"

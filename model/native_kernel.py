@@ -9,7 +9,7 @@ place, residuals) runs between the GEMMs on rows that are still in L1.
 The library is generic, not per model: it takes the packed weights as pointers, so one build serves every model.
 It is compiled once per machine with the system C++ compiler (seconds) into the cache folder the AOTInductor
 packages use, named by a key of what the machine code depends on (`library_key`: the source, the flags, the
-compiler, the CPU's vector instruction set), and loaded with ctypes. The weights are packed at load time
+compiler, the CPU's vector instruction set), and loaded with ctypes (tnn.model.native_lib). The weights are packed at load time
 (milliseconds), so a step can never serve stale weights; `tnn.model.native_step.load_native_step` still checks it
 against the eager step before use.
 
@@ -20,17 +20,13 @@ norm, no MLM head, an AVX2 CPU); for the others the AOTInductor step or the eage
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from tnn.model import native_lib
+from tnn.model.native_lib import NativeSource
 from tnn.model.tnn import TnnLM
 
 SOURCE = Path(__file__).with_name("native_kernel.cpp")
@@ -58,22 +54,13 @@ def unsupported_reason(model: TnnLM) -> str | None:
     return next((f"native kernel: {why}" for ok, why in checks if not ok), None)
 
 
-@functools.cache
-def _compiler() -> tuple[str | None, str]:
-    """The C++ compiler ($CXX, c++ or g++; None where there is none) and its version line."""
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        return None, "no compiler"
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    return compiler, version.splitlines()[0] if version else compiler
+def _source() -> NativeSource:
+    return NativeSource(SOURCE, FLAGS, cxx=True)
 
 
 def library_key() -> str:
     """Hex digest of what the built library depends on: source, flags, compiler, CPU vector ISA."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
-    _, version = _compiler()
-    digest.update(repr((FLAGS, version, torch.backends.cpu.get_cpu_capability())).encode())
-    return digest.hexdigest()[:32]
+    return native_lib.library_key(_source())
 
 
 def library_path(cache_dir: Path) -> Path:
@@ -82,35 +69,8 @@ def library_path(cache_dir: Path) -> Path:
 
 
 def build_library(path: Path) -> Path:
-    """Compile native_kernel.cpp into `path` (written atomically), its digest beside it (`open_library` checks it).
-    Raises RuntimeError with the compiler's message."""
-    compiler, _ = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler (c++, g++ or $CXX) to build the native decode kernel")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as scratch:
-        partial = Path(scratch) / path.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {result.stderr.strip()[-2000:]}")
-        digest = Path(scratch) / "digest"
-        digest.write_text(hashlib.sha256(partial.read_bytes()).hexdigest())
-        os.replace(partial, path)
-        os.replace(digest, _digest_path(path))
-    return path
-
-
-def open_library(path: Path) -> ctypes.CDLL:
-    """Load a built library once its bytes match the digest written with it: a damaged shared library would not
-    raise but crash the process (SIGBUS) when the loader maps it. Raises ValueError naming the file."""
-    digest = _digest_path(path)
-    if not digest.exists() or digest.read_text() != hashlib.sha256(path.read_bytes()).hexdigest():
-        raise ValueError(f"{path}: damaged or not written by build_library (its digest {digest.name} differs)")
-    return ctypes.CDLL(str(path))
-
-
-def _digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    """Compile native_kernel.cpp into `path` (tnn.model.native_lib.build_library). Raises RuntimeError."""
+    return native_lib.build_library(_source(), path)
 
 
 def pack_panels(weight: Tensor) -> Tensor:
@@ -135,7 +95,7 @@ class KernelRunner:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
-        self._step = open_library(library).tnn_step
+        self._step = native_lib.open_library(library).tnn_step
         self._step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
         self._step.restype = ctypes.c_int
         config = model.config

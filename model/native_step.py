@@ -223,15 +223,6 @@ def check_against_eager(model: TnnLM, native: NativeStep, *, tolerance: float | 
     return worst
 
 
-def default_cache_dir() -> Path:
-    """Where compiled steps are kept: $TNN_CACHE_DIR, else $XDG_CACHE_HOME/tnn-serve, else ~/.cache/tnn-serve;
-    packages go in its `native-step` folder."""
-    root = os.environ.get("TNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tnn-serve"
-    )
-    return Path(root) / "native-step"
-
-
 def package_path(model: TnnLM, cache_dir: Path, *, max_batch: int, backend: Backend | None = None) -> Path:
     """The file of this model's compiled step in `cache_dir` (present or not): the kernel's library, shared by every
     model (named by `native_kernel.library_key`), or the model's AOTInductor package (by `package_key`).

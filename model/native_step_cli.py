@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from tnn.model.loading import load
-from tnn.model.native_step import build_native_step, default_cache_dir, load_native_step, package_path
+from tnn.model.native_lib import default_cache_dir
+from tnn.model.native_step import build_native_step, load_native_step, package_path
 
 logger = logging.getLogger(__name__)
 

@@ -228,7 +228,7 @@ def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
 
 def race_exponentials(keys: Sequence[int], vocab: int) -> Tensor:
     """(R, V) float64 Exp(1) draws, E_v = -log(u_v) with u_v in (0, 1) the v-th output of SplitMix64 seeded with
-    the row's key: a function of the key and the token alone (model/csrc/sampler.c computes the same)."""
+    the row's key: a function of the key and the token alone (model/sampler.c computes the same)."""
     index = np.arange(1, vocab + 1, dtype=np.uint64)[None, :]  # (1, V)
     z = np.asarray(keys, dtype=np.uint64)[:, None] + index * np.uint64(0x9E3779B97F4A7C15)  # (R, V), mod 2^64
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

@@ -1,4 +1,4 @@
-"""The truncated draw of tnn.model.sampling as a native kernel (model/csrc/sampler.c, loaded by
+"""The truncated draw of tnn.model.sampling as a native kernel (model/sampler.c, loaded by
 tnn.model.native_lib): per row the floor that top-k, top-p and min-p keep, found by quickselect instead of a
 sort, and the exponential race among the kept tokens, in one call for the batch.
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from tnn.model.native_lib import load_kernels
+from tnn.model.native_lib import sampler_library
 
 
 def _float_array(values: Sequence[float]) -> ctypes.Array[ctypes.c_float]:
@@ -24,7 +24,7 @@ def _float_array(values: Sequence[float]) -> ctypes.Array[ctypes.c_float]:
 
 def native_draw_available(probs: Tensor) -> bool:
     """Whether `native_draw` takes probs: float32 on the CPU, and the kernel built."""
-    return probs.device.type == "cpu" and probs.dtype == torch.float32 and load_kernels("sampler") is not None
+    return probs.device.type == "cpu" and probs.dtype == torch.float32 and sampler_library() is not None
 
 
 def native_draw(
@@ -32,7 +32,7 @@ def native_draw(
 ) -> Tensor:
     """probs (R, V) float32 CPU, per row top_k (0: off), top_p, min_p and the race's 64-bit key -> tokens (R,)
     int64."""
-    library = load_kernels("sampler")
+    library = sampler_library()
     assert library is not None, "check native_draw_available first"
     rows, vocab = probs.shape
     probs = probs.contiguous()

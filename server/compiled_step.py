@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from tnn.model.native_kernel import unsupported_reason
-from tnn.model.native_step import NativeStep, default_cache_dir, load_native_step, package_path
+from tnn.model.native_lib import default_cache_dir
+from tnn.model.native_step import NativeStep, load_native_step, package_path
 from tnn.model.tnn import TnnLM
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load, native_kernel
+from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load, native_kernel, native_lib
 from tnn.model.native_step import (
     NativeStep,
     build_native_step,
@@ -170,7 +170,7 @@ def test_native_step_is_the_kernel_for_the_shipped_config(library: Path) -> None
 
 def test_without_a_compiler_the_build_fails_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The path is still named (the server asks for it first); building raises, so the eager step serves."""
-    monkeypatch.setattr(native_kernel, "_compiler", lambda: (None, "no compiler"))
+    monkeypatch.setattr(native_lib, "compiler", lambda cxx: (None, "no compiler"))
     path = native_kernel.library_path(tmp_path)
     with pytest.raises(RuntimeError, match="no C"):
         build_native_step(attach_ssm(small_model()), path, max_batch=8)
