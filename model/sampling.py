@@ -286,8 +286,9 @@ def _draw(logits: Tensor, params: Sequence[SamplingParams], generators: Sequence
     is what keeps a seeded row's tokens the same in any batch: logits that differ in their last bits between
     batch sizes change its winner only when two ratios tie to those bits (an inverted CDF would move a token
     boundary with them). The native kernel (tnn.model.sampling_native) where it is built, else the torch twin."""
-    scaled = _cap(logits / _column([p.temperature for p in params], logits))  # (R, V)
-    probs = torch.softmax(scaled, dim=-1)  # (R, V)
+    temperatures = {p.temperature for p in params}
+    divisor = temperatures.pop() if len(temperatures) == 1 else _column([p.temperature for p in params], logits)
+    probs = torch.softmax(_cap(logits / divisor), dim=-1)  # (R, V)
     keys = race_keys(generators)
     if native_draw_available(probs):
         vocab = probs.shape[-1]
@@ -319,10 +320,10 @@ def _prepare(logits: Tensor, params: Sequence[SamplingParams]) -> tuple[Tensor, 
     """float32 logits with non-finite rows zeroed and biases added, and the (B,) finite flags. Never edits
     the caller's tensor (the engine reads the model's logits again for logprobs)."""
     logits = logits.float()
-    finite = logits.sum(dim=-1).isfinite()  # (B,): a vectorised sum, 15x cheaper than isfinite().all()
-    if not bool(finite.all()):  # NaN/inf somewhere, or a sum that overflowed: look element by element
-        finite = torch.isfinite(logits).all(dim=-1)
-        logits = torch.where(finite[:, None], logits, 0.0)
+    if math.isfinite(float(logits.sum())):  # one vectorised sum for the batch: every row is finite
+        return add_logit_bias(logits, params), torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    finite = torch.isfinite(logits).all(dim=-1)  # NaN/inf somewhere, or a sum that overflowed: element by element
+    logits = torch.where(finite[:, None], logits, 0.0)
     return add_logit_bias(logits, params), finite
 
 
