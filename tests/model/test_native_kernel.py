@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.model.step_twins import assert_steps_like_eager, random_pool
 from tnn.model import TnnConfig, TnnLM, attach_ssm, default_model_dir, load, native_kernel, native_lib
 from tnn.model.native_step import (
     NativeStep,
@@ -56,14 +57,6 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_native_step(attach_ssm(small_model()), path, max_batch=POOL)
 
 
-def random_pool(model: TnnLM, slots: int) -> TnnState:
-    generator = torch.Generator().manual_seed(2)
-    pool = model.empty_state(slots)
-    for layer in pool.layers:
-        layer.copy_(torch.randn(layer.shape, generator=generator, dtype=layer.dtype) * 0.5)
-    return pool
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("batch", [1, 3, 5, 8, 17, 64])
 def test_kernel_step_equals_the_eager_step(library: Path, variant: str, batch: int) -> None:
@@ -71,19 +64,7 @@ def test_kernel_step_equals_the_eager_step(library: Path, variant: str, batch: i
     model = attach_ssm(small_model(**fields), **conversion)
     native = load_native_step(model, library, max_batch=POOL)
     assert native.backend == "kernel"
-    eager_pool = random_pool(model, POOL)
-    native_pool = eager_pool.clone()
-    tokens = torch.randint(0, model.config.vocab_size, (batch,), generator=torch.Generator().manual_seed(batch))
-    with torch.inference_mode():
-        for _ in range(STEPS):
-            expected, _ = model.step(tokens, eager_pool.rows(0, batch))
-            actual = native(tokens, native_pool.rows(0, batch))
-            assert actual.shape == (batch, model.config.vocab_size)
-            assert (actual - expected).abs().max() <= TOLERANCE * expected.abs().max()
-            tokens = expected.argmax(-1)
-    for got, want in zip(native_pool.layers, eager_pool.layers, strict=True):
-        assert (got[:batch] - want[:batch]).abs().max() <= TOLERANCE * want[:batch].abs().max()
-        assert torch.equal(got[batch:], want[batch:])  # rows outside the step untouched
+    assert_steps_like_eager(model, native, random_pool(model, POOL, scale=0.5), batch, STEPS, TOLERANCE)
 
 
 @pytest.mark.parametrize(

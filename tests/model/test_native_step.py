@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.model.step_twins import assert_steps_like_eager, random_pool
 from tnn.model import TnnConfig, TnnLM, attach_ssm
 from tnn.model.native_step import (
     NativeStep,
@@ -24,7 +25,6 @@ from tnn.model.native_step import (
     package_path,
     state_layout,
 )
-from tnn.model.tnn import TnnState
 
 MAX_BATCH = 8
 STEPS = 5
@@ -52,31 +52,10 @@ def model_and_step(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     return model, compiled(model, tmp_path_factory.mktemp("native-step"))
 
 
-def random_pool(model: TnnLM, slots: int) -> TnnState:
-    generator = torch.Generator().manual_seed(2)
-    pool = model.empty_state(slots)
-    for layer in pool.layers:
-        layer.copy_(torch.randn(layer.shape, generator=generator, dtype=layer.dtype))
-    return pool
-
-
 @pytest.mark.parametrize("batch", [1, 3, MAX_BATCH])
 def test_compiled_step_equals_the_eager_step(model_and_step, batch: int) -> None:
     model, native = model_and_step
-    tolerance = TOLERANCE[model.dtype]
-    eager_pool = random_pool(model, MAX_BATCH + 2)
-    native_pool = eager_pool.clone()
-    tokens = torch.randint(0, model.config.vocab_size, (batch,), generator=torch.Generator().manual_seed(batch))
-    with torch.inference_mode():
-        for _ in range(STEPS):
-            expected, _ = model.step(tokens, eager_pool.rows(0, batch))
-            actual = native(tokens, native_pool.rows(0, batch))
-            scale = expected.abs().max()
-            assert (actual - expected).abs().max() <= tolerance * scale
-            tokens = expected.argmax(-1)
-    for got, want in zip(native_pool.layers, eager_pool.layers, strict=True):
-        assert (got[:batch] - want[:batch]).abs().max() <= tolerance * want[:batch].abs().max()
-        assert torch.equal(got[batch:], want[batch:])  # rows outside the step untouched
+    assert_steps_like_eager(model, native, random_pool(model, MAX_BATCH + 2), batch, STEPS, TOLERANCE[model.dtype])
 
 
 def test_compiled_step_refuses_batches_it_was_not_built_for(model_and_step) -> None:
