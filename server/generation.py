@@ -141,14 +141,15 @@ class RequestHandle:
     async def next_event(self, timeout: float) -> Event | None:
         """The next event, or None after `timeout` seconds without one."""
         try:
-            event = await asyncio.wait_for(self.queue.get(), timeout=timeout)
+            async with asyncio.timeout(timeout):  # a timer, not wait_for's extra task per token
+                event = await self.queue.get()
         except TimeoutError:
             return None
         return self._seen(event)
 
     async def next_events(self, timeout: float) -> list[Event]:
         """The next event and every other one already queued (one write for several tokens under load)."""
-        if self.queue.empty():  # only then pay for wait_for's timer
+        if self.queue.empty():  # only then pay for the timer
             first = await self.next_event(timeout)
             if first is None:
                 return []
