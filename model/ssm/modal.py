@@ -149,28 +149,39 @@ def _integer_power(poles: Tensor, exponent: int) -> Tensor:
 
 
 def modal_kernel(params: ModalParams, length: int) -> Tensor:
-    """The realised kernel K_k for k = 0..length-1: (length, D), computed in float64, cast to fir's dtype."""
+    """The realised kernel K_k for k = 0..length-1: (length, D), computed in float64, cast to fir's dtype.
+
+    Lag h + q C + j (a chunk q of C lags) is Re sum_n a_qn lambda_n^j with a_q = w lambda^(q C): one real
+    contraction over 2N per channel of the pole power table (the prefill's, float64) with [Re a_q; -Im a_q]."""
     h = params.fir.shape[0]
     kernel = torch.zeros(length, params.fir.shape[1], dtype=torch.float64, device=params.fir.device)
     kernel[: min(h, length)] = params.fir[:length].to(torch.float64)
-    weights = params.weights.to(torch.complex128)
-    for start, powers in pole_power_chunks(params.poles, max(0, length - h)):
-        lags = slice(h + start, h + start + powers.shape[0])
-        kernel[lags] = torch.einsum("cnd,nd->cd", powers, weights).real
+    count = max(0, length - h)
+    if count == 0:
+        return kernel.to(params.fir.dtype)
+    table = params.power_table() if params.fir.dtype == torch.float64 else PowerTable.of(params.poles, torch.float64)
+    bases = torch.stack([base for _, base in table.chunks(count)])  # (Q, N, D): lambda^(q C)
+    scaled = params.weights.to(torch.complex128) * bases  # (Q, N, D)
+    coefficients = torch.cat([scaled.real, -scaled.imag], dim=1).permute(2, 0, 1)  # (D, Q, 2N)
+    lags = torch.bmm(coefficients, table.planes)  # (D, Q, C)
+    kernel[h:] = lags.flatten(1)[:, :count].T
     return kernel.to(params.fir.dtype)
 
 
-def modal_kernel_from_powers(params: ModalParams, length: int) -> Tensor:
-    """Slow twin of `modal_kernel`: every lag's powers by exp(k log lambda) at once, (length, N, D) complex128."""
+def modal_kernel_from_powers(params: ModalParams, lags: int | Tensor) -> Tensor:
+    """Slow twin of `modal_kernel`: each lag's powers by exp((k - h) log lambda), (lags, N, D) complex128 at once.
+    lags: a count (lags 0..lags-1, as `modal_kernel`) or the lags themselves ((L,) int). Returns (L, D) float64."""
     h = params.fir.shape[0]
-    kernel = torch.zeros(length, params.fir.shape[1], dtype=torch.float64)
-    kernel[: min(h, length)] = params.fir[:length].double().cpu()
-    lags = torch.arange(max(0, length - h), dtype=torch.float64)[:, None, None]
+    lags = torch.arange(lags) if isinstance(lags, int) else lags.cpu()
+    kernel = torch.zeros(lags.shape[0], params.fir.shape[1], dtype=torch.float64)
+    head = lags < h
+    kernel[head] = params.fir.double().cpu()[lags[head]]
+    exponents = (lags[~head] - h).to(torch.float64)[:, None, None]
     poles = params.poles.to(torch.complex128).cpu()
     safe = torch.where(poles == 0, torch.full_like(poles, 1e-300), poles)
-    powers = torch.exp(lags * torch.log(safe)[None])  # (L - h, N, D)
-    powers[0] = 1.0
-    kernel[h:] = (powers * params.weights.to(torch.complex128).cpu()[None]).sum(1).real
+    powers = torch.exp(exponents * torch.log(safe)[None])  # (L', N, D)
+    powers[exponents[:, 0, 0] == 0] = 1.0
+    kernel[~head] = (powers * params.weights.to(torch.complex128).cpu()[None]).sum(1).real
     return kernel
 
 

@@ -146,9 +146,9 @@ def _fit_block(
     channels, count = tail.shape
     rows = 2 * max_order + 1
     offsets = torch.linspace(0, count - rows, min(count - rows + 1, HANKEL_COLUMNS)).round().long().unique()
-    hankel = tail[:, offsets[None, :] + torch.arange(rows)[:, None]]  # (c, M, C)
+    hankel = tail.unfold(1, rows, 1)[:, offsets]  # (c, C, M): H^T, column offsets by Hankel rows
     # left singular vectors of the Hankel matrix H = R^T Q^T (QR of the tall H^T): those of the small (M, M) R^T
-    triangle = torch.linalg.qr(hankel.transpose(1, 2), mode="r")[1]  # (c, M, M)
+    triangle = torch.linalg.qr(hankel, mode="r")[1]  # (c, M, M)
     left, _, _ = torch.linalg.svd(triangle.transpose(1, 2))  # (c, M, M)
     pending = torch.arange(channels)
     best = torch.full((channels,), torch.inf, dtype=torch.float64)  # (c,) lowest error so far
@@ -185,23 +185,30 @@ def _orders(max_order: int) -> list[int]:
 
 def _least_squares(basis: Tensor, target: Tensor) -> Tensor:
     """argmin_c ||basis c - target|| per channel by the normal equations with unit-norm columns (the (r, r) Gram
-    matrix is cheap where a QR of the tall basis is not). basis (p, K', r), target (p, K') -> (p, r)."""
-    norms = basis.norm(dim=1).clamp_min(1e-300)  # (p, r)
-    scaled = basis / norms[:, None, :]
-    gram = scaled.transpose(1, 2) @ scaled  # (p, r, r)
-    rhs = scaled.transpose(1, 2) @ target[:, :, None]  # (p, r, 1)
-    return torch.linalg.lstsq(gram, rhs).solution[:, :, 0] / norms
+    matrix is cheap where a QR of the tall basis is not; the column norms are applied to the Gram matrix, not to a
+    scaled copy of the basis). basis (p, K', r), target (p, K') -> (p, r)."""
+    raw = basis.transpose(1, 2) @ basis  # (p, r, r)
+    norms = raw.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-300)  # (p, r): column norms
+    gram = raw / (norms[:, :, None] * norms[:, None, :])
+    rhs = (basis.transpose(1, 2) @ target[:, :, None])[:, :, 0] / norms  # (p, r)
+    return torch.linalg.lstsq(gram, rhs[:, :, None]).solution[:, :, 0] / norms
 
 
 def _real_basis(poles: Tensor, count: int) -> Tensor:
     """Columns Re lambda^k (Im lambda >= 0) or Im lambda^k (Im lambda < 0, the conjugate's second column) for
     k = 0..count-1, lambda^k = lambda^(q B) lambda^j with k = q B + j: two short cumulative products and one
-    broadcast product (exact lambda^0 = 1, also for lambda = 0). poles: (p, r) complex -> (p, K', r) float64."""
+    broadcast product taken in real arithmetic, only the part each column needs (exact lambda^0 = 1, also for
+    lambda = 0). poles: (p, r) complex -> (p, K', r) float64."""
     block = max(1, math.isqrt(count))
     within = _power_table(poles, block)  # (p, B, r): lambda^j
     across = _power_table(within[:, -1] * poles, -(-count // block))  # (p, Q, r): lambda^(q B)
-    powers = (across[:, :, None] * within[:, None]).flatten(1, 2)[:, :count]  # (p, K', r)
-    return torch.where(poles.imag[:, None, :] >= 0, powers.real, powers.imag)
+    imaginary = poles.imag[:, None, :] < 0  # (p, 1, r)
+    # Re(a c) = a_re c_re - a_im c_im, Im(a c) = a_re c_im + a_im c_re with a = lambda^(q B), c = lambda^j
+    first = torch.where(imaginary, within.imag, within.real)[:, None]  # (p, 1, B, r)
+    second = torch.where(imaginary, within.real, -within.imag)[:, None]
+    basis = across.real[:, :, None] * first  # (p, Q, B, r)
+    basis.addcmul_(across.imag[:, :, None], second)
+    return basis.flatten(1, 2)[:, :count]
 
 
 def _power_table(poles: Tensor, count: int) -> Tensor:
@@ -212,31 +219,27 @@ def _power_table(poles: Tensor, count: int) -> Tensor:
 
 
 def _slots(poles: Tensor, residues: Tensor, orders: Tensor) -> tuple[Tensor, Tensor]:
-    """Per channel: one slot per real pole (w = alpha) and per conjugate pair (the upper pole, w = alpha + i beta).
-    poles, residues: (D, r) -> slot poles and weights (N, D) complex128, N the most slots of any channel."""
-    channels = poles.shape[0]
-    per_channel: list[list[tuple[complex, complex]]] = []
-    for c in range(channels):
-        lam = poles[c, : int(orders[c])].tolist()
-        alpha = residues[c, : int(orders[c])].tolist()
-        lower = [j for j, p in enumerate(lam) if p.imag < 0]
-        slots = []
-        for j, p in enumerate(lam):
-            if p.imag > 0:
-                partner = min(lower, key=lambda i, p=p: abs(lam[i] - p.conjugate()))
-                slots.append((p, complex(alpha[j], alpha[partner])))
-            elif p.imag == 0:
-                slots.append((complex(p.real, 0.0), complex(alpha[j], 0.0)))
-        slots.sort(key=lambda s: -abs(s[0]))
-        per_channel.append(slots)
-    n_slots = max(1, max(len(s) for s in per_channel))
-    slot_poles = torch.zeros(n_slots, channels, dtype=torch.complex128)
-    slot_weights = torch.zeros(n_slots, channels, dtype=torch.complex128)
-    for c, slots in enumerate(per_channel):
-        if slots:
-            slot_poles[: len(slots), c] = torch.tensor([p for p, _ in slots], dtype=torch.complex128)
-            slot_weights[: len(slots), c] = torch.tensor([w for _, w in slots], dtype=torch.complex128)
-    return slot_poles, slot_weights
+    """Per channel: one slot per real pole (w = alpha) and per conjugate pair (the upper pole, w = alpha + i beta,
+    beta the coefficient of the lower pole nearest its conjugate), slots by decreasing |lambda| (ties in pole
+    order). poles, residues: (D, r) -> slot poles and weights (N, D) complex128, N the most slots of any channel."""
+    channels, width = poles.shape
+    used = torch.arange(width)[None, :] < orders[:, None]  # (D, r)
+    upper = used & (poles.imag > 0)
+    lower = used & (poles.imag < 0)
+    real = used & (poles.imag == 0)
+    distance = (poles[:, None, :] - poles.conj()[:, :, None]).abs()  # (D, r, r): |lambda_i - conj(lambda_j)|
+    partner = distance.masked_fill(~lower[:, None, :], torch.inf).argmin(2)  # (D, r): nearest lower pole
+    beta = torch.where(upper, residues.gather(1, partner), 0.0)  # (D, r)
+    kept = upper | real
+    slot_poles = torch.where(real, torch.complex(poles.real, torch.zeros_like(poles.real)), poles)
+    slot_weights = torch.complex(residues, beta)
+    rank = torch.where(kept, -slot_poles.abs(), torch.inf)  # (D, r): dropped (lower, unused) poles last
+    order = torch.sort(rank, dim=1, stable=True).indices
+    n_slots = max(1, int(kept.sum(1).max()) if channels else 1)
+    keep = kept.gather(1, order)[:, :n_slots]  # (D, N)
+    slot_poles = torch.where(keep, slot_poles.gather(1, order)[:, :n_slots], 0)
+    slot_weights = torch.where(keep, slot_weights.gather(1, order)[:, :n_slots], 0)
+    return slot_poles.T.contiguous(), slot_weights.T.contiguous()  # (N, D)
 
 
 def _with_fallback(

@@ -59,13 +59,23 @@ def native_dir(tmp_path: Path) -> Path:
 def test_golden_checkpoint_converts_and_decodes_like_the_original(tmp_path: Path) -> None:
     folder = golden_lm()
     dst = tmp_path / "golden"
-    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, method="etsc-tail", progress=False)
+    report = convert_checkpoint(
+        src=folder / "checkpoint.pt", dst=dst, length=16, method="etsc-tail", progress=False, compare_methods=True
+    )
     assert report.method == "etsc-tail" and report.length == 16 and report.source_format == "fairseq"
     assert len(report.kernel_checks) == 2
     assert all(k.rel_error_modes <= 1e-12 and k.lag_n_rel_error <= 1e-12 for k in report.kernel_checks)
     assert report.logits_check.float64_rel_error <= 1e-12 and report.logits_check.float32_rel_error <= 1e-4
+    assert (report.logits_check.split, report.logits_check.probe_length) == (1, 16)  # prefill 1, step to lag n - 1
+    # the evaluation pass (1,025 random ids: no tokenizer) gives the converted method's row; compare_methods adds
+    # every method on random ids to 2n and 4n
     methods = {(row.method, row.length) for row in report.past_n}
-    assert methods == {(m, size) for m in ("reduced", "etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+    everything = {(m, size) for m in ("reduced", "etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+    assert methods == everything | {("etsc-tail", 1025)}
+    kernels = {k.method: k for k in report.past_n_kernels}  # no fit for a comparison: reduced is not listed
+    assert set(kernels) == {"etsc", "etsc-inclusive", "etsc-tail"}
+    assert kernels["etsc-tail"].past_n_rel_error == max(k.past_n_rel_error for k in report.kernel_checks)
+    assert kernels["etsc"].lag_n_rel_error > 1e-3 > kernels["etsc-inclusive"].lag_n_rel_error  # the spurious tap
 
     on_disk = json.loads((dst / "conversion.json").read_text())
     for key in ("method", "length", "modes", "full_state", "kernel_checks", "logits_check", "past_n", "timings_s"):
@@ -87,7 +97,7 @@ def test_cli_end_to_end_on_the_golden_checkpoint(tmp_path: Path) -> None:
     dst = tmp_path / "out"
     result = tnn_cli("convert", str(folder / "checkpoint.pt"), str(dst), "--length", "16", "--method", "etsc")
     assert result.returncode == 0, result.stderr
-    assert "kernel err" in result.stdout and "etsc-inclusive" in result.stdout  # table with the past-n rows
+    assert "kernel err" in result.stdout and "etsc-inclusive" in result.stdout  # table with the past-n kernels
     assert sorted(p.name for p in dst.iterdir()) == [
         "config.json",
         "conversion.json",
@@ -275,7 +285,9 @@ def test_fidelity_is_measured_on_held_out_text_and_the_fit_runs_once(
         and fidelity["bytes"] == len(text.read_bytes()) - len("w0 ")
     )
     assert 0.5 <= fidelity["top1_agreement"] <= 1 and 0 < fidelity["max_abs_logprob_diff"] < 1
-    assert {row["method"] for row in report["past_n"]["rows"]} >= {"reduced", "etsc-tail"}
+    assert [row["method"] for row in report["past_n"]["rows"]] == ["reduced"]  # from the evaluation pass, free
+    assert report["past_n"]["rows"][0]["probe"] == str(text) and report["past_n"]["rows"][0]["length"] == 151
+    assert {row["method"] for row in report["past_n"]["kernels"]} == {"reduced", "etsc", "etsc-inclusive", "etsc-tail"}
 
     held_out = " ".join(text.read_text().split()[:51])
     (native_dir / "held_out.txt").write_text(held_out)
