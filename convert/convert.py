@@ -40,6 +40,8 @@ from tnn.convert.verify import (
     PastNRow,
     check_kernel,
     check_logits,
+    exact_kernels_past_n,
+    kernel_reference,
     past_n_comparison,
     past_n_kernels,
     past_n_row,
@@ -223,8 +225,20 @@ def convert_checkpoint(
         disable=not progress or len(model.layers) < 2,
     )
     fallbacks = [int(f.fallback.sum()) for f in fits] or [0] * len(model.layers)
-    kernel_checks = [check_kernel(i, layer.gtu.tno, n, fallback_channels=fallbacks[i]) for i, layer in layers]
-    timings["verify_kernels"] = time.perf_counter() - start
+    others = tuple(m for m in get_args(SsmMethod) if m not in (method, "reduced")) if compare_past_n else ()
+    kernel_checks: list[KernelCheck] = []
+    exact_kernels: list[dict[str, tuple[int, float, float]]] = []  # per layer, the other exact methods past n
+    past_n_seconds = 0.0
+    for i, layer in layers:
+        expected = kernel_reference(layer.gtu.tno, n)  # (4n, D): one RPE evaluation for both
+        kernel_checks.append(check_kernel(i, layer.gtu.tno, n, fallback_channels=fallbacks[i], expected=expected))
+        past_n_start = time.perf_counter()
+        if others:
+            exact_kernels.append(
+                exact_kernels_past_n(layer.gtu.tno, n, methods=others, full_state=full_state, expected=expected)
+            )
+        past_n_seconds += time.perf_counter() - past_n_start
+    timings["verify_kernels"] = time.perf_counter() - start - past_n_seconds
     stages.update()
 
     stages.set_postfix_str("logits check")
@@ -257,13 +271,11 @@ def convert_checkpoint(
         start = time.perf_counter()
         if tokens.shape[1] > n + 1:  # the evaluation pass reaches past n: the converted method's row is free
             past_n.append(past_n_row(method, passes.recurrent, passes.parallel, tokens, n, probe=eval_source))
-        kernels_past_n = past_n_kernels(
-            model, methods=get_args(SsmMethod), length=n, full_state=full_state, checks=kernel_checks
-        )
+        kernels_past_n = past_n_kernels(method, kernel_checks, exact_kernels)
         if compare_methods:
             past_n += past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state,
                                         reduced=options, converted=model)  # fmt: skip
-        timings["past_n"] = time.perf_counter() - start
+        timings["past_n"] = time.perf_counter() - start + past_n_seconds
     stages.update()
     stages.set_postfix_str("write")
 

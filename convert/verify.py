@@ -13,10 +13,11 @@ import torch
 from torch import Tensor
 
 from tnn.model.config import SsmMethod
-from tnn.model.conversion import ReducedOptions, attach_ssm, layer_ssm
+from tnn.model.conversion import ReducedOptions, attach_ssm
 from tnn.model.ssm import (
     ModalParams,
     SsmParams,
+    etsc,
     modal_kernel_from_powers,
     realised_kernel,
     ssm_kernel,
@@ -172,34 +173,40 @@ def check_kernel(
 
 
 @torch.no_grad()
-def past_n_kernels(
-    model: TnnLM, *, methods: tuple[SsmMethod, ...], length: int, full_state: bool, checks: list[KernelCheck]
-) -> list[PastNKernel]:
-    """Every method's realised kernel against the TNN's at lag n and past it (lags n+1..4n-1), the worst layer.
-    The converted method's numbers come from its kernel `checks`; the exact (ETSC) methods are converted here per
-    layer (one FFT each; the model is not modified). The reduced fit is not redone for a comparison: it is listed
-    only when it is the converted method."""
-    converted = model.config.ssm
-    rows = []
+def exact_kernels_past_n(
+    tno: Tno, n: int, *, methods: tuple[SsmMethod, ...], full_state: bool, expected: Tensor
+) -> dict[str, tuple[int, float, float]]:
+    """One layer converted with each exact (ETSC) method in `methods` (one FFT each; `tno` is not modified):
+    method -> (modes, |K_n - a_n| / max |a|, the same over lags n+1..4n-1). expected: `kernel_reference`."""
+    scale = expected[:n].abs().max()
+    t, gamma = tno.undecayed_coefficients(n + 1)  # (n+1, D), (D,)
+    rows = {}
     for method in methods:
-        if converted is not None and method == converted.method:
-            lag_n = max(k.lag_n_rel_error for k in checks)
-            past = max(k.past_n_rel_error for k in checks)
-            rows.append(PastNKernel(method, [k.modes for k in checks], lag_n, past))
-            continue
-        if method == "reduced":
-            continue
-        lag_n, past, modes = 0.0, 0.0, []
-        for layer in model.layers:
-            tno = layer.gtu.tno
-            params = layer_ssm(tno, length, method, full_state)
-            expected = kernel_reference(tno, length)  # (4n, D)
-            scale = expected[:length].abs().max()
-            realised = ssm_kernel(params, 4 * length)  # (4n, D)
-            lag_n = max(lag_n, ((realised[length] - expected[length]).abs().max() / scale).item())
-            past = max(past, ((realised[length + 1 :] - expected[length + 1 :]).abs().max() / scale).item())
-            modes.append(params.n_modes)
-        rows.append(PastNKernel(method, modes, lag_n, past))
+        params = etsc(t, gamma, method=method, full_state=full_state)
+        realised = ssm_kernel(params, 4 * n)  # (4n, D)
+        lag_n = ((realised[n] - expected[n]).abs().max() / scale).item()
+        rows[method] = (params.n_modes, lag_n, ((realised[n + 1 :] - expected[n + 1 :]).abs().max() / scale).item())
+    return rows
+
+
+def past_n_kernels(
+    method: str, checks: list[KernelCheck], exact: list[dict[str, tuple[int, float, float]]]
+) -> list[PastNKernel]:
+    """The converted `method` (from its kernel `checks`) and each exact method of `exact` (per layer, from
+    `exact_kernels_past_n`) at lag n and past it, the worst layer. The reduced fit is not redone for a comparison:
+    it is listed only when it is the converted method."""
+    rows = [
+        PastNKernel(
+            method,
+            [k.modes for k in checks],
+            max(k.lag_n_rel_error for k in checks),
+            max(k.past_n_rel_error for k in checks),
+        )
+    ]
+    for other in exact[0] if exact else {}:
+        per_layer = [layer[other] for layer in exact]
+        modes = [m for m, _, _ in per_layer]
+        rows.append(PastNKernel(other, modes, max(e for _, e, _ in per_layer), max(e for _, _, e in per_layer)))
     return rows
 
 

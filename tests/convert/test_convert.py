@@ -20,8 +20,8 @@ from tests.model.helpers import relative_error, tiny_model
 from tnn.cli.main import main
 from tnn.convert.cli import add_arguments
 from tnn.convert.convert import ConversionRefused, VerificationFailed, convert_checkpoint
-from tnn.convert.verify import teacher_forced
-from tnn.model import load, save_model
+from tnn.convert.verify import check_kernel, kernel_reference, teacher_forced, teacher_forced_passes, twin_lags
+from tnn.model import attach_ssm, load, save_model
 from tnn.model.conversion import ReducedOptions
 
 
@@ -300,3 +300,38 @@ def test_fidelity_is_measured_on_held_out_text_and_the_fit_runs_once(
     assert "fidelity on random token ids, seed 1 (no --eval-text and no held_out.txt)" in capsys.readouterr().out
     assert main(["convert", str(native_dir), str(tmp_path / "d"), "--eval-text", str(tmp_path / "none.txt")]) == 1
     assert "none.txt" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_one_evaluation_pass_equals_its_twins() -> None:
+    """The evaluation pass behind the logits check, the fidelity and the past-n row (prefill, steps, a prefill
+    continuing from the stepped state) against the recurrent logits in one prefill and against stepping every
+    token after the split: 1e-10 relative in float64."""
+    model = attach_ssm(tiny_model(seed=1, train_length=32), method="reduced")
+    tokens = random_tokens(1, 80)
+    passes = teacher_forced_passes(model, tokens, split=24, steps=8)
+    assert (passes.split, passes.stepped) == (24, 8) and passes.recurrent.shape == passes.parallel.shape
+    assert torch.equal(passes.parallel, model(tokens))
+    in_one_prefill, _ = model.recurrent_logits(tokens)
+    assert relative_error(passes.recurrent, in_one_prefill) <= 1e-10
+    stepped, _ = teacher_forced(model, tokens, 24)  # (1, 57, V): positions 23..79
+    assert relative_error(passes.recurrent[:, 23:], stepped) <= 1e-10
+    short = teacher_forced_passes(model, tokens[:, :20], split=24, steps=8)  # shorter than the split: no steps
+    assert short.stepped == 0 and relative_error(short.recurrent, in_one_prefill[:, :20]) <= 1e-10
+
+
+def test_kernel_check_takes_the_prefill_kernel_at_every_lag_and_its_twin_at_sampled_lags() -> None:
+    """The kernel check compares the kept prefill kernel at every lag and the mode-by-mode twin (what the step
+    sums) at `twin_lags`: the head, then lags spread to n, some in every chunk of the power table. A broken kept
+    kernel fails the first and leaves the second."""
+    n = 512
+    lags = twin_lags(n)
+    assert lags[0] == 0 and lags[-1] == n and bool((lags[:64] == torch.arange(64)).all()) and len(lags) <= 129
+    assert all(bool(((lags >= start) & (lags < start + 121)).any()) for start in range(0, n, 121))
+    model = attach_ssm(tiny_model(seed=1, train_length=64), method="reduced")
+    tno = model.layers[0].gtu.tno
+    good = check_kernel(0, tno, 64, expected=kernel_reference(tno, 64))
+    assert good.rel_error_modes <= 1.01 * good.rel_error + 1e-12  # twin and fast kernel agree
+    cached = tno.ssm.kernel(4 * 64)
+    cached[40:50] += 1.0  # a broken prefill kernel (kept and sliced by every prefill)
+    broken = check_kernel(0, tno, 64)
+    assert broken.rel_error > 0.1 and broken.rel_error_modes == pytest.approx(good.rel_error_modes)
