@@ -31,6 +31,7 @@ from tnn.model.ssm import (
     step_weights,
     zero_state,
 )
+from tnn.model.ssm.modal import PowerTable
 from tnn.model.ssm.reduced import (
     MAX_RADIUS,
     _slots,
@@ -293,6 +294,10 @@ def test_prefill_kernel_is_kept_and_sliced_for_shorter_blocks() -> None:
         torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-11)
         torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
     assert params.kernel(40).data_ptr() == long.data_ptr()
+    assert params.to(real_dtype=torch.float64) is params  # a no-op move keeps what it kept
+    wide = params.power_table(torch.float64)  # a second dtype casts the kept table: the same rounding as afresh
+    assert params.power_table() is wide
+    assert torch.equal(params.power_table(torch.float32).planes, PowerTable.of(params.poles, torch.float32).planes)
 
 
 @pytest.mark.slow
