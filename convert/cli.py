@@ -97,7 +97,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a UTF-8 text to measure fidelity on (recurrent vs parallel, teacher-forced; default: SRC's "
         "held_out.txt, else random token ids)",
     )
-    parser.add_argument("--no-past-n", action="store_true", help="skip the 2n/4n comparison of the methods")
+    parser.add_argument(
+        "--no-past-n",
+        action="store_true",
+        help="skip the past-n comparison (every method's kernel past n, the converted method's logits past n)",
+    )
+    parser.add_argument(
+        "--compare-methods",
+        action="store_true",
+        help="also run every method's recurrent logits on random ids to 2n and 4n (one conversion and one pass "
+        "per method: tens of seconds on the shipped model)",
+    )
 
 
 def format_report(report: ConversionReport) -> str:
@@ -141,16 +151,26 @@ def format_report(report: ConversionReport) -> str:
         f"fidelity on {f.source} ({f.tokens} tokens, float64, teacher-forced): top-1 agreement "
         f"{100 * f.top1_agreement:.2f}%, max |log-prob diff| {f.max_abs_logprob_diff:.3f}{bits}",
     ]
+    if report.past_n_kernels:
+        lines += [
+            "",
+            f"past n, kernel: {'method':<15} {'modes per layer':<20} {'lag-n err':>9}  {'past-n err (to 4n)':>18}",
+        ]
+        for k in report.past_n_kernels:
+            lines.append(
+                f"                {k.method:<15} {str(k.modes):<20} {k.lag_n_rel_error:>9.2e}  "
+                f"{k.past_n_rel_error:>18.2e}"
+            )
     if report.past_n:
         lines += [
             "",
-            f"past n: {'method':<15} {'tokens':>6}  {'max rel err':>11}  {'rms rel err':>11}  {'top-1 agree':>11}"
-            f"  {'nll parallel':>12}  {'nll recurrent':>13}",
+            f"past n, logits: {'method':<15} {'tokens':>6}  {'max rel err':>11}  {'rms rel err':>11}  {'top-1 agree':>11}"
+            f"  {'nll parallel':>12}  {'nll recurrent':>13}  probe",
         ]
         for r in report.past_n:
             lines.append(
-                f"        {r.method:<15} {r.length:>6}  {r.max_rel_error:>11.2e}  {r.rms_rel_error:>11.2e}"
-                f"  {r.top1_agreement:>11.3f}  {r.nll_parallel:>12.4f}  {r.nll_recurrent:>13.4f}"
+                f"                {r.method:<15} {r.length:>6}  {r.max_rel_error:>11.2e}  {r.rms_rel_error:>11.2e}"
+                f"  {r.top1_agreement:>11.3f}  {r.nll_parallel:>12.4f}  {r.nll_recurrent:>13.4f}  {r.probe}"
             )
     lines += ["", "timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report.timings_s.items())]
     if report.fairseq_dict:
@@ -172,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             dtype=DTYPES[args.dtype],
             compare_past_n=not args.no_past_n,
+            compare_methods=args.compare_methods,
             eval_text=args.eval_text,
             progress=True,
             reduced=ReducedOptions(

@@ -2,9 +2,11 @@
 
 Steps: load in float64; refuse models without a causal recurrent form; convert every layer (tnn.model.conversion:
 the reduced-order fit by default, or an exact ETSC method; the fit runs once); verify the kernels (lags 0..n-1 and
-past n) and the recurrent logits against the parallel forward; measure fidelity on held-out text (--eval-text, else
-the source directory's held_out.txt, else random ids, said so) and every method past the conversion length; then
-write config.json, model.safetensors, ssm.safetensors, tokenizer files and conversion.json into a temporary
+past n); run held-out text (--eval-text, else the source directory's held_out.txt, else random ids, said so) once
+through the parallel forward and once through the recurrent model (prefill, steps, continued prefill): that pass
+verifies the recurrent logits against the parallel ones, measures the fidelity and the converted method's logits
+past n; compare every method's kernel past n (and, with compare_methods, every method's logits on random ids);
+then write config.json, model.safetensors, ssm.safetensors, tokenizer files and conversion.json into a temporary
 directory beside DST and rename it into place. Nothing is written if a check fails.
 """
 
@@ -26,18 +28,25 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
-from tnn.convert.fidelity import DEFAULT_EVAL_TOKENS, TextFidelity, measure_fidelity, text_tokens
+from tnn.convert.fidelity import DEFAULT_EVAL_TOKENS, TextFidelity, fidelity_from_logits, text_tokens
 from tnn.convert.tokenizer import NO_TOKENIZER_WARNING, REPORT_FILE, install_tokenizer, require_tokenizer_dir
 from tnn.convert.verify import (
     KernelCheck,
     LogitsCheck,
+    PastNKernel,
     PastNRow,
     check_kernel,
     check_logits,
+    exact_kernels_past_n,
+    kernel_reference,
     past_n_comparison,
+    past_n_kernels,
+    past_n_row,
     probe_tokens,
+    teacher_forced_passes,
 )
 from tnn.model.config import SsmMethod
 from tnn.model.conversion import (
@@ -93,6 +102,7 @@ class ConversionReport:
     fidelity: TextFidelity
     tokenizer: str | None
     reduced: dict[str, Any] | None = None  # reduced method: options, fallbacks, per-layer kernel errors
+    past_n_kernels: list[PastNKernel] = field(default_factory=list)  # every method's kernel at and past n
     fairseq_dict: str | None = None
     warnings: list[str] = field(default_factory=list)
     tokenizer_details: dict[str, Any] = field(default_factory=dict)  # dict.txt lines and sha256
@@ -118,8 +128,8 @@ class ConversionReport:
             "logits_check": self.logits_check.to_dict(),
             "fidelity": self.fidelity.to_dict(),
             "past_n": {
-                "probe": "uniform random token ids, seed 1, batch 1; teacher-forced recurrent logits vs forward",
-                "rows": [r.to_dict() for r in self.past_n],
+                "rows": [r.to_dict() for r in self.past_n],  # teacher-forced recurrent logits vs forward, batch 1
+                "kernels": [k.to_dict() for k in self.past_n_kernels],
             },
             "tokenizer": self.tokenizer,
             "fairseq_dict": self.fairseq_dict,
@@ -152,18 +162,22 @@ def convert_checkpoint(
     force: bool = False,
     dtype: torch.dtype = torch.float32,
     compare_past_n: bool = True,
+    compare_methods: bool = False,
     progress: bool = True,
     reduced: ReducedOptions | None = None,
     eval_text: str | Path | None = None,
 ) -> ConversionReport:
     """Convert `src` into the model directory `dst` and return the report (also written as conversion.json).
 
-        length: conversion length n (default: the config's train_length, else 512). dtype: the stored weights
-        (ssm.safetensors is always float64). reduced: the fit's options for method "reduced". tokenizer: a Hugging
-        Face tokenizer directory to attach; with fairseq_dict (the dict.txt of a fairseq checkpoint) it is a GPT-2 BPE
-        whose ids are remapped to fairseq's. eval_text: a UTF-8 text file to measure fidelity on (default: SRC's
-    held_out.txt; random ids when neither exists). Raises FileExistsError (dst exists, no force), ConversionRefused,
-        VerificationFailed, and ValueError/FileNotFoundError naming the file for unreadable input.
+    length: conversion length n (default: the config's train_length, else 512). dtype: the stored weights
+    (ssm.safetensors is always float64). reduced: the fit's options for method "reduced". tokenizer: a Hugging
+    Face tokenizer directory to attach; with fairseq_dict (the dict.txt of a fairseq checkpoint) it is a GPT-2 BPE
+    whose ids are remapped to fairseq's. eval_text: a UTF-8 text file to measure fidelity on (default: SRC's
+    held_out.txt; random ids when neither exists). compare_past_n: every method's kernel past n, and the
+    converted method's logits past n on the evaluation text; compare_methods: also every method's logits on
+    random ids to 2n and 4n (a conversion and a pass per method: slow). Raises FileExistsError (dst exists, no
+    force), ConversionRefused, VerificationFailed, and ValueError/FileNotFoundError naming the file for
+    unreadable input.
     """
     src, dst = Path(src), Path(dst)
     if method not in get_args(SsmMethod):
@@ -211,14 +225,34 @@ def convert_checkpoint(
         disable=not progress or len(model.layers) < 2,
     )
     fallbacks = [int(f.fallback.sum()) for f in fits] or [0] * len(model.layers)
-    kernel_checks = [check_kernel(i, layer.gtu.tno, n, fallback_channels=fallbacks[i]) for i, layer in layers]
-    timings["verify_kernels"] = time.perf_counter() - start
+    others = tuple(m for m in get_args(SsmMethod) if m not in (method, "reduced")) if compare_past_n else ()
+    kernel_checks: list[KernelCheck] = []
+    exact_kernels: list[dict[str, tuple[int, float, float]]] = []  # per layer, the other exact methods past n
+    past_n_seconds = 0.0
+    for i, layer in layers:
+        expected = kernel_reference(layer.gtu.tno, n)  # (4n, D): one RPE evaluation for both
+        kernel_checks.append(check_kernel(i, layer.gtu.tno, n, fallback_channels=fallbacks[i], expected=expected))
+        past_n_start = time.perf_counter()
+        if others:
+            exact_kernels.append(
+                exact_kernels_past_n(layer.gtu.tno, n, methods=others, full_state=full_state, expected=expected)
+            )
+        past_n_seconds += time.perf_counter() - past_n_start
+    timings["verify_kernels"] = time.perf_counter() - start - past_n_seconds
     stages.update()
 
     stages.set_postfix_str("logits check")
     start = time.perf_counter()
-    tokens = probe_tokens(model.config.vocab_size, n)
-    logits_check = check_logits(model, tokens, split=max(1, n - STEPPED_TOKENS))
+    text_source = Path(eval_text) if eval_text is not None else src / HELD_OUT_FILE if src.is_dir() else None
+    tokens, n_bytes, eval_source = _eval_tokens(model, tokenizer_source if fairseq_dict is None else None, text_source)
+    split = max(1, n - STEPPED_TOKENS)
+    steps = n - split  # the check's steps end at position n - 1: every lag the exact methods are exact for
+    passes = teacher_forced_passes(model, tokens, split=split, steps=steps)
+    if tokens.shape[1] < n:  # too short to step up to lag n - 1: the check gets a probe of n random ids
+        probe = probe_tokens(model.config.vocab_size, n)
+        logits_check = check_logits(model, teacher_forced_passes(model, probe, split=split, steps=steps))
+    else:
+        logits_check = check_logits(model, passes)
     timings["verify_logits"] = time.perf_counter() - start
     stages.update()
     reduced_summary = _reduced_summary(options, fits) if method == "reduced" else None
@@ -226,18 +260,22 @@ def convert_checkpoint(
 
     stages.set_postfix_str("fidelity")
     start = time.perf_counter()
-    text_source = Path(eval_text) if eval_text is not None else src / HELD_OUT_FILE if src.is_dir() else None
-    fidelity = _fidelity(model, tokenizer_source if fairseq_dict is None else None, text_source)
+    fidelity = fidelity_from_logits(passes.parallel, passes.recurrent, tokens, n_bytes, source=eval_source)
     timings["fidelity"] = time.perf_counter() - start
     stages.update()
 
     past_n: list[PastNRow] = []
+    kernels_past_n: list[PastNKernel] = []
     stages.set_postfix_str("past-n comparison")
     if compare_past_n:
         start = time.perf_counter()
-        past_n = past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state,
-                                   reduced=options, converted=model)  # fmt: skip
-        timings["past_n"] = time.perf_counter() - start
+        if tokens.shape[1] > n + 1:  # the evaluation pass reaches past n: the converted method's row is free
+            past_n.append(past_n_row(method, passes.recurrent, passes.parallel, tokens, n, probe=eval_source))
+        kernels_past_n = past_n_kernels(method, kernel_checks, exact_kernels)
+        if compare_methods:
+            past_n += past_n_comparison(model, methods=get_args(SsmMethod), length=n, full_state=full_state,
+                                        reduced=options, converted=model)  # fmt: skip
+        timings["past_n"] = time.perf_counter() - start + past_n_seconds
     stages.update()
     stages.set_postfix_str("write")
 
@@ -255,6 +293,7 @@ def convert_checkpoint(
         logits_check=logits_check,
         past_n=past_n,
         fidelity=fidelity,
+        past_n_kernels=kernels_past_n,
         tokenizer=str(tokenizer) if tokenizer is not None else None,
         reduced=reduced_summary,
         timings_s=timings,
@@ -272,15 +311,16 @@ def convert_checkpoint(
     return report
 
 
-def _fidelity(model: TnnLM, tokenizer_dir: Path | None, text: Path | None) -> TextFidelity:
-    """Recurrent vs parallel on `text` (encoded with `tokenizer_dir`), else on seeded random ids, saying why."""
+def _eval_tokens(model: TnnLM, tokenizer_dir: Path | None, text: Path | None) -> tuple[Tensor, int, str]:
+    """The evaluation probe (1, L): `text` encoded with `tokenizer_dir`, else seeded random ids, saying why; the
+    UTF-8 bytes the text's predicted tokens cover (0 for random ids) and where the tokens came from."""
     if text is not None and text.is_file() and tokenizer_dir is not None:
         tokens, n_bytes = text_tokens(tokenizer_dir, text.read_text(encoding="utf-8"))
-        return measure_fidelity(model, model, tokens, n_bytes, source=str(text))
+        return tokens, n_bytes, str(text)
     why = "no tokenizer to encode text" if text is not None and text.is_file() else "no --eval-text and no held_out.txt"
     logger.warning("fidelity measured on random token ids (%s): it says little about real text", why)
     tokens = probe_tokens(model.config.vocab_size, DEFAULT_EVAL_TOKENS + 1, seed=1)
-    return measure_fidelity(model, model, tokens, 0, source=f"random token ids, seed 1 ({why})")
+    return tokens, 0, f"random token ids, seed 1 ({why})"
 
 
 def _reduced_summary(options: ReducedOptions, fits: list[Any]) -> dict[str, Any]:

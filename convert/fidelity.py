@@ -66,8 +66,18 @@ def measure_fidelity(parallel: TnnLM, converted: TnnLM, tokens: Tensor, n_bytes:
     n_bytes: UTF-8 bytes of the text tokens[:, 1:] cover (0: no bits/byte, e.g. random ids)."""
     if parallel.dtype != torch.float64 or converted.dtype != torch.float64:
         raise ValueError("fidelity is measured in float64: load both models with dtype=torch.float64")
-    expected = torch.log_softmax(parallel(tokens)[:, :-1], dim=-1)  # (1, L-1, V)
-    got = torch.log_softmax(converted.recurrent_logits(tokens)[0][:, :-1], dim=-1)  # (1, L-1, V)
+    expected = parallel(tokens)  # (1, L, V)
+    got = converted.recurrent_logits(tokens)[0]  # (1, L, V)
+    return fidelity_from_logits(expected, got, tokens, n_bytes, source=source)
+
+
+def fidelity_from_logits(expected: Tensor, got: Tensor, tokens: Tensor, n_bytes: int, *, source: str) -> TextFidelity:
+    """The fidelity numbers from float64 logits already computed: `expected` (1, L, V) parallel, `got` (1, L, V)
+    recurrent, on `tokens` (1, L); n_bytes as in `measure_fidelity`."""
+    if expected.dtype != torch.float64 or got.dtype != torch.float64:
+        raise ValueError("fidelity is measured in float64 logits")
+    expected = torch.log_softmax(expected[:, :-1], dim=-1)  # (1, L-1, V)
+    got = torch.log_softmax(got[:, :-1], dim=-1)  # (1, L-1, V)
     targets = tokens[:, 1:, None]  # (1, L-1, 1)
     nats_parallel = -expected.gather(-1, targets).sum().item()
     nats_recurrent = -got.gather(-1, targets).sum().item()

@@ -280,10 +280,16 @@ class TnnLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.padding_idx)
-        nn.init.normal_(self.embed.weight, mean=0.0, std=config.d_model**-0.5)
-        if config.padding_idx is not None:
-            nn.init.zeros_(self.embed.weight[config.padding_idx])
+        if torch.get_default_device().type == "meta":
+            # shapes only (tnn.model.loading builds here, then assigns the weights): no initial values, since
+            # torch's meta normal_ imports its compiler (seconds of every model load)
+            weight = torch.empty(config.vocab_size, config.d_model)
+            self.embed = nn.Embedding(config.vocab_size, config.d_model, config.padding_idx, _weight=weight)
+        else:
+            self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.padding_idx)
+            nn.init.normal_(self.embed.weight, mean=0.0, std=config.d_model**-0.5)
+            if config.padding_idx is not None:
+                nn.init.zeros_(self.embed.weight[config.padding_idx])
         self.embed_norm = nn.LayerNorm(config.d_model, eps=LAYER_NORM_EPS) if config.embed_norm else None
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TnnBlock(config) for _ in range(config.n_layers))

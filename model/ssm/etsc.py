@@ -179,11 +179,13 @@ def ssm_kernel(params: SsmParams, length: int) -> Tensor:
     return kernel
 
 
-def ssm_kernel_from_modes(params: SsmParams, length: int) -> Tensor:
-    """Slow twin of `ssm_kernel`: K_k = Re sum_j b_j lambda_j^k, summed mode by mode in complex128."""
-    lags = torch.arange(length, device=params.poles.device, dtype=torch.float64)
+def ssm_kernel_from_modes(params: SsmParams, lags: int | Tensor) -> Tensor:
+    """Slow twin of `ssm_kernel`: K_k = Re sum_j b_j lambda_j^k, summed mode by mode in complex128.
+    lags: a count (lags 0..lags-1) or the lags themselves ((L,) int). Returns (L, D) float64."""
+    lags = torch.arange(lags) if isinstance(lags, int) else lags
+    exponents = lags.to(device=params.poles.device, dtype=torch.float64)
     poles = params.poles.to(torch.complex128)  # (N, D)
-    powers = torch.exp(lags[:, None, None] * torch.log(poles)[None])  # (length, N, D)
+    powers = torch.exp(exponents[:, None, None] * torch.log(poles)[None])  # (L, N, D)
     return (powers * params.weights.to(torch.complex128)[None]).sum(1).real
 
 

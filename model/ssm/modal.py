@@ -57,23 +57,27 @@ class ModalParams:
             object.__setattr__(self, "_kernel", kernel)  # a cache, not a field (the dataclass is frozen)
         return kernel
 
-    def power_table(self) -> PowerTable:
-        """The pole powers of one chunk of lags, kept (every prefill needs them; they depend on the poles only)."""
-        table = self.__dict__.get("_power_table")
-        if table is None:
+    def power_table(self, real_dtype: torch.dtype | None = None) -> PowerTable:
+        """The pole powers of one chunk of lags with planes in `real_dtype` (default fir's), kept per dtype (every
+        prefill needs them; they depend on the poles only). A second dtype casts the first's planes: both are the
+        same complex128 powers rounded once."""
+        real_dtype = real_dtype or self.fir.dtype
+        tables: dict[torch.dtype, PowerTable] = self.__dict__.setdefault("_power_tables", {})  # a cache, not a field
+        if real_dtype not in tables:
             with torch.inference_mode(False):
-                table = PowerTable.of(self.poles, self.fir.dtype)
-            object.__setattr__(self, "_power_table", table)  # a cache, not a field
-        return table
+                known = next(iter(tables.values()), None)
+                tables[real_dtype] = PowerTable.of(self.poles, real_dtype) if known is None else known.cast(real_dtype)
+        return tables[real_dtype]
 
     def to(self, device: torch.device | str | None = None, real_dtype: torch.dtype | None = None) -> ModalParams:
         real_dtype = real_dtype or self.fir.dtype
         complex_dtype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
-        return ModalParams(
-            poles=self.poles.to(device=device, dtype=complex_dtype),
-            weights=self.weights.to(device=device, dtype=complex_dtype),
-            fir=self.fir.to(device=device, dtype=real_dtype),
-        )
+        poles = self.poles.to(device=device, dtype=complex_dtype)
+        weights = self.weights.to(device=device, dtype=complex_dtype)
+        fir = self.fir.to(device=device, dtype=real_dtype)
+        if poles is self.poles and weights is self.weights and fir is self.fir:
+            return self  # already there: keep the kept kernel and power table
+        return ModalParams(poles=poles, weights=weights, fir=fir)
 
 
 def require_stable(poles: Tensor, what: str) -> None:
@@ -128,6 +132,16 @@ class PowerTable:
         wide = poles.to(torch.complex128)
         return PowerTable(planes=planes, step=within[-1] * wide, poles=wide)
 
+    def cast(self, real_dtype: torch.dtype) -> PowerTable:
+        """The same table with planes in `real_dtype` (exact from float64; float32 planes are not widened back)."""
+        if self.dtype != torch.float64 and real_dtype != self.dtype:
+            return PowerTable.of(self.poles, real_dtype)
+        return PowerTable(planes=self.planes.to(real_dtype), step=self.step, poles=self.poles)
+
+    def bases(self, length: int, first: int = 0) -> Tensor:
+        """lambda^(first + q C) for the Q chunks covering exponents 0..length-1: (Q, N, D) complex128."""
+        return torch.stack([base for _, base in self.chunks(length, first)])
+
     def chunks(self, length: int, first: int = 0) -> Iterator[tuple[int, Tensor]]:
         """(start, lambda^(first + start)) (N, D) complex128 for the chunks covering exponents 0..length-1."""
         base = _integer_power(self.poles, first)
@@ -149,28 +163,38 @@ def _integer_power(poles: Tensor, exponent: int) -> Tensor:
 
 
 def modal_kernel(params: ModalParams, length: int) -> Tensor:
-    """The realised kernel K_k for k = 0..length-1: (length, D), computed in float64, cast to fir's dtype."""
+    """The realised kernel K_k for k = 0..length-1: (length, D), computed in float64, cast to fir's dtype.
+
+    Lag h + q C + j (a chunk q of C lags) is Re sum_n a_qn lambda_n^j with a_q = w lambda^(q C): one real
+    contraction over 2N per channel of the pole power table (the prefill's, float64) with [Re a_q; -Im a_q]."""
     h = params.fir.shape[0]
     kernel = torch.zeros(length, params.fir.shape[1], dtype=torch.float64, device=params.fir.device)
     kernel[: min(h, length)] = params.fir[:length].to(torch.float64)
-    weights = params.weights.to(torch.complex128)
-    for start, powers in pole_power_chunks(params.poles, max(0, length - h)):
-        lags = slice(h + start, h + start + powers.shape[0])
-        kernel[lags] = torch.einsum("cnd,nd->cd", powers, weights).real
+    count = max(0, length - h)
+    if count == 0:
+        return kernel.to(params.fir.dtype)
+    table = params.power_table(torch.float64)
+    scaled = params.weights.to(torch.complex128) * table.bases(count)  # (Q, N, D): w lambda^(q C)
+    coefficients = torch.cat([scaled.real, -scaled.imag], dim=1).permute(2, 0, 1)  # (D, Q, 2N)
+    lags = torch.bmm(coefficients, table.planes)  # (D, Q, C)
+    kernel[h:] = lags.flatten(1)[:, :count].T
     return kernel.to(params.fir.dtype)
 
 
-def modal_kernel_from_powers(params: ModalParams, length: int) -> Tensor:
-    """Slow twin of `modal_kernel`: every lag's powers by exp(k log lambda) at once, (length, N, D) complex128."""
+def modal_kernel_from_powers(params: ModalParams, lags: int | Tensor) -> Tensor:
+    """Slow twin of `modal_kernel`: each lag's powers by exp((k - h) log lambda), (lags, N, D) complex128 at once.
+    lags: a count (lags 0..lags-1, as `modal_kernel`) or the lags themselves ((L,) int). Returns (L, D) float64."""
     h = params.fir.shape[0]
-    kernel = torch.zeros(length, params.fir.shape[1], dtype=torch.float64)
-    kernel[: min(h, length)] = params.fir[:length].double().cpu()
-    lags = torch.arange(max(0, length - h), dtype=torch.float64)[:, None, None]
+    lags = torch.arange(lags) if isinstance(lags, int) else lags.cpu()
+    kernel = torch.zeros(lags.shape[0], params.fir.shape[1], dtype=torch.float64)
+    head = lags < h
+    kernel[head] = params.fir.double().cpu()[lags[head]]
+    exponents = (lags[~head] - h).to(torch.float64)[:, None, None]
     poles = params.poles.to(torch.complex128).cpu()
     safe = torch.where(poles == 0, torch.full_like(poles, 1e-300), poles)
-    powers = torch.exp(lags * torch.log(safe)[None])  # (L - h, N, D)
-    powers[0] = 1.0
-    kernel[h:] = (powers * params.weights.to(torch.complex128).cpu()[None]).sum(1).real
+    powers = torch.exp(exponents * torch.log(safe)[None])  # (L', N, D)
+    powers[exponents[:, 0, 0] == 0] = 1.0
+    kernel[~head] = (powers * params.weights.to(torch.complex128).cpu()[None]).sum(1).real
     return kernel
 
 
@@ -196,26 +220,23 @@ def modal_prefill(
 
     n = params.n_modes
     table = params.power_table()
-    # (D, C, B): position r of the chunk is u_{L-1-start-r}, channels first for the batched matmuls below
-    inputs = extended[:, :length].flip(1).permute(2, 1, 0).to(table.dtype)
-    driven = torch.zeros(batch, n, channels, dtype=torch.complex128, device=v.device)  # (B, N, D)
-    for start, base in table.chunks(length):
-        size = min(table.chunk, length - start)
-        planes = torch.bmm(table.planes[:, :, :size], inputs[:, start : start + size])  # (D, 2N, B)
-        partial = torch.complex(planes[:, :n], planes[:, n:]).permute(2, 1, 0)  # (B, N, D)
-        driven += base * partial  # lambda^start sum_r lambda^r u
+    chunk, chunks = table.chunk, -(-length // table.chunk)
+    # (D, C, Q B): position r of chunk q is u_{L-1-qC-r} (zero past the block), channels first for one batched
+    # matmul with the power table over every chunk at once (the table is read once, not once per chunk)
+    inputs = torch.nn.functional.pad(extended[:, :length].flip(1), (0, 0, 0, chunks * chunk - length))  # (B, QC, D)
+    inputs = inputs.view(batch, chunks, chunk, channels).permute(3, 2, 1, 0).reshape(channels, chunk, -1)
+    planes = torch.bmm(table.planes, inputs.to(table.dtype)).view(channels, 2 * n, chunks, batch)  # (D, 2N, Q, B)
+    partial = torch.complex(planes[:, :n], planes[:, n:]).permute(2, 3, 1, 0)  # (Q, B, N, D)
+    driven = (table.bases(length)[:, None] * partial).sum(0)  # (B, N, D): sum_q lambda^(qC) sum_r lambda^r u
     new_modes = params.weights * driven.to(complex_dtype)  # (B, N, D)
 
     if modes is not None:
-        carried = torch.empty(channels, length, batch, dtype=table.dtype, device=v.device)  # (D, L, B)
-        state = modes.to(torch.complex128)
-        for start, base in table.chunks(length, first=1):
-            size = min(table.chunk, length - start)
-            scaled = base * state  # (B, N, D): lambda^(1 + start) S
-            # Re sum_j W_j T_j = sum_j (W_re T_re - W_im T_im): one real contraction over 2N
-            stacked = torch.cat([scaled.real, -scaled.imag], dim=1).permute(2, 1, 0).to(table.dtype)  # (D, 2N, B)
-            carried[:, start : start + size] = torch.bmm(table.planes[:, :, :size].transpose(1, 2), stacked)
-        o = o + carried.permute(2, 1, 0).to(o.dtype)  # + Re sum_j lambda_j^(i+1) S_j at position i
+        scaled = table.bases(length, first=1)[:, None] * modes.to(torch.complex128)  # (Q, B, N, D): lambda^(1+qC) S
+        # Re sum_j W_j T_j = sum_j (W_re T_re - W_im T_im): one real contraction over 2N
+        stacked = torch.cat([scaled.real, -scaled.imag], dim=2).permute(3, 2, 0, 1).to(table.dtype)  # (D, 2N, Q, B)
+        carried = torch.bmm(table.planes.transpose(1, 2), stacked.reshape(channels, 2 * n, -1))  # (D, C, Q B)
+        carried = carried.view(channels, chunk, chunks, batch).transpose(1, 2).reshape(channels, -1, batch)
+        o = o + carried[:, :length].permute(2, 1, 0).to(o.dtype)  # + Re sum_j lambda_j^(i+1) S_j at position i
         new_modes = new_modes + _integer_power(params.poles, length).to(complex_dtype) * modes
     new_history = extended[:, length:].flip(1)  # (B, h, D): the last h inputs, most recent first
     return o.to(v.dtype), new_modes, new_history.contiguous()

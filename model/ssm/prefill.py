@@ -5,17 +5,18 @@ from __future__ import annotations
 from torch import Tensor
 
 from tnn.model.ssm.etsc import SsmParams, etsc_prefill, ssm_kernel
-from tnn.model.ssm.modal import ModalParams, modal_kernel, modal_prefill
+from tnn.model.ssm.modal import ModalParams, modal_prefill
 from tnn.model.ssm.step import pack_state, unpack_state
 
 LayerParams = SsmParams | ModalParams
 
 
 def realised_kernel(params: LayerParams, length: int) -> Tensor:
-    """The kernel the recurrence applies, lags 0..length-1: (length, D) in the params' real dtype."""
+    """The kernel the recurrence applies, lags 0..length-1: (length, D) in the params' real dtype (for the reduced
+    method the one its prefill keeps: do not modify it)."""
     if isinstance(params, SsmParams):
         return ssm_kernel(params, length)
-    return modal_kernel(params, length)
+    return params.kernel(length)
 
 
 def ssm_prefill(v: Tensor, state: Tensor | None, params: LayerParams) -> tuple[Tensor, Tensor]:

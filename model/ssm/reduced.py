@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from tnn.model.ssm.etsc import SsmParams
-from tnn.model.ssm.modal import ModalParams, UnstablePole, modal_kernel
+from tnn.model.ssm.modal import ModalParams, UnstablePole
 
 # chosen by fidelity on held-out text (docs/fidelity.md, benchmarks/fidelity.py), not by kernel error
 DEFAULT_TOLERANCE = 1e-3
@@ -41,6 +41,9 @@ FIT_MULTIPLE = 4  # fit lags 0 .. FIT_MULTIPLE * n - 1
 MAX_RADIUS = 1.0 - 1e-6  # strictly inside the unit circle, representable in float32
 HANKEL_COLUMNS = 256  # column offsets of the Hankel matrix (a subset spans the same signal space)
 CHANNEL_BLOCK = 64  # channels fitted together: the (block, K, r) basis stays small
+# the closed-form Gram matrix loses ~eps / |1 - z| to cancellation: with some |lambda|^2 within this of 1 the fit
+# builds the basis instead (a pole cap near 1, e.g. a kernel without decay)
+CLOSED_FORM_MARGIN = 1e-3
 NEGLIGIBLE = 1e-2  # lags where every channel is below NEGLIGIBLE * tolerance (relative) are left out of the fit
 
 
@@ -110,7 +113,7 @@ def fit_reduced(
     if etsc_fallback is not None and bool(fallback.any()):
         slot_poles, slot_weights = _with_fallback(slot_poles, slot_weights, fallback, etsc_fallback(), fir_length)
     params = ModalParams(poles=slot_poles, weights=slot_weights, fir=fir)
-    realised = modal_kernel(params, lags)  # (K, D)
+    realised = params.kernel(lags)  # (K, D), kept: the kernel check and the first prefill use it again
     error = (realised - kernel).abs() / scale  # (K, D)
     return ReducedFit(
         params=params,
@@ -146,9 +149,9 @@ def _fit_block(
     channels, count = tail.shape
     rows = 2 * max_order + 1
     offsets = torch.linspace(0, count - rows, min(count - rows + 1, HANKEL_COLUMNS)).round().long().unique()
-    hankel = tail[:, offsets[None, :] + torch.arange(rows)[:, None]]  # (c, M, C)
+    hankel = tail.unfold(1, rows, 1)[:, offsets]  # (c, C, M): H^T, column offsets by Hankel rows
     # left singular vectors of the Hankel matrix H = R^T Q^T (QR of the tall H^T): those of the small (M, M) R^T
-    triangle = torch.linalg.qr(hankel.transpose(1, 2), mode="r")[1]  # (c, M, M)
+    triangle = torch.linalg.qr(hankel, mode="r")[1]  # (c, M, M)
     left, _, _ = torch.linalg.svd(triangle.transpose(1, 2))  # (c, M, M)
     pending = torch.arange(channels)
     best = torch.full((channels,), torch.inf, dtype=torch.float64)  # (c,) lowest error so far
@@ -159,10 +162,7 @@ def _fit_block(
         radius = candidate.abs()
         limit = cap[pending, None]  # (p, 1)
         candidate = torch.where(radius > limit, candidate * (limit / radius), candidate)
-        basis = _real_basis(candidate, count)  # (p, K', r)
-        target = tail[pending]  # (p, K')
-        coefficients = _least_squares(basis, target)  # (p, r)
-        error = (torch.bmm(basis, coefficients[:, :, None])[:, :, 0] - target).abs().amax(1)  # (p,)
+        coefficients, error = fit_residues(candidate, tail[pending])  # (p, r), (p,)
         better = error < best[pending]  # a channel that never meets the tolerance keeps its best order
         kept = pending[better]
         best[kept] = error[better]
@@ -183,25 +183,87 @@ def _orders(max_order: int) -> list[int]:
     return sorted({1, max_order, *range(2, max_order + 1, 2)})
 
 
-def _least_squares(basis: Tensor, target: Tensor) -> Tensor:
-    """argmin_c ||basis c - target|| per channel by the normal equations with unit-norm columns (the (r, r) Gram
-    matrix is cheap where a QR of the tall basis is not). basis (p, K', r), target (p, K') -> (p, r)."""
-    norms = basis.norm(dim=1).clamp_min(1e-300)  # (p, r)
-    scaled = basis / norms[:, None, :]
-    gram = scaled.transpose(1, 2) @ scaled  # (p, r, r)
-    rhs = scaled.transpose(1, 2) @ target[:, :, None]  # (p, r, 1)
-    return torch.linalg.lstsq(gram, rhs).solution[:, :, 0] / norms
+def fit_residues(poles: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Real least-squares coefficients of the basis columns of `poles` (`real_basis`) for `target`, and the max
+    |fit - target| per channel. poles: (p, r) complex, target: (p, K') -> (p, r), (p,).
+
+    The basis is never built: with lag k = q B + b, the normal equations' right side sum_k y_k Re(eps lambda^k) and
+    the fitted sequence are two batched matmuls with a table of lambda^b (B ~ sqrt K' lags), and the Gram matrix is
+    closed-form geometric sums, exact to ~eps / |1 - z| for z = lambda_i lambda_j. Where some |z| is within
+    CLOSED_FORM_MARGIN of 1 (poles near the unit circle), `fit_residues_explicit` (the basis built lag by lag)
+    does it instead."""
+    if bool((poles.abs().amax(1) ** 2 > 1 - CLOSED_FORM_MARGIN).any()):
+        return fit_residues_explicit(poles, target)
+    channels, count = target.shape
+    order = poles.shape[1]
+    block = max(1, math.isqrt(count))
+    chunks = -(-count // block)
+    within = _power_table(poles, block)  # (p, B, r): lambda^b
+    across = _power_table(within[:, -1] * poles, chunks)  # (p, Q, r): lambda^(q B)
+    # column j of the basis: Re(eps_j lambda_j^k), eps = 1 (Im lambda >= 0) or -i (Im lambda < 0: Im lambda^k)
+    eps = torch.where(poles.imag < 0, -1j, 1.0 + 0j).to(poles.dtype)  # (p, r)
+    table = torch.cat([within.real, within.imag], dim=2)  # (p, B, 2r)
+    blocks = torch.nn.functional.pad(target, (0, chunks * block - count)).view(channels, chunks, block)  # (p, Q, B)
+    inner = torch.bmm(blocks, table)  # (p, Q, 2r): sum_b y_(qB+b) lambda^b, real and imaginary parts
+    transform = (across * torch.complex(inner[:, :, :order], inner[:, :, order:])).sum(1)  # (p, r): sum_k y_k lambda^k
+    rhs = (eps * transform).real  # (p, r)
+    gram = _closed_form_gram(poles, eps, across[:, -1] * within[:, count - (chunks - 1) * block - 1] * poles, count)
+    coefficients = _solve_normal_equations(gram, rhs)  # (p, r)
+    # fitted_(qB+b) = Re sum_j a_qj lambda_j^b with a_q = c eps lambda^(qB): Re(a w) = a_re w_re - a_im w_im
+    scaled = coefficients * eps  # (p, r)
+    weights = scaled[:, None, :] * across  # (p, Q, r)
+    fitted = torch.bmm(torch.cat([weights.real, -weights.imag], dim=2), table.transpose(1, 2))  # (p, Q, B)
+    error = (fitted.flatten(1)[:, :count] - target).abs().amax(1)  # (p,)
+    return coefficients, error
 
 
-def _real_basis(poles: Tensor, count: int) -> Tensor:
+def fit_residues_explicit(poles: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Slow twin of `fit_residues`: the basis (p, K', r) built lag by lag (`real_basis`), the Gram matrix and the
+    right side as its products. The same normal equations, so the same coefficients to round-off."""
+    basis = real_basis(poles, target.shape[1])  # (p, K', r)
+    gram = basis.transpose(1, 2) @ basis  # (p, r, r)
+    rhs = (basis.transpose(1, 2) @ target[:, :, None])[:, :, 0]  # (p, r)
+    coefficients = _solve_normal_equations(gram, rhs)
+    error = (torch.bmm(basis, coefficients[:, :, None])[:, :, 0] - target).abs().amax(1)  # (p,)
+    return coefficients, error
+
+
+def _closed_form_gram(poles: Tensor, eps: Tensor, last: Tensor, count: int) -> Tensor:
+    """G_ij = sum_(k<K) Re(eps_i lambda_i^k) Re(eps_j lambda_j^k) = Re[eps_i eps_j S(lambda_i lambda_j)
+    + eps_i conj(eps_j) S(lambda_i conj(lambda_j))] / 2 with S(z) = (1 - z^K) / (1 - z). last: lambda^K (p, r).
+    (p, r) -> (p, r, r) float64."""
+    z_same = poles[:, :, None] * poles[:, None, :]  # (p, r, r)
+    z_conj = poles[:, :, None] * poles[:, None, :].conj()
+    sum_same = (1 - last[:, :, None] * last[:, None, :]) / (1 - z_same)
+    sum_conj = (1 - last[:, :, None] * last[:, None, :].conj()) / (1 - z_conj)
+    first = eps[:, :, None] * eps[:, None, :] * sum_same
+    second = eps[:, :, None] * eps[:, None, :].conj() * sum_conj
+    return (first + second).real / 2
+
+
+def _solve_normal_equations(gram: Tensor, rhs: Tensor) -> Tensor:
+    """argmin_c ||basis c - target|| from its normal equations gram c = rhs, with the columns scaled to unit norm
+    (the norms from the Gram diagonal). gram (p, r, r), rhs (p, r) -> (p, r)."""
+    norms = gram.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-300)  # (p, r): column norms
+    scaled = gram / (norms[:, :, None] * norms[:, None, :])
+    return torch.linalg.lstsq(scaled, (rhs / norms)[:, :, None]).solution[:, :, 0] / norms
+
+
+def real_basis(poles: Tensor, count: int) -> Tensor:
     """Columns Re lambda^k (Im lambda >= 0) or Im lambda^k (Im lambda < 0, the conjugate's second column) for
     k = 0..count-1, lambda^k = lambda^(q B) lambda^j with k = q B + j: two short cumulative products and one
-    broadcast product (exact lambda^0 = 1, also for lambda = 0). poles: (p, r) complex -> (p, K', r) float64."""
+    broadcast product taken in real arithmetic, only the part each column needs (exact lambda^0 = 1, also for
+    lambda = 0). poles: (p, r) complex -> (p, K', r) float64."""
     block = max(1, math.isqrt(count))
     within = _power_table(poles, block)  # (p, B, r): lambda^j
     across = _power_table(within[:, -1] * poles, -(-count // block))  # (p, Q, r): lambda^(q B)
-    powers = (across[:, :, None] * within[:, None]).flatten(1, 2)[:, :count]  # (p, K', r)
-    return torch.where(poles.imag[:, None, :] >= 0, powers.real, powers.imag)
+    imaginary = poles.imag[:, None, :] < 0  # (p, 1, r)
+    # Re(a c) = a_re c_re - a_im c_im, Im(a c) = a_re c_im + a_im c_re with a = lambda^(q B), c = lambda^j
+    first = torch.where(imaginary, within.imag, within.real)[:, None]  # (p, 1, B, r)
+    second = torch.where(imaginary, within.real, -within.imag)[:, None]
+    basis = across.real[:, :, None] * first  # (p, Q, B, r)
+    basis.addcmul_(across.imag[:, :, None], second)
+    return basis.flatten(1, 2)[:, :count]
 
 
 def _power_table(poles: Tensor, count: int) -> Tensor:
@@ -212,31 +274,27 @@ def _power_table(poles: Tensor, count: int) -> Tensor:
 
 
 def _slots(poles: Tensor, residues: Tensor, orders: Tensor) -> tuple[Tensor, Tensor]:
-    """Per channel: one slot per real pole (w = alpha) and per conjugate pair (the upper pole, w = alpha + i beta).
-    poles, residues: (D, r) -> slot poles and weights (N, D) complex128, N the most slots of any channel."""
-    channels = poles.shape[0]
-    per_channel: list[list[tuple[complex, complex]]] = []
-    for c in range(channels):
-        lam = poles[c, : int(orders[c])].tolist()
-        alpha = residues[c, : int(orders[c])].tolist()
-        lower = [j for j, p in enumerate(lam) if p.imag < 0]
-        slots = []
-        for j, p in enumerate(lam):
-            if p.imag > 0:
-                partner = min(lower, key=lambda i, p=p: abs(lam[i] - p.conjugate()))
-                slots.append((p, complex(alpha[j], alpha[partner])))
-            elif p.imag == 0:
-                slots.append((complex(p.real, 0.0), complex(alpha[j], 0.0)))
-        slots.sort(key=lambda s: -abs(s[0]))
-        per_channel.append(slots)
-    n_slots = max(1, max(len(s) for s in per_channel))
-    slot_poles = torch.zeros(n_slots, channels, dtype=torch.complex128)
-    slot_weights = torch.zeros(n_slots, channels, dtype=torch.complex128)
-    for c, slots in enumerate(per_channel):
-        if slots:
-            slot_poles[: len(slots), c] = torch.tensor([p for p, _ in slots], dtype=torch.complex128)
-            slot_weights[: len(slots), c] = torch.tensor([w for _, w in slots], dtype=torch.complex128)
-    return slot_poles, slot_weights
+    """Per channel: one slot per real pole (w = alpha) and per conjugate pair (the upper pole, w = alpha + i beta,
+    beta the coefficient of the lower pole nearest its conjugate), slots by decreasing |lambda| (ties in pole
+    order). poles, residues: (D, r) -> slot poles and weights (N, D) complex128, N the most slots of any channel."""
+    channels, width = poles.shape
+    used = torch.arange(width)[None, :] < orders[:, None]  # (D, r)
+    upper = used & (poles.imag > 0)
+    lower = used & (poles.imag < 0)
+    real = used & (poles.imag == 0)
+    distance = (poles[:, None, :] - poles.conj()[:, :, None]).abs()  # (D, r, r): |lambda_i - conj(lambda_j)|
+    partner = distance.masked_fill(~lower[:, None, :], torch.inf).argmin(2)  # (D, r): nearest lower pole
+    beta = torch.where(upper, residues.gather(1, partner), 0.0)  # (D, r)
+    kept = upper | real
+    slot_poles = torch.where(real, torch.complex(poles.real, torch.zeros_like(poles.real)), poles)
+    slot_weights = torch.complex(residues, beta)
+    rank = torch.where(kept, -slot_poles.abs(), torch.inf)  # (D, r): dropped (lower, unused) poles last
+    order = torch.sort(rank, dim=1, stable=True).indices
+    n_slots = max(1, int(kept.sum(1).max()) if channels else 1)
+    keep = kept.gather(1, order)[:, :n_slots]  # (D, N)
+    slot_poles = torch.where(keep, slot_poles.gather(1, order)[:, :n_slots], 0)
+    slot_weights = torch.where(keep, slot_weights.gather(1, order)[:, :n_slots], 0)
+    return slot_poles.T.contiguous(), slot_weights.T.contiguous()  # (N, D)
 
 
 def _with_fallback(

@@ -20,8 +20,8 @@ from tests.model.helpers import relative_error, tiny_model
 from tnn.cli.main import main
 from tnn.convert.cli import add_arguments
 from tnn.convert.convert import ConversionRefused, VerificationFailed, convert_checkpoint
-from tnn.convert.verify import teacher_forced
-from tnn.model import load, save_model
+from tnn.convert.verify import check_kernel, kernel_reference, teacher_forced, teacher_forced_passes, twin_lags
+from tnn.model import attach_ssm, load, save_model
 from tnn.model.conversion import ReducedOptions
 
 
@@ -59,13 +59,23 @@ def native_dir(tmp_path: Path) -> Path:
 def test_golden_checkpoint_converts_and_decodes_like_the_original(tmp_path: Path) -> None:
     folder = golden_lm()
     dst = tmp_path / "golden"
-    report = convert_checkpoint(src=folder / "checkpoint.pt", dst=dst, length=16, method="etsc-tail", progress=False)
+    report = convert_checkpoint(
+        src=folder / "checkpoint.pt", dst=dst, length=16, method="etsc-tail", progress=False, compare_methods=True
+    )
     assert report.method == "etsc-tail" and report.length == 16 and report.source_format == "fairseq"
     assert len(report.kernel_checks) == 2
     assert all(k.rel_error_modes <= 1e-12 and k.lag_n_rel_error <= 1e-12 for k in report.kernel_checks)
     assert report.logits_check.float64_rel_error <= 1e-12 and report.logits_check.float32_rel_error <= 1e-4
+    assert (report.logits_check.split, report.logits_check.probe_length) == (1, 16)  # prefill 1, step to lag n - 1
+    # the evaluation pass (1,025 random ids: no tokenizer) gives the converted method's row; compare_methods adds
+    # every method on random ids to 2n and 4n
     methods = {(row.method, row.length) for row in report.past_n}
-    assert methods == {(m, size) for m in ("reduced", "etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+    everything = {(m, size) for m in ("reduced", "etsc", "etsc-inclusive", "etsc-tail") for size in (32, 64)}
+    assert methods == everything | {("etsc-tail", 1025)}
+    kernels = {k.method: k for k in report.past_n_kernels}  # no fit for a comparison: reduced is not listed
+    assert set(kernels) == {"etsc", "etsc-inclusive", "etsc-tail"}
+    assert kernels["etsc-tail"].past_n_rel_error == max(k.past_n_rel_error for k in report.kernel_checks)
+    assert kernels["etsc"].lag_n_rel_error > 1e-3 > kernels["etsc-inclusive"].lag_n_rel_error  # the spurious tap
 
     on_disk = json.loads((dst / "conversion.json").read_text())
     for key in ("method", "length", "modes", "full_state", "kernel_checks", "logits_check", "past_n", "timings_s"):
@@ -87,7 +97,7 @@ def test_cli_end_to_end_on_the_golden_checkpoint(tmp_path: Path) -> None:
     dst = tmp_path / "out"
     result = tnn_cli("convert", str(folder / "checkpoint.pt"), str(dst), "--length", "16", "--method", "etsc")
     assert result.returncode == 0, result.stderr
-    assert "kernel err" in result.stdout and "etsc-inclusive" in result.stdout  # table with the past-n rows
+    assert "kernel err" in result.stdout and "etsc-inclusive" in result.stdout  # table with the past-n kernels
     assert sorted(p.name for p in dst.iterdir()) == [
         "config.json",
         "conversion.json",
@@ -275,7 +285,9 @@ def test_fidelity_is_measured_on_held_out_text_and_the_fit_runs_once(
         and fidelity["bytes"] == len(text.read_bytes()) - len("w0 ")
     )
     assert 0.5 <= fidelity["top1_agreement"] <= 1 and 0 < fidelity["max_abs_logprob_diff"] < 1
-    assert {row["method"] for row in report["past_n"]["rows"]} >= {"reduced", "etsc-tail"}
+    assert [row["method"] for row in report["past_n"]["rows"]] == ["reduced"]  # from the evaluation pass, free
+    assert report["past_n"]["rows"][0]["probe"] == str(text) and report["past_n"]["rows"][0]["length"] == 151
+    assert {row["method"] for row in report["past_n"]["kernels"]} == {"reduced", "etsc", "etsc-inclusive", "etsc-tail"}
 
     held_out = " ".join(text.read_text().split()[:51])
     (native_dir / "held_out.txt").write_text(held_out)
@@ -288,3 +300,38 @@ def test_fidelity_is_measured_on_held_out_text_and_the_fit_runs_once(
     assert "fidelity on random token ids, seed 1 (no --eval-text and no held_out.txt)" in capsys.readouterr().out
     assert main(["convert", str(native_dir), str(tmp_path / "d"), "--eval-text", str(tmp_path / "none.txt")]) == 1
     assert "none.txt" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_one_evaluation_pass_equals_its_twins() -> None:
+    """The evaluation pass behind the logits check, the fidelity and the past-n row (prefill, steps, a prefill
+    continuing from the stepped state) against the recurrent logits in one prefill and against stepping every
+    token after the split: 1e-10 relative in float64."""
+    model = attach_ssm(tiny_model(seed=1, train_length=32), method="reduced")
+    tokens = random_tokens(1, 80)
+    passes = teacher_forced_passes(model, tokens, split=24, steps=8)
+    assert (passes.split, passes.stepped) == (24, 8) and passes.recurrent.shape == passes.parallel.shape
+    assert torch.equal(passes.parallel, model(tokens))
+    in_one_prefill, _ = model.recurrent_logits(tokens)
+    assert relative_error(passes.recurrent, in_one_prefill) <= 1e-10
+    stepped, _ = teacher_forced(model, tokens, 24)  # (1, 57, V): positions 23..79
+    assert relative_error(passes.recurrent[:, 23:], stepped) <= 1e-10
+    short = teacher_forced_passes(model, tokens[:, :20], split=24, steps=8)  # shorter than the split: no steps
+    assert short.stepped == 0 and relative_error(short.recurrent, in_one_prefill[:, :20]) <= 1e-10
+
+
+def test_kernel_check_takes_the_prefill_kernel_at_every_lag_and_its_twin_at_sampled_lags() -> None:
+    """The kernel check compares the kept prefill kernel at every lag and the mode-by-mode twin (what the step
+    sums) at `twin_lags`: the head, then lags spread to n, some in every chunk of the power table. A broken kept
+    kernel fails the first and leaves the second."""
+    n = 512
+    lags = twin_lags(n)
+    assert lags[0] == 0 and lags[-1] == n and bool((lags[:64] == torch.arange(64)).all()) and len(lags) <= 129
+    assert all(bool(((lags >= start) & (lags < start + 121)).any()) for start in range(0, n, 121))
+    model = attach_ssm(tiny_model(seed=1, train_length=64), method="reduced")
+    tno = model.layers[0].gtu.tno
+    good = check_kernel(0, tno, 64, expected=kernel_reference(tno, 64))
+    assert good.rel_error_modes <= 1.01 * good.rel_error + 1e-12  # twin and fast kernel agree
+    cached = tno.ssm.kernel(4 * 64)
+    cached[40:50] += 1.0  # a broken prefill kernel (kept and sliced by every prefill)
+    broken = check_kernel(0, tno, 64)
+    assert broken.rel_error > 0.1 and broken.rel_error_modes == pytest.approx(good.rel_error_modes)

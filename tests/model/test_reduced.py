@@ -31,7 +31,15 @@ from tnn.model.ssm import (
     step_weights,
     zero_state,
 )
-from tnn.model.ssm.reduced import MAX_RADIUS, fit_reduced
+from tnn.model.ssm.modal import PowerTable
+from tnn.model.ssm.reduced import (
+    MAX_RADIUS,
+    _slots,
+    fit_reduced,
+    fit_residues,
+    fit_residues_explicit,
+    real_basis,
+)
 
 K = 256  # fitted lags
 N_CONV = 64  # "conversion length" splitting the errors into inside / past n
@@ -169,6 +177,77 @@ def modal_params(n_modes: int = 4, fir_length: int = 3, seed: int = 0) -> ModalP
     )
 
 
+def candidate_poles(radius: float, seed: int) -> torch.Tensor:
+    """(5, 7) candidate poles as the fit makes them: conjugate pairs (upper first), real poles, a zero pole."""
+    gen = torch.Generator().manual_seed(seed)
+    upper = torch.polar(radius * (0.5 + 0.5 * torch.rand(5, 3, generator=gen, dtype=torch.float64)),
+                        math.pi * torch.rand(5, 3, generator=gen, dtype=torch.float64))  # fmt: skip
+    real = radius * (2 * torch.rand(5, 1, generator=gen, dtype=torch.float64) - 1)
+    poles = torch.stack([upper, upper.conj()], dim=2).flatten(1)  # (5, 6): pairs
+    poles = torch.cat([poles, real.to(poles.dtype)], dim=1)  # (5, 7)
+    poles[0, 6] = 0  # lambda = 0 (lambda^0 = 1 exactly)
+    return poles
+
+
+@pytest.mark.parametrize("radius", [0.99, 1 - 1e-6])  # closed-form Gram matrix, and its fallback near 1
+def test_fit_residues_equals_the_explicit_basis(radius: float) -> None:
+    """The fit's residues without the basis (block matmuls, closed-form Gram) against the basis built lag by lag:
+    coefficients to 1e-9 relative, max errors to 1e-12 (the same normal equations, summed differently)."""
+    poles = candidate_poles(radius, seed=5)
+    target = smooth_kernels()[:, :5].T.contiguous()  # (5, K)
+    target = target / target.abs().amax(1, keepdim=True)
+    fast, fast_error = fit_residues(poles, target)
+    slow, slow_error = fit_residues_explicit(poles, target)
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9 * slow.abs().max().item())
+    torch.testing.assert_close(fast_error, slow_error, rtol=0, atol=1e-12)
+    k = torch.arange(K, dtype=torch.float64)[None, :, None]  # the basis itself, by exp(k log lambda)
+    powers = torch.exp(k * torch.log(torch.where(poles == 0, 1e-300, poles))[:, None, :])  # (5, K, 7)
+    powers[:, 0] = 1.0
+    direct = torch.where(poles.imag[:, None, :] < 0, powers.imag, powers.real)
+    torch.testing.assert_close(real_basis(poles, K), direct, rtol=0, atol=1e-12)
+    # and the fit as good as a QR least squares on that basis (near the unit circle: the explicit fallback)
+    best = torch.linalg.lstsq(direct, target[:, :, None], driver="gelsd").solution  # (5, 7, 1)
+    best_error = (torch.bmm(direct, best)[:, :, 0] - target).abs().amax(1)
+    torch.testing.assert_close(fast_error, best_error, rtol=0, atol=1e-9)
+
+
+def slots_by_channel(poles: torch.Tensor, residues: torch.Tensor, orders: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Slow twin of the fit's `_slots`: channel by channel in Python (the pre-vectorised code)."""
+    per_channel = []
+    for c in range(poles.shape[0]):
+        lam = poles[c, : int(orders[c])].tolist()
+        alpha = residues[c, : int(orders[c])].tolist()
+        lower = [j for j, p in enumerate(lam) if p.imag < 0]
+        slots = []
+        for j, p in enumerate(lam):
+            if p.imag > 0:
+                partner = min(lower, key=lambda i, p=p: abs(lam[i] - p.conjugate()))
+                slots.append((p, complex(alpha[j], alpha[partner])))
+            elif p.imag == 0:
+                slots.append((complex(p.real, 0.0), complex(alpha[j], 0.0)))
+        slots.sort(key=lambda s: -abs(s[0]))
+        per_channel.append(slots)
+    n_slots = max(1, max(len(s) for s in per_channel))
+    slot_poles = torch.zeros(n_slots, poles.shape[0], dtype=torch.complex128)
+    slot_weights = torch.zeros_like(slot_poles)
+    for c, slots in enumerate(per_channel):
+        for i, (p, w) in enumerate(slots):
+            slot_poles[i, c], slot_weights[i, c] = p, w
+    return slot_poles, slot_weights
+
+
+def test_vectorised_slots_equal_the_channel_loop() -> None:
+    """Slots (a pair's upper pole with alpha + i beta, real poles, by decreasing |lambda|) exactly as the loop made
+    them, with duplicate pairs, equal magnitudes, unused slots and a channel of order 0."""
+    poles = candidate_poles(0.99, seed=6)
+    poles[1, 2:4] = poles[1, 0:2]  # a duplicate pair: both upper poles take the first nearest lower one
+    poles[2, 6] = poles[2, 0].abs()  # a real pole as large as a pair
+    residues = torch.randn(5, 7, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    orders = torch.tensor([7, 6, 7, 2, 0])
+    for got, expected in zip(_slots(poles, residues, orders), slots_by_channel(poles, residues, orders), strict=True):
+        assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("fir_length", [0, 1, 3])
 def test_modal_kernel_equals_its_twins(fir_length: int) -> None:
     params = modal_params(fir_length=fir_length)
@@ -215,6 +294,10 @@ def test_prefill_kernel_is_kept_and_sliced_for_shorter_blocks() -> None:
         torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-11)
         torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
     assert params.kernel(40).data_ptr() == long.data_ptr()
+    assert params.to(real_dtype=torch.float64) is params  # a no-op move keeps what it kept
+    wide = params.power_table(torch.float64)  # a second dtype casts the kept table: the same rounding as afresh
+    assert params.power_table() is wide
+    assert torch.equal(params.power_table(torch.float32).planes, PowerTable.of(params.poles, torch.float32).planes)
 
 
 @pytest.mark.slow
