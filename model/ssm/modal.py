@@ -229,4 +229,5 @@ def modal_prefill(
 def _mode_planes(modes: Tensor, dtype: torch.dtype) -> Tensor:
     """Modes (K, B, N, D) complex -> (D, K B, 2N) [Re S, -Im S]: Re sum_j a_j S_j = sum over 2N of a's planes times it."""
     planes = torch.cat([modes.real, -modes.imag], dim=2).to(dtype)  # (K, B, 2N, D)
-    return planes.permute(3, 0, 1, 2).reshape(planes.shape[3], -1, planes.shape[2])
+    # contiguous: with one row a reshape is a view whose matrices have no unit stride (bmm would copy each one)
+    return planes.permute(3, 0, 1, 2).reshape(planes.shape[3], -1, planes.shape[2]).contiguous()
