@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,40 +87,42 @@ def run_worker(tree: str, model_dir: Path, threads: int, repeats: int, cases: li
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> None:
+    """Rounds of every variant and thread count; `save` gets the results so far after each round."""
     build = None if args.no_llama else build_llama(args.cache, build=False)
     if build is None and not args.no_llama:
         logger.warning("no cached llama.cpp build in %s: TNN only (vs_llamacpp.py builds it)", args.cache)
     pair = shipped_pair(build, args.cache)
     cases = [(batch, length) for batch in BATCHES for length in LENGTHS]
-    samples: dict[str, list[float]] = {}
-    modules: dict[str, str] = {}
+    samples: dict[tuple[str, int, int, int], list[float]] = {}
+    results = {
+        "baseline": args.baseline, "baseline_commit": git_commit(args.baseline), "current_commit": git_commit("HEAD"),
+        "model": str(pair.tnn_dir), "shape": pair.shape, "repeats": args.repeats,
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "llama_cpp": None if build is None else build.version, "modules": {},
+    }  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"current": "-", "baseline": str(baseline_tree(args.baseline, Path(scratch)))}
         for round_index in range(args.rounds):
             for threads in args.threads:
                 for variant, tree in trees.items():
                     report = run_worker(tree, pair.tnn_dir, threads, args.repeats, cases)
-                    modules[variant] = report["module"]
+                    results["modules"][variant] = report["module"]
                     for row in report["rows"]:
-                        key = f"{variant}|{threads}|{row['batch']}|{row['length']}"
+                        key = (variant, threads, row["batch"], row["length"])
                         samples.setdefault(key, []).append(row["batch"] * row["length"] / row["seconds"])
                 if build is not None and pair.gguf is not None:
                     for row in llama_bench(build.bench, pair.gguf, threads=threads, prompts=BENCH_PROMPTS, depths=[],
                                            gen=0, repetitions=args.repeats):  # fmt: skip
-                        samples.setdefault(f"llama.cpp|{threads}|1|{row['tokens']}", []).append(row["tokens_per_s"])
+                        samples.setdefault(("llama.cpp", threads, 1, row["tokens"]), []).append(row["tokens_per_s"])
+            results["rounds"] = round_index + 1
+            results["rows"] = [
+                {"variant": variant, "threads": threads, "batch": batch, "length": length,
+                 "tokens_per_s": statistics.median(values), "per_round": values}
+                for (variant, threads, batch, length), values in samples.items()
+            ]  # fmt: skip
+            save(results)
             logger.info("round %d of %d done", round_index + 1, args.rounds)
-    rows = []
-    for key, values in samples.items():
-        variant, threads, batch, length = key.split("|")
-        rows.append({"variant": variant, "threads": int(threads), "batch": int(batch), "length": int(length),
-                     "tokens_per_s": statistics.median(values), "rounds": values})  # fmt: skip
-    return {
-        "baseline": args.baseline, "baseline_commit": git_commit(args.baseline), "current_commit": git_commit("HEAD"),
-        "modules": modules, "model": str(pair.tnn_dir), "shape": pair.shape, "rounds": args.rounds,
-        "repeats": args.repeats, "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "llama_cpp": None if build is None else build.version, "rows": rows,
-    }  # fmt: skip
 
 
 def git_commit(ref: str) -> str:
@@ -168,7 +171,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"prefill tokens/s, {threads} thread{'s' if threads > 1 else ''}")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
-    fig.suptitle("TnnLM.prefill (shipped model) vs llama-bench pp (GPT-2, same shape; batch 1)", fontsize=10)
+    fig.suptitle(f"TnnLM.prefill (shipped model) vs llama-bench pp (GPT-2, same shape; batch 1): medians of "
+                 f"{results['rounds']} interleaved rounds", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -178,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline", default="main", help="git ref whose model/ is the baseline (main)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch / llama.cpp threads (1 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, variants alternating within each (3)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case per worker, llama-bench -r (5)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per case per worker, llama-bench -r (3)")
     parser.add_argument("--no-llama", action="store_true", help="skip llama-bench")
     parser.add_argument("--cache", type=Path, default=CACHE, help="vs_llamacpp.py's llama.cpp cache")
     parser.add_argument("--out", type=Path, default=RESULTS / "prefill_speed.json", help="results JSON (.png beside)")
@@ -188,11 +192,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    results = measure(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out.with_suffix(".png"))
-    print(table(results))
+
+    def save(results: dict[str, Any]) -> None:  # after every round: a run cut short keeps what it measured
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        plot(results, args.out.with_suffix(".png"))
+        print(table(results), flush=True)
+
+    measure(args, save)
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
