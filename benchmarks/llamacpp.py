@@ -254,10 +254,12 @@ def llama_bench(
     binary: Path, gguf: Path, *, threads: int, prompts: list[int], depths: list[int], gen: int, repetitions: int
 ) -> list[dict[str, Any]]:
     """llama-bench's prompt processing at `prompts` tokens and its generation of `gen` tokens after `depths` tokens of
-    context: one row each (test, tokens/s mean and stddev)."""
+    context (none when `gen` is 0): one row each (test, tokens/s mean and stddev)."""
     rows = []
-    for args in (["-p", ",".join(map(str, prompts)), "-n", "0"],
-                 ["-p", "0", "-n", str(gen), "-d", ",".join(map(str, depths))]):  # fmt: skip
+    runs = [["-p", ",".join(map(str, prompts)), "-n", "0"]]
+    if gen:
+        runs.append(["-p", "0", "-n", str(gen), "-d", ",".join(map(str, depths))])
+    for args in runs:
         command = [str(binary), "-m", str(gguf), "-t", str(threads), "-r", str(repetitions), "-o", "json", *args]
         logger.info("%s", " ".join(command))
         result = subprocess.run(command, check=True, capture_output=True, text=True)

@@ -32,6 +32,7 @@ from tnn.model.ssm import fused_step_available
 from tnn.model.toeplitz import fft_dtype, toeplitz_matmul_fft
 
 LAYER_NORM_EPS = 1e-5
+PREFILL_TOKENS_PER_PASS = 2048  # prefill runs batch rows in passes of about this many tokens (activations in cache)
 
 
 class Tno(ToeplitzMixer):
@@ -385,6 +386,24 @@ class TnnLM(nn.Module):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if state is not None and state.batch_size != tokens.shape[0]:
             raise ValueError(f"state has batch {state.batch_size}, tokens have batch {tokens.shape[0]}")
+        rows = max(1, PREFILL_TOKENS_PER_PASS // min(chunk_size, tokens.shape[1]))
+        if tokens.shape[0] > rows:  # rows apart: each pass's activations stay in cache (they are independent)
+            parts = [
+                self._prefill_pass(
+                    tokens[first : first + rows],
+                    None if state is None else state.rows(first, min(first + rows, tokens.shape[0])),
+                    chunk_size,
+                    keep_all,
+                )
+                for first in range(0, tokens.shape[0], rows)
+            ]
+            return torch.cat([hidden for hidden, _ in parts]), TnnState.cat(final for _, final in parts)
+        return self._prefill_pass(tokens, state, chunk_size, keep_all)
+
+    def _prefill_pass(
+        self, tokens: Tensor, state: TnnState | None, chunk_size: int, keep_all: bool
+    ) -> tuple[Tensor, TnnState]:
+        """`_prefill_hidden` for checked tokens (B, L) and a state of B rows (or None), all rows at once."""
         layer_states: list[Tensor | None] = list(state.layers) if state is not None else [None] * len(self.layers)
         chunks = []
         for start in range(0, tokens.shape[1], chunk_size):

@@ -8,8 +8,12 @@ mode with its weight doubled (the real part of the sum is unchanged); a real pol
 slots (channels needing fewer modes than the layer) have lambda = 0, w = 0. Every |lambda| < 1.
 
 Step (tnn.model.ssm.step): S <- lambda S + w v_{t-h};  o_t = Re sum_j S_j + sum_{i<h} fir_i v_{t-i}.
-Prefill here: outputs by one FFT convolution with the realised kernel; the final modes by a chunked contraction
-of the input with pole powers (no Python loop over positions), continuing from a carried state and history.
+Prefill here: the block form of the recurrence, continuing from a carried state and history. The block is cut
+into chunks of C tokens; per chunk, per channel: the output from the chunk's own inputs (a Toeplitz product with
+the realised kernel's first C + h lags), plus what the modes before the chunk add (pole powers times those
+modes), and the modes the chunk leaves (pole powers times its inputs); the modes pass from chunk to chunk in L / C
+steps. Every product is a batched GEMM over channels, in the state's real dtype, with tables built once per layer
+in float64 (`ChunkTables`). No Python loop over positions, no FFT, no complex128 per call.
 
 Shapes: B batch, L tokens, D channels, N modes, h FIR head length, C a chunk of lags.
 """
@@ -22,11 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tnn.model.toeplitz import toeplitz_matmul_fft
-
 POWER_CHUNK_ELEMENTS = 1 << 20  # a chunk of pole powers (C, N, D) complex128 stays at 16 MB
 MAX_POWER_CHUNK = 256  # lags per chunk at most
-MAX_CACHED_KERNEL_LAGS = 4096  # prefill keeps each layer's realised kernel up to this many lags
+MAX_CACHED_KERNEL_LAGS = 4096  # each layer's realised kernel is kept up to this many lags (the fit, the checks)
+PREFILL_CHUNKS = (16, 32)  # tokens per chunk of the prefill's block form: the smallest that holds a short
+# block (its tables are read once per block), else the largest (fewer chunk-to-chunk steps); see `prefill_chunk`
 
 
 class UnstablePole(ValueError):
@@ -47,7 +51,8 @@ class ModalParams:
 
     def kernel(self, length: int) -> Tensor:
         """`modal_kernel(self, length)`, kept for the longest length asked so far (up to MAX_CACHED_KERNEL_LAGS)
-        and sliced for shorter ones: every prefill needs it and K_k depends only on k. (length, D)."""
+        and sliced for shorter ones: the fit, the kernel check and past n ask for it, and K_k depends only on k.
+        (length, D)."""
         cached = self.__dict__.get("_kernel")
         if cached is not None and cached.shape[0] >= length:
             return cached[:length]
@@ -58,9 +63,9 @@ class ModalParams:
         return kernel
 
     def power_table(self, real_dtype: torch.dtype | None = None) -> PowerTable:
-        """The pole powers of one chunk of lags with planes in `real_dtype` (default fir's), kept per dtype (every
-        prefill needs them; they depend on the poles only). A second dtype casts the first's planes: both are the
-        same complex128 powers rounded once."""
+        """The pole powers of one chunk of lags with planes in `real_dtype` (default fir's), kept per dtype
+        (`modal_kernel` reads them in float64; they depend on the poles only). A second dtype casts the first's
+        planes: both are the same complex128 powers rounded once."""
         real_dtype = real_dtype or self.fir.dtype
         tables: dict[torch.dtype, PowerTable] = self.__dict__.setdefault("_power_tables", {})  # a cache, not a field
         if real_dtype not in tables:
@@ -69,6 +74,15 @@ class ModalParams:
                 tables[real_dtype] = PowerTable.of(self.poles, real_dtype) if known is None else known.cast(real_dtype)
         return tables[real_dtype]
 
+    def chunk_tables(self, chunk: int) -> ChunkTables:
+        """The prefill's per-channel matrices for chunks of `chunk` tokens, kept per chunk size: every prefill
+        needs them and they depend on the params only (built in float64 / complex128, stored in the real dtype)."""
+        kept: dict[int, ChunkTables] = self.__dict__.setdefault("_chunk_tables", {})  # a cache, not a field
+        if chunk not in kept:
+            with torch.inference_mode(False):  # normal tensors: usable later with autograd on, not only in serving
+                kept[chunk] = ChunkTables.of(self, chunk)
+        return kept[chunk]
+
     def to(self, device: torch.device | str | None = None, real_dtype: torch.dtype | None = None) -> ModalParams:
         real_dtype = real_dtype or self.fir.dtype
         complex_dtype = torch.complex128 if real_dtype == torch.float64 else torch.complex64
@@ -76,7 +90,7 @@ class ModalParams:
         weights = self.weights.to(device=device, dtype=complex_dtype)
         fir = self.fir.to(device=device, dtype=real_dtype)
         if poles is self.poles and weights is self.weights and fir is self.fir:
-            return self  # already there: keep the kept kernel and power table
+            return self  # already there: keep the kept kernel and tables
         return ModalParams(poles=poles, weights=weights, fir=fir)
 
 
@@ -107,11 +121,9 @@ def pole_power_chunks(poles: Tensor, length: int, first: int = 0) -> Iterator[tu
 
 @dataclass(frozen=True)
 class PowerTable:
-    """lambda^0 .. lambda^(C-1) of a layer's poles as real planes, channels first, for the prefill's batched
-    real matmuls: planes (D, 2N, C) = [Re; Im] in the state's real dtype (computed in complex128, then cast), and
-    lambda^C (N, D) complex128 to step from one chunk to the next. A contraction with a chunk of inputs is exact
-    up to the real dtype's rounding of each power (6e-8 relative in float32), the same as the complex64 powers
-    it replaces."""
+    """lambda^0 .. lambda^(C-1) of a layer's poles as real planes, channels first, for `modal_kernel`'s batched
+    real matmuls: planes (D, 2N, C) = [Re; Im] in a real dtype (computed in complex128, then cast), and lambda^C
+    (N, D) complex128 to step from one chunk to the next (each power exact up to the real dtype's rounding)."""
 
     planes: Tensor  # (D, 2N, C) real
     step: Tensor  # (N, D) complex128: lambda^C
@@ -148,6 +160,55 @@ class PowerTable:
         for start in range(0, length, self.chunk):
             yield start, base
             base = base * self.step
+
+
+@dataclass(frozen=True)
+class ChunkTables:
+    """One chunk of C tokens of the recurrence as per-channel real matrices (the prefill's block form), built
+    once per layer and chunk size from the realised kernel and the pole powers in float64 / complex128, then
+    cast to the real dtype (each entry exact up to that dtype's rounding, 6e-8 relative in float32).
+
+    A chunk's window is its C inputs with the h before them (oldest first), column c. `window` (D, C + h, C + 2N):
+    - columns r < C: [c, r] = K[r + h - c] (0 where r + h < c): the window times them is the chunk's output r
+      from the window's inputs alone (FIR head and modes);
+    - columns C + j, C + N + j: [c] = Re, Im lambda_j^(C-1-c) for c < C (0 for the last h rows): the modes the
+      chunk leaves from a zero start, before the weights (mode inputs are the input delayed by h).
+    `decay_out` (D, 2N, C): rows [Re lambda^(r+1); Im lambda^(r+1)]: [Re S, -Im S] times it is what the modes S
+    before a chunk add to its output r (Re sum_j lambda_j^(r+1) S_j)."""
+
+    window: Tensor  # (D, C + h, C + 2N) real
+    decay_out: Tensor  # (D, 2N, C) real
+    poles: Tensor  # (N, D) complex128
+
+    @property
+    def chunk(self) -> int:
+        return self.decay_out.shape[2]
+
+    @staticmethod
+    def of(params: ModalParams, chunk: int) -> ChunkTables:
+        h = params.fir.shape[0]
+        wide = ModalParams(params.poles.to(torch.complex128), params.weights.to(torch.complex128), params.fir.double())
+        kernel = modal_kernel(wide, chunk + h)  # (C + h, D) float64
+        device = kernel.device
+        lag = torch.arange(chunk, device=device)[None, :] + h - torch.arange(chunk + h, device=device)[:, None]
+        toeplitz = torch.where(lag >= 0, kernel[lag.clamp(min=0)].permute(2, 0, 1), 0.0)  # (D, C + h, C)
+        steps = torch.cat([torch.ones_like(wide.poles)[None], wide.poles.expand(chunk, *wide.poles.shape)])
+        powers = torch.cumprod(steps, dim=0)  # (C + 1, N, D): lambda^0 .. lambda^C
+        within = powers[:chunk].flip(0)  # lambda^(C-1-c)
+        driven = torch.cat([within.real, within.imag], dim=1).permute(2, 0, 1)  # (D, C, 2N)
+        driven = torch.cat([driven, driven.new_zeros(driven.shape[0], h, driven.shape[2])], dim=1)  # (D, C + h, 2N)
+        after = powers[1:]  # lambda^(r+1)
+        real_dtype = params.fir.dtype
+        return ChunkTables(
+            window=torch.cat([toeplitz, driven], dim=2).to(real_dtype).contiguous(),
+            decay_out=torch.cat([after.real, after.imag], dim=1).permute(2, 1, 0).to(real_dtype).contiguous(),
+            poles=wide.poles,
+        )
+
+
+def prefill_chunk(length: int) -> int:
+    """The chunk size for a block of `length` tokens: the smallest of PREFILL_CHUNKS that holds it, else the largest."""
+    return next((chunk for chunk in PREFILL_CHUNKS if chunk >= length), PREFILL_CHUNKS[-1])
 
 
 def _integer_power(poles: Tensor, exponent: int) -> Tensor:
@@ -205,38 +266,48 @@ def modal_prefill(
 
     v: (B, L, D) real; modes: (B, N, D) complex or None (zero); history: (B, h, D) real, most recent first, or
     None (zero). Returns o (B, L, D) in v's dtype, modes (B, N, D) complex, history (B, h, D) real.
-    With u the mode input sequence (the input delayed by h, the history first), the modes after L tokens are
-    lambda^L S + w sum_r lambda^r u_{L-1-r}: one contraction of u with pole powers per chunk of lags.
+    The block form of the recurrence (`ChunkTables`), zeros in front so every chunk of C tokens is full: per chunk
+    its output from its own window of inputs and the modes it leaves (one batched GEMM over channels, K x B rows),
+    then the modes passed from chunk to chunk (K steps of S <- lambda^C S + the chunk's own) and what they add to
+    the next chunk's outputs (a second batched GEMM).
     """
     batch, length, channels = v.shape
-    h = params.fir.shape[0]
-    real_dtype = params.fir.dtype
-    complex_dtype = params.weights.dtype
-    x = v.to(real_dtype)
-    if history is None:
-        history = x.new_zeros(batch, h, channels)
-    extended = torch.cat([history.flip(1).to(real_dtype), x], dim=1)  # (B, h + L, D): oldest first
-    o = toeplitz_matmul_fft(extended, params.kernel(h + length))[:, h:]  # (B, L, D)
+    h, n = params.fir.shape[0], params.n_modes
+    x = v.to(params.fir.dtype)
+    tables = params.chunk_tables(prefill_chunk(length))
+    chunk = tables.chunk  # C
+    count = -(-length // chunk)  # K chunks
+    pad = count * chunk - length  # P zeros before the history: every chunk full, the last one ends the block
+    padded = x.new_zeros(batch, pad + h + length, channels)
+    if history is not None:
+        padded[:, pad : pad + h] = history.flip(1)  # oldest first
+    padded[:, pad + h :] = x
+    # (D, K B, C + h): chunk k's window, channels first for one batched GEMM over channels
+    windows = padded.unfold(1, chunk + h, chunk).permute(2, 1, 0, 3).contiguous().view(channels, -1, chunk + h)
+    both = torch.bmm(windows, tables.window)  # (D, K B, C + 2N)
+    out = both[:, :, :chunk].view(channels, count, batch, chunk)  # (D, K, B, C): from each chunk's inputs alone
+    driven = both[:, :, chunk:].view(channels, count, batch, 2 * n).permute(1, 2, 3, 0)  # (K, B, 2N, D)
+    driven = params.weights * torch.complex(driven[:, :, :n], driven[:, :, n:]).to(params.weights.dtype)
 
-    n = params.n_modes
-    table = params.power_table()
-    chunk, chunks = table.chunk, -(-length // table.chunk)
-    # (D, C, Q B): position r of chunk q is u_{L-1-qC-r} (zero past the block), channels first for one batched
-    # matmul with the power table over every chunk at once (the table is read once, not once per chunk)
-    inputs = torch.nn.functional.pad(extended[:, :length].flip(1), (0, 0, 0, chunks * chunk - length))  # (B, QC, D)
-    inputs = inputs.view(batch, chunks, chunk, channels).permute(3, 2, 1, 0).reshape(channels, chunk, -1)
-    planes = torch.bmm(table.planes, inputs.to(table.dtype)).view(channels, 2 * n, chunks, batch)  # (D, 2N, Q, B)
-    partial = torch.complex(planes[:, :n], planes[:, n:]).permute(2, 3, 1, 0)  # (Q, B, N, D)
-    driven = (table.bases(length)[:, None] * partial).sum(0)  # (B, N, D): sum_q lambda^(qC) sum_r lambda^r u
-    new_modes = params.weights * driven.to(complex_dtype)  # (B, N, D)
+    # the modes after each chunk: K steps of S <- lambda^C S + the chunk's own (the zeros in front add nothing)
+    after = [driven[0]]
+    if modes is not None:  # they enter at the first real token, C - P tokens before the end of chunk 0
+        after[0] = after[0] + _integer_power(tables.poles, chunk - pad).to(modes.dtype) * modes
+        out[:, 0, :, pad:] += torch.bmm(_mode_planes(modes[None], x.dtype), tables.decay_out[:, :, : chunk - pad])
+    step = _integer_power(tables.poles, chunk).to(params.weights.dtype)  # lambda^C
+    for k in range(1, count):
+        after.append(step * after[-1] + driven[k])
+    if count > 1:  # what the modes before chunks 1 .. K-1 add to their outputs
+        planes = _mode_planes(torch.stack(after[:-1]), x.dtype)  # (D, (K-1) B, 2N)
+        out[:, 1:] += torch.bmm(planes, tables.decay_out).view(channels, count - 1, batch, chunk)
 
-    if modes is not None:
-        scaled = table.bases(length, first=1)[:, None] * modes.to(torch.complex128)  # (Q, B, N, D): lambda^(1+qC) S
-        # Re sum_j W_j T_j = sum_j (W_re T_re - W_im T_im): one real contraction over 2N
-        stacked = torch.cat([scaled.real, -scaled.imag], dim=2).permute(3, 2, 0, 1).to(table.dtype)  # (D, 2N, Q, B)
-        carried = torch.bmm(table.planes.transpose(1, 2), stacked.reshape(channels, 2 * n, -1))  # (D, C, Q B)
-        carried = carried.view(channels, chunk, chunks, batch).transpose(1, 2).reshape(channels, -1, batch)
-        o = o + carried[:, :length].permute(2, 1, 0).to(o.dtype)  # + Re sum_j lambda_j^(i+1) S_j at position i
-        new_modes = new_modes + _integer_power(params.poles, length).to(complex_dtype) * modes
-    new_history = extended[:, length:].flip(1)  # (B, h, D): the last h inputs, most recent first
-    return o.to(v.dtype), new_modes, new_history.contiguous()
+    o = out.permute(2, 1, 3, 0).reshape(batch, count * chunk, channels)[:, pad:]  # (B, L, D)
+    new_history = padded[:, pad + length :].flip(1)  # (B, h, D): the last h inputs, most recent first
+    return o.to(v.dtype), after[-1], new_history.contiguous()
+
+
+def _mode_planes(modes: Tensor, dtype: torch.dtype) -> Tensor:
+    """Modes (K, B, N, D) complex -> (D, K B, 2N) [Re S, -Im S]: Re sum_j a_j S_j = sum over 2N of a's planes times it."""
+    planes = torch.cat([modes.real, -modes.imag], dim=2).to(dtype)  # (K, B, 2N, D)
+    # contiguous: with one row a reshape is a view whose matrices have no unit stride (bmm would copy each one)
+    return planes.permute(3, 0, 1, 2).reshape(planes.shape[3], -1, planes.shape[2]).contiguous()

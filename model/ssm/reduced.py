@@ -113,7 +113,7 @@ def fit_reduced(
     if etsc_fallback is not None and bool(fallback.any()):
         slot_poles, slot_weights = _with_fallback(slot_poles, slot_weights, fallback, etsc_fallback(), fir_length)
     params = ModalParams(poles=slot_poles, weights=slot_weights, fir=fir)
-    realised = params.kernel(lags)  # (K, D), kept: the kernel check and the first prefill use it again
+    realised = params.kernel(lags)  # (K, D), kept: the kernel check and past n use it again
     error = (realised - kernel).abs() / scale  # (K, D)
     return ReducedFit(
         params=params,

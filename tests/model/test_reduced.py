@@ -15,6 +15,7 @@ from tests.model.decoding import random_tokens
 from tests.model.helpers import relative_error, tiny_model
 from tnn.convert.verify import teacher_forced
 from tnn.model import TnnLM, attach_ssm, load, save_model
+from tnn.model import tnn as tnn_module
 from tnn.model.conversion import ReducedOptions
 from tnn.model.ssm import (
     ModalParams,
@@ -40,6 +41,7 @@ from tnn.model.ssm.reduced import (
     fit_residues_explicit,
     real_basis,
 )
+from tnn.model.toeplitz import toeplitz_dense
 
 K = 256  # fitted lags
 N_CONV = 64  # "conversion length" splitting the errors into inside / past n
@@ -259,7 +261,7 @@ def test_modal_kernel_equals_its_twins(fir_length: int) -> None:
     torch.testing.assert_close(impulse[0], kernel[:40], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("length", [1, 5, 300])  # 300 > one chunk of pole powers
+@pytest.mark.parametrize("length", [1, 5, 17, 64, 300])  # chunks of 16, 32, 64 tokens, padded in front or not
 @pytest.mark.parametrize("fir_length", [0, 3])
 def test_modal_prefill_equals_scan(fir_length: int, length: int) -> None:
     """Outputs and state after a block, from zero and from a carried state with FIR history: equal to stepping."""
@@ -276,28 +278,70 @@ def test_modal_prefill_equals_scan(fir_length: int, length: int) -> None:
         torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
 
 
-def test_prefill_kernel_is_kept_and_sliced_for_shorter_blocks() -> None:
-    """The realised kernel is computed once for the longest block so far; a shorter block's prefill uses a slice of
-    it and still equals stepping."""
+def test_kernel_and_power_table_are_kept_and_a_no_op_move_keeps_them() -> None:
+    """The realised kernel is computed once for the longest length so far and sliced for shorter ones (the fit,
+    the kernel check and past n share it); a no-op move keeps it; a second dtype's power table is the first's cast."""
     params = modal_params(fir_length=3)
-    weights = step_weights(params)
-    gen = torch.Generator().manual_seed(4)
     long = params.kernel(300)
     torch.testing.assert_close(long, modal_kernel(params, 300), rtol=0, atol=0)
     short = params.kernel(40)
     assert short.data_ptr() == long.data_ptr()  # a slice, not recomputed
     torch.testing.assert_close(short, modal_kernel(params, 40), rtol=0, atol=1e-15)
-    for length in (37, 290):  # shorter than the kept kernel: sliced
-        v = torch.randn(2, length, D, generator=gen, dtype=torch.float64)
-        expected_out, expected_state = ssm_scan(v, zero_state(2, params), weights)
-        out, new_state = ssm_prefill(v, None, params)
-        torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-11)
-        torch.testing.assert_close(new_state, expected_state, rtol=0, atol=1e-11)
     assert params.kernel(40).data_ptr() == long.data_ptr()
     assert params.to(real_dtype=torch.float64) is params  # a no-op move keeps what it kept
     wide = params.power_table(torch.float64)  # a second dtype casts the kept table: the same rounding as afresh
     assert params.power_table() is wide
     assert torch.equal(params.power_table(torch.float32).planes, PowerTable.of(params.poles, torch.float32).planes)
+
+
+def test_prefill_tables_are_the_kernel_and_pole_powers_and_are_kept() -> None:
+    """The chunk tables are built once per layer and chunk size: their Toeplitz block is the dense Toeplitz matrix of
+    the realised kernel, their decay planes the pole powers; later prefills (any length) reuse them."""
+    params = modal_params(fir_length=3)
+    chunk, h, n = 32, 3, params.n_modes
+    tables = params.chunk_tables(chunk)
+    assert tables.chunk == chunk
+    dense = toeplitz_dense(modal_kernel(params, chunk + h))  # (D, C + h, C + h): [d, i, j] = K[i - j]
+    torch.testing.assert_close(tables.window[:, :, :chunk], dense[:, h:].transpose(1, 2), rtol=0, atol=1e-15)
+    powers = params.poles[None] ** torch.arange(chunk + 1, dtype=torch.float64)[:, None, None]  # (C + 1, N, D)
+    driven = tables.window[:, :, chunk:]  # (D, C + h, 2N): row c holds lambda^(C-1-c)
+    torch.testing.assert_close(driven[:, chunk - 1, :n], powers[0].real.T, rtol=0, atol=0)
+    torch.testing.assert_close(driven[:, 0, n:], powers[chunk - 1].imag.T, rtol=0, atol=1e-14)
+    assert not driven[:, chunk:].any()  # the h inputs before a chunk are not its mode inputs
+    torch.testing.assert_close(tables.decay_out[:, :n, -1], powers[chunk].real.T, rtol=0, atol=1e-14)
+    for length in (17, 30):  # both take the 32-token chunk
+        ssm_prefill(torch.randn(1, length, D, dtype=torch.float64), None, params)
+    assert params.chunk_tables(chunk) is tables
+
+
+def test_prefill_in_row_passes_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch rows taken in passes (how a long batch's activations stay in cache) give what one pass gives: logits
+    of every position and the state, from a carried state, in float64."""
+    model = reduced_model(tiny_model(seed=0), 64)
+    tokens = random_tokens(5, 70)
+    _, carried = model.prefill(tokens[:, :9])
+    expected_logits, expected_state = model.recurrent_logits(tokens[:, 9:], carried, chunk_size=32)
+    monkeypatch.setattr(tnn_module, "PREFILL_TOKENS_PER_PASS", 2 * 32)  # two rows per pass: 2 + 2 + 1
+    logits, state = model.recurrent_logits(tokens[:, 9:], carried, chunk_size=32)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-12)
+    for got, expected in zip(state.layers, expected_state.layers, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("fir_length", [0, 3])
+def test_float32_prefill_tracks_the_float64_scan(fir_length: int) -> None:
+    """The serving dtype: a float32 prefill (tables rounded to float32, modes carried in complex64) over 2,000
+    tokens from a carried state stays within 2e-6 relative of stepping in float64 (outputs and state)."""
+    params = modal_params(fir_length=fir_length)
+    gen = torch.Generator().manual_seed(6)
+    v = torch.randn(3, 2000, D, generator=gen, dtype=torch.float64)
+    _, carried = ssm_scan(torch.randn(3, 9, D, generator=gen, dtype=torch.float64), zero_state(3, params),
+                          step_weights(params))  # fmt: skip
+    expected_out, expected_state = ssm_scan(v, carried.clone(), step_weights(params))
+    out, state = ssm_prefill(v.float(), carried.float(), params.to(real_dtype=torch.float32))
+    assert out.dtype == state.dtype == torch.float32
+    assert relative_error(out, expected_out) <= 2e-6
+    assert relative_error(state, expected_state) <= 2e-6
 
 
 @pytest.mark.slow
