@@ -203,6 +203,16 @@ def sse_events(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
 
 
 async def stream_completion(http: httpx.AsyncClient, body: dict[str, Any]) -> Sample:
+    """`stream_once`, sent again once if the server closed a kept-alive connection just as the request reused it
+    (httpx does not retry that; llama-server closes idle connections at its own pace)."""
+    try:
+        return await stream_once(http, body)
+    except httpx.RemoteProtocolError as exc:
+        logger.warning("connection closed before a response (%s); sending the request again", exc)
+        return await stream_once(http, body)
+
+
+async def stream_once(http: httpx.AsyncClient, body: dict[str, Any]) -> Sample:
     """One streamed /v1/completions; times each read that carried generated text. Raises unless it ran to
     max_tokens (finish_reason "length")."""
     start = time.perf_counter()
