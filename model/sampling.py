@@ -220,10 +220,11 @@ def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
     keys = torch.empty(len(generators), dtype=torch.int64)
     if any(g is None for g in generators):
         keys.random_()
+    values = keys.tolist()
     for row, generator in enumerate(generators):
-        if generator is not None:
-            keys[row : row + 1].random_(generator=generator)
-    return [key % 2**64 for key in keys.tolist()]
+        if generator is not None:  # drawn on the generator's device (a CUDA row's generator is a CUDA one)
+            values[row] = int(torch.empty(1, dtype=torch.int64, device=generator.device).random_(generator=generator))
+    return [value % 2**64 for value in values]
 
 
 def race_exponentials(keys: Sequence[int], vocab: int) -> Tensor:

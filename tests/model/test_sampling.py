@@ -350,3 +350,15 @@ def test_the_native_kernel_draws_the_torch_twins_tokens_on_wide_and_narrow_nucle
         assert torch.equal(native, _draw_torch(probs, params, keys)), scale
         compared += len(logits)
     assert compared == 4 * 8 * len(kinds)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_seeded_rows_on_cuda_draw_with_their_cuda_generators_alone_or_in_a_batch() -> None:
+    """On a GPU the engine's generators are CUDA ones: each row's race key comes from its own generator there, and
+    a seeded row draws the same tokens alone or in a batch."""
+    logits = 3 * torch.randn(8, VOCAB, device="cuda")
+    params = [SamplingParams(temperature=0.8, top_p=0.9, seed=i) for i in range(8)]
+    together = sample(logits, params, [p.generator("cuda") for p in params]).tokens
+    alone = [sample(logits[i : i + 1], [p], [p.generator("cuda")]).tokens for i, p in enumerate(params)]
+    assert together.device.type == "cuda" and torch.equal(together, torch.cat(alone))
