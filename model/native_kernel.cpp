@@ -14,6 +14,9 @@
 // range (nothing written). dims: d, D, G, V, layers, final_norm, then per layer (modes N, FIR length h). scalars:
 // embedding scale, SimpleRMSNorm eps, LayerNorm eps. weights: embedding (V, d), output panels, LayerNorm weight and
 // bias, then per layer WEIGHTS_PER_LAYER pointers (see the enum). states: per layer (batch, 2N + h, D), contiguous.
+// tnn_prefill(dims, scalars, weights, batch, length, tokens, states, logits, pass_tokens): a prompt per sequence
+// through the same layers, its SSM stepped token by token (exactly what `length` tnn_step calls compute), the
+// dense projections as GEMMs over a pass of up to pass_tokens token rows; logits of the last position only.
 
 #include <immintrin.h>
 
@@ -228,55 +231,117 @@ void ssm_row(float* state, const float* v, const float* u, float* y, int64_t D, 
     for (int64_t c = 0; c < D; ++c) y[c] *= u[c];
 }
 
+// The rows of x (R, d) through every layer, in place. Row r's SSM state is states[l] + (r / rows_per_state) slots:
+// rows sharing a state are consecutive and in time order (a decode step: one row per state; a prefill: one
+// sequence's tokens). work: R * WORK_FLOATS_PER_ROW floats.
+void layers_forward(const int64_t* dims, float rms_eps, const float* const* weights, int64_t R, int64_t rows_per_state,
+                    float* x, float* const* states, float* work) {
+    const int64_t d = dims[0], D = dims[1], G = dims[2], n_layers = dims[4];
+    float* hn = work;           // (R, d) the normalised residual
+    float* uv = hn + R * d;     // (R, 2D) silu(u) | silu(v)
+    float* y = uv + R * 2 * D;  // (R, D) gated SSM output
+    float* g = y + R * D;       // (R, 2G) l1 h | l2 h
+    float* gp = g + R * 2 * G;  // (R, G) silu(l1 h) * l2 h
+    for (int64_t l = 0; l < n_layers; ++l) {
+        const float* const* w = weights + GLOBAL_WEIGHTS + l * WEIGHTS_PER_LAYER;
+        const int64_t N = dims[6 + 2 * l], h = dims[7 + 2 * l];
+        const int64_t state_size = (2 * N + h) * D;
+        for (int64_t r = 0; r < R; ++r) simple_rms_norm(x + r * d, hn + r * d, d, rms_eps);
+        linear(hn, R, d, w[UV_PANELS], 2 * D, w[UV_BIAS], uv, false);
+        silu_inplace(uv, R * 2 * D);
+        for (int64_t r = 0; r < R; ++r) {
+            ssm_row(states[l] + (r / rows_per_state) * state_size, uv + r * 2 * D + D, uv + r * 2 * D, y + r * D, D, N,
+                    h, w[POLE_REAL], w[POLE_IMAG], w[WEIGHT_REAL], w[WEIGHT_IMAG], w[FIR]);
+        }
+        linear(y, R, D, w[OUT_PANELS], d, w[OUT_BIAS], x, true);
+        for (int64_t r = 0; r < R; ++r) simple_rms_norm(x + r * d, hn + r * d, d, rms_eps);
+        linear(hn, R, d, w[GLU12_PANELS], 2 * G, w[GLU12_BIAS], g, false);
+        for (int64_t r = 0; r < R; ++r) silu_mul(g + r * 2 * G, g + r * 2 * G + G, gp + r * G, G);
+        linear(gp, R, G, w[GLU3_PANELS], d, w[GLU3_BIAS], x, true);
+    }
+}
+
+int64_t work_floats_per_row(const int64_t* dims) {
+    const int64_t d = dims[0], D = dims[1], G = dims[2];
+    return d + 2 * D + D + 2 * G + G;
+}
+
+// x (R, d) embedding rows of `tokens` times the embedding scale
+void embed_rows(const float* embedding, int64_t d, float scale, int64_t R, const int64_t* tokens, float* x) {
+    for (int64_t r = 0; r < R; ++r) {
+        const float* row = embedding + tokens[r] * d;
+        for (int64_t i = 0; i < d; ++i) x[r * d + i] = row[i] * scale;
+    }
+}
+
+// logits (B, V) of the residual rows x_rows[b] (each d floats): final LayerNorm (if any), tied output projection.
+void output_logits(const int64_t* dims, float ln_eps, const float* const* weights, int64_t B, const float* const* x_rows,
+                   float* normed, float* logits) {
+    const int64_t d = dims[0], V = dims[3];
+    const bool final_norm = dims[5] != 0;
+    for (int64_t b = 0; b < B; ++b) {
+        if (final_norm) {
+            layer_norm(x_rows[b], normed + b * d, d, weights[2], weights[3], ln_eps);
+        } else {
+            std::memcpy(normed + b * d, x_rows[b], size_t(d) * sizeof(float));
+        }
+    }
+    linear(normed, B, d, weights[1], V, nullptr, logits, false);
+}
+
+bool tokens_in_range(const int64_t* tokens, int64_t n, int64_t V) {
+    for (int64_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= V) return false;
+    return true;
+}
+
 }  // namespace
 
 extern "C" int tnn_step(const int64_t* dims, const float* scalars, const float* const* weights, int64_t B,
                         const int64_t* tokens, float* const* states, float* logits) {
-    const int64_t d = dims[0], D = dims[1], G = dims[2], V = dims[3], n_layers = dims[4];
-    const bool final_norm = dims[5] != 0;
-    const float embed_scale = scalars[0], rms_eps = scalars[1], ln_eps = scalars[2];
-    for (int64_t b = 0; b < B; ++b)
-        if (tokens[b] < 0 || tokens[b] >= V) return 1;
-
+    const int64_t d = dims[0];
+    if (!tokens_in_range(tokens, B, dims[3])) return 1;
     thread_local std::vector<float> work;
-    const int64_t per_row = 2 * d + 2 * D + D + 2 * G + G;
+    const int64_t per_row = d + work_floats_per_row(dims);
     if (int64_t(work.size()) < B * per_row) work.resize(size_t(B * per_row));
-    float* x = work.data();    // (B, d) the residual stream
-    float* hn = x + B * d;     // (B, d) its normalised copy
-    float* uv = hn + B * d;    // (B, 2D) silu(u) | silu(v)
-    float* y = uv + B * 2 * D; // (B, D) gated SSM output
-    float* g = y + B * D;      // (B, 2G) l1 h | l2 h
-    float* gp = g + B * 2 * G; // (B, G) silu(l1 h) * l2 h
+    float* x = work.data();  // (B, d) the residual stream; the rest is layers_forward's scratch
+    embed_rows(weights[0], d, scalars[0], B, tokens, x);
+    layers_forward(dims, scalars[1], weights, B, 1, x, states, x + B * d);
+    thread_local std::vector<const float*> rows;
+    rows.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) rows[size_t(b)] = x + b * d;
+    output_logits(dims, scalars[2], weights, B, rows.data(), x + B * d, logits);
+    return 0;
+}
 
-    const float* embedding = weights[0];
-    for (int64_t b = 0; b < B; ++b) {
-        const float* row = embedding + tokens[b] * d;
-        for (int64_t i = 0; i < d; ++i) x[b * d + i] = row[i] * embed_scale;
+// A prompt of L tokens for each of B sequences (tokens (B, L), row-major), continuing from `states` (updated in
+// place, as L decode steps would): logits (B, V) of each sequence's last position. The tokens go through in passes
+// of `pass_tokens` token rows (B x C tokens, C = max(1, pass_tokens / B)), so a pass's activations stay in cache
+// while each weight panel streams past all of its rows; within a pass each sequence's SSM walks its C tokens in
+// order. -> 0, or 1 for a token id out of range (nothing written).
+extern "C" int tnn_prefill(const int64_t* dims, const float* scalars, const float* const* weights, int64_t B, int64_t L,
+                           const int64_t* tokens, float* const* states, float* logits, int64_t pass_tokens) {
+    const int64_t d = dims[0];
+    if (!tokens_in_range(tokens, B * L, dims[3])) return 1;
+    const int64_t C = pass_tokens / B > 1 ? (pass_tokens / B < L ? pass_tokens / B : L) : 1;  // tokens per sequence
+    const int64_t R = B * C;
+    thread_local std::vector<float> work;
+    const int64_t per_row = d + work_floats_per_row(dims);
+    if (int64_t(work.size()) < R * per_row) work.resize(size_t(R * per_row));
+    float* x = work.data();  // (B, C) rows of d: the residual stream of this pass, sequence-major
+    thread_local std::vector<int64_t> pass_ids;
+    pass_ids.resize(size_t(R));
+    int64_t c = 0;
+    for (int64_t start = 0; start < L; start += C) {
+        c = L - start < C ? L - start : C;  // this pass's tokens per sequence
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t t = 0; t < c; ++t) pass_ids[size_t(b * c + t)] = tokens[b * L + start + t];
+        embed_rows(weights[0], d, scalars[0], B * c, pass_ids.data(), x);
+        layers_forward(dims, scalars[1], weights, B * c, c, x, states, x + B * c * d);
     }
-    for (int64_t l = 0; l < n_layers; ++l) {
-        const float* const* w = weights + GLOBAL_WEIGHTS + l * WEIGHTS_PER_LAYER;
-        const int64_t N = dims[6 + 2 * l], h = dims[7 + 2 * l];
-        const int64_t rows = 2 * N + h;
-        for (int64_t b = 0; b < B; ++b) simple_rms_norm(x + b * d, hn + b * d, d, rms_eps);
-        linear(hn, B, d, w[UV_PANELS], 2 * D, w[UV_BIAS], uv, false);
-        silu_inplace(uv, B * 2 * D);
-        for (int64_t b = 0; b < B; ++b) {
-            ssm_row(states[l] + b * rows * D, uv + b * 2 * D + D, uv + b * 2 * D, y + b * D, D, N, h, w[POLE_REAL],
-                    w[POLE_IMAG], w[WEIGHT_REAL], w[WEIGHT_IMAG], w[FIR]);
-        }
-        linear(y, B, D, w[OUT_PANELS], d, w[OUT_BIAS], x, true);
-        for (int64_t b = 0; b < B; ++b) simple_rms_norm(x + b * d, hn + b * d, d, rms_eps);
-        linear(hn, B, d, w[GLU12_PANELS], 2 * G, w[GLU12_BIAS], g, false);
-        for (int64_t b = 0; b < B; ++b) silu_mul(g + b * 2 * G, g + b * 2 * G + G, gp + b * G, G);
-        linear(gp, B, G, w[GLU3_PANELS], d, w[GLU3_BIAS], x, true);
-    }
-    for (int64_t b = 0; b < B; ++b) {
-        if (final_norm) {
-            layer_norm(x + b * d, hn + b * d, d, weights[2], weights[3], ln_eps);
-        } else {
-            std::memcpy(hn + b * d, x + b * d, size_t(d) * sizeof(float));
-        }
-    }
-    linear(hn, B, d, weights[1], V, nullptr, logits, false);
+    thread_local std::vector<const float*> rows;
+    rows.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) rows[size_t(b)] = x + (b * c + c - 1) * d;  // each sequence's last token
+    output_logits(dims, scalars[2], weights, B, rows.data(), x + B * c * d, logits);
     return 0;
 }

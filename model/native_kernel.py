@@ -32,6 +32,7 @@ from tnn.model.tnn import TnnLM
 SOURCE = Path(__file__).with_name("native_kernel.cpp")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
 PANEL = 16  # outputs per packed panel (native_kernel.cpp's PANEL)
+PREFILL_PASS_TOKENS = 64  # token rows per prefill pass: their activations stay in L2 (benchmarks/prefill_speed.py)
 SIMPLE_RMS_EPS = 1e-8  # tnn.model.rpe.SRMS_EPS, what every SimpleRMSNorm of the step uses
 VECTOR_ISAS = ("AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability() values with AVX2 + FMA
 
@@ -95,9 +96,13 @@ class KernelRunner:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
-        self._step = native_lib.open_library(library).tnn_step
+        library_handle = native_lib.open_library(library)
+        self._step = library_handle.tnn_step
         self._step.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
         self._step.restype = ctypes.c_int
+        self._prefill = library_handle.tnn_prefill
+        self._prefill.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
+        self._prefill.restype = ctypes.c_int
         config = model.config
         self.vocab_size = config.vocab_size
         final_norm = model.final_norm
@@ -133,18 +138,73 @@ class KernelRunner:
         self._states = ctypes.c_void_p * config.n_layers
 
     def __call__(self, tokens: Tensor, layers: list[Tensor]) -> Tensor:
-        if tokens.dtype != torch.int64 or not tokens.is_contiguous():
-            tokens = tokens.to(torch.int64).contiguous()
+        """One decode step: tokens (B,) -> logits (B, V); `layers` (per layer (B, 2N + h, D)) advance in place."""
+        tokens = _int64(tokens)
+        batch = tokens.shape[0]
+        logits = torch.empty(batch, self.vocab_size)  # (B, V)
+        states = self._state_pointers(layers)
+        if self._step(self._dims, self._scalars, self._weights, batch, tokens.data_ptr(), states, logits.data_ptr()):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        return logits
+
+    def prefill(self, tokens: Tensor, layers: list[Tensor], *, pass_tokens: int = PREFILL_PASS_TOKENS) -> Tensor:
+        """A prompt per sequence: tokens (B, L) -> logits (B, V) of the last position; `layers` (per layer
+        (B, 2N + h, D)) advance in place by the L tokens, as L calls of the step would."""
+        tokens = _int64(tokens)
+        batch, length = tokens.shape
+        if length == 0:
+            raise ValueError("prefill needs at least one token per sequence")
+        logits = torch.empty(batch, self.vocab_size)  # (B, V)
+        states = self._state_pointers(layers)
+        if self._prefill(self._dims, self._scalars, self._weights, batch, length, tokens.data_ptr(), states,
+                         logits.data_ptr(), pass_tokens):  # fmt: skip
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        return logits
+
+    def bind(self, layers: list[Tensor]) -> PoolStep:
+        """A step over the leading rows of these state buffers (a pool: per layer (slots, 2N + h, D)), with every
+        argument but the tokens prepared once (see PoolStep)."""
+        return PoolStep(self, layers)
+
+    def _state_pointers(self, layers: list[Tensor]) -> ctypes.Array[ctypes.c_void_p]:
         for layer in layers:
             if layer.dtype != torch.float32 or not layer.is_contiguous():
                 raise ValueError(f"the native kernel takes contiguous float32 states, got {layer.dtype} "
                                  f"of strides {layer.stride()}")  # fmt: skip
-        batch = tokens.shape[0]
-        logits = torch.empty(batch, self.vocab_size)  # (B, V)
-        states = self._states(*(layer.data_ptr() for layer in layers))
-        if self._step(self._dims, self._scalars, self._weights, batch, tokens.data_ptr(), states, logits.data_ptr()):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
-        return logits
+        return self._states(*(layer.data_ptr() for layer in layers))
+
+
+class PoolStep:
+    """The kernel's step over rows [0, B) of a pool, `(B token ids as host ints) -> logits (B, V)`, with no torch op
+    on the way: the ids go into a ctypes array, the state pointers (the pool's rows start at its base) and the
+    logits buffer are made once. So the first place the calling thread lets go of the interpreter lock is the
+    kernel itself (the engine's event loop thread runs meanwhile, tnn.server.outbox). The logits are a view of one
+    buffer per batch size: read them before the next call."""
+
+    def __init__(self, runner: KernelRunner, layers: list[Tensor]) -> None:
+        self._runner = runner
+        self._states = runner._state_pointers(layers)
+        self._layers = layers  # kept alive: the kernel writes them through the pointers above
+        self.slots = min(layer.shape[0] for layer in layers)
+        self._tokens = (ctypes.c_int64 * self.slots)()
+        self._logits = torch.empty(self.slots, runner.vocab_size)  # (slots, V)
+        self._views = [self._logits[:rows] for rows in range(self.slots + 1)]  # rows -> (rows, V)
+        self._logits_pointer = self._logits.data_ptr()
+
+    def __call__(self, tokens: list[int]) -> Tensor:
+        rows = len(tokens)
+        if not 0 < rows <= self.slots:
+            raise ValueError(f"a step of {rows} rows on a pool of {self.slots} slots")
+        self._tokens[:rows] = tokens
+        runner = self._runner
+        if runner._step(runner._dims, runner._scalars, runner._weights, rows, self._tokens, self._states,
+                        self._logits_pointer):  # fmt: skip
+            raise ValueError(f"token ids must be in [0, {runner.vocab_size})")
+        return self._views[rows]
+
+
+def _int64(tokens: Tensor) -> Tensor:
+    return tokens if tokens.dtype == torch.int64 and tokens.is_contiguous() else tokens.to(torch.int64).contiguous()
 
 
 def _layer_norm_eps(model: TnnLM) -> float:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -163,6 +164,35 @@ class NativeStep:
     @property
     def name(self) -> str:
         return BACKEND_NAMES[self.backend]
+
+    @property
+    def prefills(self) -> bool:
+        """Whether `prefill` runs here: the kernel has a prefill entry point, an AOTInductor package does not."""
+        return self.backend == "kernel"
+
+    def prefill(self, tokens: Tensor, state: TnnState | None) -> tuple[Tensor, TnnState]:
+        """`TnnLM.prefill` in the kernel (`prefills` must be true): tokens (B, L) -> logits of the last position
+        (B, V) and a new state after the prompt, continuing from `state` (None: fresh; never modified). The same
+        recurrence as L steps, its dense projections batched over the prompt's tokens."""
+        batch = tokens.shape[0]
+        if state is not None and state.batch_size != batch:
+            raise ValueError(f"state has batch {state.batch_size}, tokens have batch {batch}")
+        layers = [torch.zeros(batch, *shape) for shape in self.row_shapes] if state is None else [
+            layer.clone(memory_format=torch.contiguous_format) for layer in state.layers
+        ]  # fmt: skip
+        logits = self._runner.prefill(tokens, layers)  # type: ignore[attr-defined]
+        return logits, TnnState(tuple(layers))
+
+    def bind(self, pool: TnnState) -> Callable[[list[int]], Tensor] | None:
+        """A step over rows [0, B) of `pool` taking host token ids, its arguments prepared once (the kernel's
+        `PoolStep`), or None for a backend without one. Its logits are overwritten by the next call."""
+        if self.backend != "kernel":
+            return None
+        layers = list(pool.layers)
+        if [layer.shape[1:] for layer in layers] != self.row_shapes:
+            raise ValueError(f"a pool of row shapes {[tuple(layer.shape[1:]) for layer in layers]}; the compiled "
+                             f"step takes rows {self.row_shapes}")  # fmt: skip
+        return self._runner.bind(layers)  # type: ignore[attr-defined]
 
     def __call__(self, tokens: Tensor, state: TnnState) -> Tensor:
         batch = tokens.shape[0]

@@ -124,6 +124,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             loading.cancel()
         if state.engine is not None:
             await asyncio.to_thread(state.engine.stop)
+            state.engine.close_outbox()
         if state.phase != "failed":
             state.phase = "stopped"
 

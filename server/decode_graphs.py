@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -79,6 +79,7 @@ class DecodeStep:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}  # bucket -> (bucket, V) logits written by its graph
         self.native: NativeStep | None = None  # the compiled step (CPU), once installed
+        self.pool_step: Callable[[list[int]], Tensor] | None = None  # its step bound to the pool (kernel only)
         self.native_rows = 0  # batches up to this many rows run the compiled step
 
     def use_native(self, native: NativeStep, max_rows: int | None) -> None:
@@ -86,6 +87,7 @@ class DecodeStep:
         where its backend beats the eager step, `native.preferred_max_rows`); logged."""
         self.native = native
         self.native_rows = native.preferred_max_rows if max_rows is None else min(max_rows, native.max_batch)
+        self.pool_step = native.bind(self.pool)
         logger.info("decode step: %s", self.describe())
 
     def bucket(self, batch: int) -> int | None:
@@ -139,6 +141,8 @@ class DecodeStep:
         batch = len(tokens)
         if not 0 < batch <= self.pool.batch_size:
             raise ValueError(f"a step of {batch} rows on a pool of {self.pool.batch_size} slots")
+        if self.pool_step is not None and batch <= self.native_rows:
+            return self.pool_step(list(tokens))  # (B, V): no torch op before the kernel lets go of the lock
         if self.staged is not None:
             self.staged.synchronize()  # never overwrite staging under a copy still in flight
         self.staging[:batch] = torch.as_tensor(tokens, dtype=torch.long)

@@ -63,6 +63,7 @@ from tnn.server.tokenizer import ServerTokenizer
 
 logger = logging.getLogger(__name__)
 
+NATIVE_PREFILL_MAX_TOKENS = 1024  # prompt tokens in one prefill above which torch's GEMMs on 2+ threads win
 STATS_INTERVAL = 10.0  # seconds between the engine's activity log lines (none while idle)
 
 
@@ -201,6 +202,12 @@ class Engine:
             self._thread.join(timeout)
         if self.prefix_cache is not None:
             self.prefix_cache.close()  # the disk tier keeps what is in memory (not bounded by `timeout`)
+
+    def close_outbox(self) -> None:
+        """Loop thread, after `stop`: the last events delivered, the outbox's wake-up descriptor closed."""
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
 
     def _start_compiled_step(self) -> None:
         """Load the kept compiled step or start its build (once; at warm-up, else at start)."""
@@ -427,7 +434,7 @@ class Engine:
             record_prompt_logprobs(units[0], tokens[0], all_logits[0])
             last_logits = all_logits[:, -1]  # (1, V)
         else:
-            last_logits, new_state = self.model.prefill(tokens, state)  # (k, V)
+            last_logits, new_state = self._prefill_tokens(tokens, state)  # (k, V)
         for i, unit in enumerate(units):
             unit.position += chunk
             unit.state = new_state if len(units) == 1 else new_state.gather([i])
@@ -438,6 +445,18 @@ class Engine:
                 if unit.tracker is not None:
                     with self._contained("first_token", unit.tracker):
                         self._start_decoding(unit, last_logits[i : i + 1])
+
+    def _prefill_tokens(self, tokens: Tensor, state: TnnState | None) -> tuple[Tensor, TnnState]:
+        """`TnnLM.prefill` of tokens (k, C): in the native kernel where it is installed and the prompt is short
+        enough that one thread beats torch's (docs/decode-speed.md), else the model's parallel form."""
+        native = self.decode_step.native if self.decode_step is not None else None
+        if (
+            native is not None
+            and native.prefills
+            and (tokens.numel() <= NATIVE_PREFILL_MAX_TOKENS or torch.get_num_threads() == 1)
+        ):
+            return native.prefill(tokens, state)
+        return self.model.prefill(tokens, state)
 
     def _start_decoding(self, unit: PrefillUnit, logits: Tensor) -> None:
         """The prompt is in the state: sample each choice's first token and join the running batch. logits (1, V)."""
@@ -676,10 +695,11 @@ class Engine:
         self._pending.append((tracker.handle, event))
 
     def _deliver(self) -> None:
-        if not self._pending or self._outbox is None:
+        outbox = self._outbox
+        if not self._pending or outbox is None:
             return
         batch, self._pending = self._pending, []
-        self._outbox.send(batch)
+        outbox.send(batch)
 
     def _update_gauges(self) -> None:
         m = self.metrics

@@ -164,3 +164,69 @@ def test_the_shipped_model_steps_as_its_eager_twin(library: Path) -> None:
     native = load_native_step(model, library, max_batch=8)
     for batch in (1, 4):
         assert check_against_eager(model, native, tolerance=TOLERANCE, batch=batch) <= TOLERANCE
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(("batch", "length", "pass_tokens"), [(1, 1, 64), (1, 27, 64), (3, 70, 64), (5, 9, 4)])
+def test_kernel_prefill_equals_its_steps_and_the_models_prefill(
+    library: Path, variant: str, batch: int, length: int, pass_tokens: int
+) -> None:
+    """The prompt through the kernel's prefill (passes of `pass_tokens` token rows; (5, 9, 4): one token per
+    sequence per pass) from a random state: bit for bit what `length` kernel steps give (the same sums per row),
+    and within TOLERANCE of the model's parallel prefill (FFT or block form), logits and state."""
+    fields, conversion = VARIANTS[variant]
+    model = attach_ssm(small_model(**fields), **conversion)
+    native = load_native_step(model, library, max_batch=POOL)
+    start = random_pool(model, batch, scale=0.5)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(7))
+    layers = [layer.clone() for layer in start.layers]
+    logits = native._runner.prefill(tokens, layers, pass_tokens=pass_tokens)  # type: ignore[attr-defined]
+
+    stepped = start.clone()
+    for position in range(length):
+        step_logits = native(tokens[:, position].contiguous(), stepped)
+    assert torch.equal(logits, step_logits)
+    assert all(torch.equal(a, b) for a, b in zip(layers, stepped.layers, strict=True))
+
+    expected_logits, expected_state = model.prefill(tokens, start)
+    assert (logits - expected_logits).abs().max() <= TOLERANCE * expected_logits.abs().max()
+    for got, want in zip(layers, expected_state.layers, strict=True):
+        assert (got - want).abs().max() <= TOLERANCE * want.abs().max()
+
+
+def test_native_prefill_starts_fresh_or_from_a_state_it_leaves_alone(library: Path) -> None:
+    model = attach_ssm(small_model())
+    native = load_native_step(model, library, max_batch=8)
+    assert native.prefills
+    tokens = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(3))
+    logits, state = native.prefill(tokens[:, :5], None)
+    expected, expected_state = model.prefill(tokens[:, :5])
+    assert (logits - expected).abs().max() <= TOLERANCE * expected.abs().max()
+    before = state.clone()
+    logits, after = native.prefill(tokens[:, 5:], state)
+    assert all(torch.equal(a, b) for a, b in zip(state.layers, before.layers, strict=True))  # input untouched
+    expected, _ = model.prefill(tokens[:, 5:], expected_state)
+    assert (logits - expected).abs().max() <= TOLERANCE * expected.abs().max()
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 101\)"):
+        native.prefill(torch.tensor([[1, 101]]), None)
+    with pytest.raises(ValueError, match="state has batch 2"):
+        native.prefill(tokens[:1], state)
+
+
+def test_the_bound_pool_step_equals_the_step_on_the_pools_rows(library: Path) -> None:
+    """`NativeStep.bind`: host token ids in, rows [0, B) of the pool stepped in place, as the tensor call does."""
+    model = attach_ssm(small_model())
+    native = load_native_step(model, library, max_batch=POOL)
+    pool = random_pool(model, 8, scale=0.5)
+    twin = pool.clone()
+    bound = native.bind(pool)
+    assert bound is not None
+    for tokens in ([5, 17, 3], [9], [100, 0, 1, 2, 3, 4, 5, 6]):
+        logits = bound(tokens).clone()
+        expected = native(torch.tensor(tokens), twin.rows(0, len(tokens)))
+        assert torch.equal(logits, expected)
+    assert all(torch.equal(a, b) for a, b in zip(pool.layers, twin.layers, strict=True))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 101\)"):
+        bound([101])
+    with pytest.raises(ValueError, match="9 rows on a pool of 8 slots"):
+        bound(list(range(9)))

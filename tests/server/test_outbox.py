@@ -62,3 +62,17 @@ def test_sending_after_the_loop_closed_drops_the_events_without_raising() -> Non
     outbox.send([(handle("a"), ChoiceDelta(0, "x", [1]))])
     outbox.send([(handle("b"), ChoiceDelta(0, "y", [2]))])
     assert not outbox._scheduled and not outbox._events  # nothing kept, no drain left pending
+
+
+def test_closing_delivers_what_is_queued_and_later_sends_are_dropped() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        outbox = Outbox(asyncio.get_running_loop())
+        first = handle("a")
+        outbox.send([(first, ChoiceDelta(0, "queued", [1]))])  # the loop has not run: the wake-up is pending
+        outbox.close()
+        outbox.send([(first, ChoiceDelta(0, "late", [2]))])
+        await asyncio.sleep(0.01)
+        texts = [first.queue.get_nowait().text for _ in range(first.queue.qsize())]  # type: ignore[union-attr]
+        return texts, len(outbox._events)
+
+    assert asyncio.run(scenario()) == (["queued"], 0)
