@@ -145,6 +145,7 @@ class Engine:
         self._outbox: Outbox | None = None
         self._thread: threading.Thread | None = None
         self._last_stats = (time.monotonic(), 0, 0)  # time, prompt and generated tokens then
+        self._shown_occupancy: tuple[object, ...] = ()  # what the gauges were last set from (_update_gauges)
         self._prompt_tokens = 0
         self._generated_tokens = 0
         metrics.state_slots_total.set(slots)
@@ -702,12 +703,18 @@ class Engine:
         outbox.send(batch)
 
     def _update_gauges(self) -> None:
+        """The occupancy gauges, set only when what they show changed (not once per decode step)."""
+        occupancy = (len(self._waiting) + len(self._inbox), len(self._calls), len(self._active) - len(self._waiting),
+                     self.slots.used, len(self._batch), tuple(id(u.state) for u in self._prefilling))  # fmt: skip
+        if occupancy == self._shown_occupancy:
+            return
+        self._shown_occupancy = occupancy
         m = self.metrics
-        waiting = len(self._waiting) + len(self._inbox)
+        waiting, calls, running, slots_used = occupancy[:4]
         m.num_requests_waiting.set(waiting)
-        m.engine_calls_waiting.set(len(self._calls))
-        m.num_requests_running.set(len(self._active) - len(self._waiting))
-        m.state_slots_used.set(self.slots.used)
+        m.engine_calls_waiting.set(calls)
+        m.num_requests_running.set(running)
+        m.state_slots_used.set(slots_used)
         prefill_bytes = sum(u.state.nbytes for u in self._prefilling if u.state is not None)
         m.state_bytes.set(self._batch.state_bytes() + prefill_bytes)
 
