@@ -364,7 +364,7 @@ class Serving:
                         if isinstance(event, RequestError):
                             failed = ApiError(event.status, event.message, code=event.code)
                             break
-                        out.extend(_sse(chunk) for chunk in formatter.add(event))
+                        out.append(formatter.add_sse(event))
                     if not out and time.monotonic() - last_write > KEEPALIVE:
                         out.append(": keep-alive\n\n")  # an SSE comment: clients ignore it
                     if out:
@@ -390,6 +390,13 @@ def _sse(chunk: dict[str, Any]) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+def _json_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+PLACEHOLDER = "\x00text\x00"  # stands for a delta's text in a rendered chunk (no text the engine emits has NUL)
+
+
 class _Format:
     """Accumulates events of one request and shapes them as OpenAI chunks or a final response."""
 
@@ -400,6 +407,7 @@ class _Format:
         self.choices = [_Choice() for _ in range(request.n_sequences)]
         self.prompt_logprobs: dict[int, list[TokenLogprob | None]] = {}
         self.cached_tokens = 0
+        self._templates: dict[int, tuple[str, str]] = {}  # choice index -> its plain delta's SSE text around the text
 
     def usage(self) -> Usage:
         prompt = sum(len(p) for p in self.request.prompts)
@@ -425,6 +433,28 @@ class _Format:
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.request.request_id, "object": obj, "created": self.created, "model": self.serving.model_name}
+
+    def add_sse(self, event: Event) -> str:
+        """`add` as SSE text, for streaming. A plain text delta (an open choice, no logprobs: most of a stream)
+        is the chunk `add` would give rendered once with a placeholder for its text, the text JSON-encoded into
+        it: the same bytes without building and encoding the whole chunk per token."""
+        if not (isinstance(event, ChoiceDelta) and event.finish_reason is None and self._plain(event)):
+            return "".join(_sse(chunk) for chunk in self.add(event))
+        template = self._templates.get(event.index)
+        if template is None:
+            rendered = _sse(self._plain_chunk(event.index, PLACEHOLDER))
+            before, after = rendered.split(_json_string(PLACEHOLDER))
+            template = self._templates[event.index] = (before, after)
+        self._record(event)
+        return f"{template[0]}{_json_string(event.text)}{template[1]}"
+
+    def _plain(self, event: ChoiceDelta) -> bool:
+        """Whether `add` makes of this (unfinished) delta one chunk that differs from others only by its text."""
+        return False
+
+    def _plain_chunk(self, index: int, text: str) -> dict[str, Any]:
+        """The chunk `add` makes of a plain text delta of choice `index`."""
+        raise NotImplementedError
 
     def opening_chunks(self) -> list[dict[str, Any]]:
         return []
@@ -460,6 +490,12 @@ class _CompletionFormat(_Format):
         item = CompletionChoice(index=event.index, text=text, logprobs=logprobs, finish_reason=event.finish_reason,
                                 stop_reason=event.stop_reason)  # fmt: skip
         return [{**self._base("text_completion"), "choices": [item.model_dump()]}]
+
+    def _plain(self, event: ChoiceDelta) -> bool:
+        return self.request.logprobs is None and self.choices[event.index].started and event.stop_reason is None
+
+    def _plain_chunk(self, index: int, text: str) -> dict[str, Any]:
+        return {**self._base("text_completion"), "choices": [CompletionChoice(index=index, text=text).model_dump()]}
 
     def usage_chunk(self) -> dict[str, Any]:
         return {**self._base("text_completion"), "choices": [], "usage": self.usage().model_dump()}
@@ -532,6 +568,13 @@ class _ChatFormat(_Format):
     def _chunk(self, choice: ChatChunkChoice) -> dict[str, Any]:
         item = {**choice.model_dump(), "delta": choice.delta.model_dump(exclude_none=True)}  # OpenAI omits unset
         return {**self._base("chat.completion.chunk"), "choices": [item]}
+
+    def _plain(self, event: ChoiceDelta) -> bool:
+        return (self.request.logprobs is None and self.tool_plan is None and bool(event.text)
+                and event.stop_reason is None)  # fmt: skip
+
+    def _plain_chunk(self, index: int, text: str) -> dict[str, Any]:
+        return self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=text)))
 
     def add(self, event: Event) -> list[dict[str, Any]]:
         if self._record(event) is None:
