@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tnn.model.sampling_native import native_draw, native_draw_available
+from tnn.model.sampling_native import native_draw, native_draw_available, native_sample
 
 GREEDY_BELOW = 1e-5  # temperatures below this are treated as greedy (division would overflow)
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on logit_bias values
@@ -95,6 +96,14 @@ class SampleResult:
     tokens: Tensor  # (B,) int64
     finite: Tensor  # (B,) bool: False where the logits had NaN/inf (token is meaningless there)
     any_allowed: Tensor  # (B,) bool: False where the allowed mask left no token (token is meaningless there)
+
+    def on_host(self) -> tuple[list[int], list[bool], list[bool]]:
+        """tokens, finite and any_allowed as lists: on a GPU in one device-to-host copy; on the CPU read directly
+        (stacking them to copy once costs 3x the reads)."""
+        if self.tokens.device.type == "cpu":
+            return self.tokens.tolist(), self.finite.tolist(), self.any_allowed.tolist()
+        host = torch.stack([self.tokens, self.finite.long(), self.any_allowed.long()]).tolist()
+        return host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
 
 
 def _column(values: list[float], like: Tensor) -> Tensor:
@@ -214,6 +223,23 @@ def _allowed_or_best(tokens: Tensor, masked: Tensor, allowed: RowTensors | None)
     return torch.where(forbidden, masked.argmax(dim=-1), tokens)
 
 
+class _KeyBuffer(threading.local):
+    """One int64 element per device that the seeded rows' keys are drawn into (an allocation per row cost more than
+    the draw); per thread, so that two threads sampling at once never read each other's key."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[torch.device, Tensor] = {}
+
+    def on(self, device: torch.device) -> Tensor:
+        buffer = self.by_device.get(device)
+        if buffer is None:
+            buffer = self.by_device[device] = torch.empty(1, dtype=torch.int64, device=device)
+        return buffer
+
+
+_KEY_BUFFER = _KeyBuffer()
+
+
 def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
     """One 64-bit key per row for the race's exponentials: a seeded row's from its generator (the same alone or
     in any batch), the unseeded rows' in one draw from the global RNG."""
@@ -221,10 +247,14 @@ def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
     if any(g is None for g in generators):
         keys.random_()
     values = keys.tolist()
+    buffer = _KEY_BUFFER.on(torch.device("cpu"))
     for row, generator in enumerate(generators):
         if generator is not None:  # drawn on the generator's device (a CUDA row's generator is a CUDA one)
-            values[row] = int(torch.empty(1, dtype=torch.int64, device=generator.device).random_(generator=generator))
-    return [value % 2**64 for value in values]
+            on_device = buffer if generator.device.type == "cpu" else _KEY_BUFFER.on(generator.device)
+            values[row] = int(on_device.random_(generator=generator)) % 2**64
+        else:
+            values[row] %= 2**64
+    return values
 
 
 def race_exponentials(keys: Sequence[int], vocab: int) -> Tensor:
@@ -342,8 +372,49 @@ def sample(
     output_counts: generated-token counts (B, V) or per row (None: no counts); prompt_mask: prompt tokens (B, V)
     bool or per row; allowed: allowed tokens (B, V) bool or per row (None: unconstrained)."""
     _check_batch(logits, params, generators)
+    if _plain(logits, params, allowed):
+        return _sample_native(logits, params, generators)
     with serial_below(logits.numel(), SERIAL_SAMPLING_ELEMENTS):
         return _sample(logits, params, generators, output_counts, prompt_mask, allowed)
+
+
+def _plain(logits: Tensor, params: Sequence[SamplingParams], allowed: RowTensors | None) -> bool:
+    """Whether the whole draw is one native call (`_sample_native`): float32 CPU logits, the kernel built, and
+    no row with a logit bias, a penalty or an allowed mask (those rows take `_sample`, in torch ops)."""
+    if not native_sample_available(logits):
+        return False
+    if allowed is not None and (
+        isinstance(allowed, Tensor) or len(allowed) != len(params) or any(mask is not None for mask in allowed)
+    ):
+        return False  # masks (and a mask list of the wrong length, which _sample refuses)
+    return not any(p.logit_bias or p.penalised for p in params)
+
+
+def native_sample_available(logits: Tensor) -> bool:
+    """Whether `_sample_native` takes logits (the test of `native_draw_available`; patched off to test the twin)."""
+    return native_draw_available(logits)
+
+
+def _sample_native(
+    logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+) -> SampleResult:
+    """`_sample` in one native call, for rows without bias, penalties or masks: per row the finite check, then the
+    greedy argmax or the tempered softmax, the floor and the race, with each row's key as `_draw` draws it (only
+    the sampled rows draw one)."""
+    batch, vocab = logits.shape
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    keys = [0] * batch
+    for row, key in zip(sampled, race_keys([generators[i] for i in sampled]), strict=True):
+        keys[row] = key
+    tokens, finite = native_sample(
+        logits.float(),
+        [0.0 if p.greedy else p.temperature for p in params],
+        [p.top_k if 0 < p.top_k < vocab else 0 for p in params],
+        [p.top_p for p in params],
+        [p.min_p for p in params],
+        keys,
+    )
+    return SampleResult(tokens=tokens, finite=finite, any_allowed=torch.ones(batch, dtype=torch.bool))
 
 
 @contextlib.contextmanager
