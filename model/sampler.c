@@ -1,7 +1,9 @@
-/* The truncated draw of tnn.model.sampling in native code: per row of probabilities, the floor that top-k,
+/* The draw of tnn.model.sampling in native code. tnn_draw: per row of probabilities, the floor that top-k,
  * top-p (on the renormalised top-k distribution) and min-p keep, then an exponential race among the kept tokens.
- * No sort: the floors come from a radix select on the floats' bits (a few passes per row); the race needs a
- * logarithm only for the few tokens that could still win.
+ * No sort: the floors come from a radix select on the floats' bits (a few passes per row; top-p first among the
+ * tokens within 2^-10 of the top one); the race needs a logarithm only for the few tokens that could still win.
+ * tnn_sample: the same from the logits, per row a finite check, then a greedy argmax or the tempered softmax
+ * (torch's order of operations, its own vectorisable exp) before the draw: plain rows in one call.
  *
  * Semantics are those of the torch twin (tnn.model.sampling._draw_torch):
  *   top-k keeps a token when fewer than k tokens are more likely (ties at the boundary all kept);
@@ -412,14 +414,19 @@ static inline float tempered_softmax(const float *logits, int64_t n, float tempe
         probs[v] = x > FLT_MAX ? FLT_MAX : x; /* a positive logit over a tiny temperature: its limit */
     }
     float top = row_max(probs, n);
-    for (int64_t v = 0; v < n; v++) probs[v] = exp_nonpositive(probs[v] - top);
     float lane[LANES] = {0};
     int64_t v = 0;
     for (; v + LANES <= n; v += LANES) {
-        for (int l = 0; l < LANES; l++) lane[l] += probs[v + l];
+        for (int l = 0; l < LANES; l++) {
+            probs[v + l] = exp_nonpositive(probs[v + l] - top);
+            lane[l] += probs[v + l];
+        }
     }
     float sum = 0.0f;
-    for (; v < n; v++) sum += probs[v];
+    for (; v < n; v++) {
+        probs[v] = exp_nonpositive(probs[v] - top);
+        sum += probs[v];
+    }
     for (int l = 0; l < LANES; l++) sum += lane[l];
     float inverse = 1.0f / sum;
     for (int64_t v = 0; v < n; v++) probs[v] *= inverse;

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,21 @@ def _address(values: array.array) -> ctypes.c_void_p:
     """The address of an array's items (array.array: 5x cheaper to fill from a list than a ctypes array); the
     caller keeps the array alive across the call."""
     return ctypes.c_void_p(values.buffer_info()[0])
+
+
+class _Scratch(threading.local):
+    """The kernels' work space, kept between calls (per thread: two threads may sample at once)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0, dtype=torch.float32)
+
+    def at_least(self, floats: int) -> Tensor:
+        if self.buffer.numel() < floats:
+            self.buffer = torch.empty(floats, dtype=torch.float32)
+        return self.buffer
+
+
+_SCRATCH = _Scratch()
 
 
 def native_draw_available(probs: Tensor) -> bool:
@@ -42,10 +58,11 @@ def native_draw(
     rows, vocab = probs.shape
     probs = probs.contiguous()
     tokens = torch.empty(rows, dtype=torch.int64)
-    scratch = torch.empty(2 * vocab, dtype=torch.float32)
+    scratch = _SCRATCH.at_least(2 * vocab)
     per_row = array.array("q", top_k), array.array("f", top_p), array.array("f", min_p), array.array("Q", keys)
     library.tnn_draw(
-        ctypes.c_void_p(probs.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab), *map(_address, per_row), ctypes.c_void_p(tokens.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
+        ctypes.c_void_p(probs.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab), *map(_address, per_row),
+        ctypes.c_void_p(tokens.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
     )  # fmt: skip
     return tokens
 
@@ -68,7 +85,7 @@ def native_sample(
     logits = logits.contiguous()
     tokens = torch.empty(rows, dtype=torch.int64)
     finite = torch.empty(rows, dtype=torch.bool)  # one byte per row, written 0 or 1
-    scratch = torch.empty(3 * vocab, dtype=torch.float32)
+    scratch = _SCRATCH.at_least(3 * vocab)
     per_row = (
         array.array("f", temperature), array.array("q", top_k), array.array("f", top_p), array.array("f", min_p),
         array.array("Q", keys),

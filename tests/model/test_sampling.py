@@ -13,7 +13,7 @@ from tnn.model.native_lib import SAMPLER, NativeSource, build_library, open_libr
 from tnn.model.sampling import (
     SamplingParams,
     _draw_torch,
-    _plain,
+    _plain_rows,
     _sample,
     _sample_native,
     fill_neg_inf,
@@ -393,7 +393,7 @@ def test_the_one_call_native_path_draws_the_torch_paths_tokens(monkeypatch) -> N
     needs_native_sample()
     gen = torch.Generator().manual_seed(21)
     params = seeded([PLAIN[i % len(PLAIN)] for i in range(100)], first_seed=300)
-    assert _plain(torch.zeros(1, 1), params, None)
+    assert _plain_rows(torch.zeros(1, 1), params, None) == list(range(100))
     native_gens, torch_gens, slow_gens = ([p.generator() for p in params] for _ in range(3))
     monkeypatch.setattr("tnn.model.sampling.native_draw_available", lambda probs: False)  # `_sample`: all torch
     rows = differ_torch = differ_slow = 0
@@ -441,6 +441,31 @@ def test_the_portable_build_draws_the_vectorised_builds_tokens(tmp_path) -> None
         assert finite.sum() == 59
 
 
+def test_a_mixed_batch_draws_its_plain_rows_natively_and_the_others_in_torch_ops() -> None:
+    """Rows with a bias, a penalty or a grammar do not take the plain rows off the one-call native path: each kind
+    is drawn as in a batch of its own (the same generators' steps on both sides)."""
+    needs_native_sample()
+    gen = torch.Generator().manual_seed(12)
+    params = batch_of(30, first_seed=70)
+    counts, prompt = penalty_inputs(30, gen)
+    allowed = allowed_masks(30, gen)
+    plain = _plain_rows(torch.zeros(1, 1), params, allowed)
+    rest = [i for i in range(30) if i not in plain]
+    assert 0 < len(plain) < 30 and all(
+        params[i].penalised or params[i].logit_bias or allowed[i] is not None for i in rest
+    )
+    mixed_gens, apart_gens = [p.generator() for p in params], [p.generator() for p in params]
+    for _ in range(4):
+        logits = 3 * torch.randn(30, VOCAB, generator=gen)
+        mixed = sample(logits, params, mixed_gens, output_counts=counts, prompt_mask=prompt, allowed=allowed).tokens
+        native = _sample_native(logits[plain], [params[i] for i in plain], [apart_gens[i] for i in plain]).tokens
+        other = _sample(
+            logits[rest], [params[i] for i in rest], [apart_gens[i] for i in rest],
+            counts[rest], prompt[rest], [allowed[i] for i in rest],
+        ).tokens  # fmt: skip
+        assert torch.equal(mixed[plain], native) and torch.equal(mixed[rest], other)
+
+
 def test_greedy_rows_of_the_native_path_take_torchs_argmax_on_ties() -> None:
     needs_native_sample()
     logits = torch.randn(6, 512).round()  # many exact ties at the top
@@ -456,7 +481,7 @@ def test_a_plain_seeded_row_draws_the_same_tokens_alone_or_in_a_batch_of_32() ->
     needs_native_sample()
     gen = torch.Generator().manual_seed(8)
     params = seeded([PLAIN[i % len(PLAIN)] for i in range(32)], first_seed=90)
-    assert _plain(torch.zeros(1, 1), params, [None] * 32)
+    assert _plain_rows(torch.zeros(1, 1), params, [None] * 32) == list(range(32))
     batch_gens, alone_gens = [p.generator() for p in params], [p.generator() for p in params]
     for step in range(6):
         logits = 3 * torch.randn(32, 4096, generator=gen)
