@@ -1,4 +1,4 @@
-"""Native kernels on raw pointers (native_kernel.cpp: the decode step; sampler.c: the truncated draw), compiled
+"""Native kernels on raw pointers (native_kernel.cpp: the decode step; sampler.c: the draw), compiled
 once per machine with the system compiler and loaded with ctypes.
 
 No torch headers: a build takes seconds (a torch C++ extension takes a minute), and ctypes releases the
