@@ -1,4 +1,4 @@
-"""Native kernels on raw pointers (native_kernel.cpp: the decode step; sampler.c: the truncated draw), compiled
+"""Native kernels on raw pointers (native_kernel.cpp: the decode step; sampler.c: the draw), compiled
 once per machine with the system compiler and loaded with ctypes.
 
 No torch headers: a build takes seconds (a torch C++ extension takes a minute), and ctypes releases the
@@ -40,7 +40,9 @@ class NativeSource:
 
 SAMPLER = NativeSource(
     Path(__file__).with_name("sampler.c"),
-    ("-O3", "-std=c11", "-fPIC", "-shared"),  # portable (no ISA flags); no -ffast-math: the race needs IEEE floats
+    # portable (no ISA flags: tnn_sample clones its softmax for AVX2); no -ffast-math: the race needs IEEE floats;
+    # -fno-trapping-math (no FP exception flags, the same values) lets the softmax's branch-free exp vectorise
+    ("-O3", "-std=c11", "-fno-trapping-math", "-fPIC", "-shared"),
     cxx=False,
 )
 

@@ -7,7 +7,9 @@ likely one); then an exponential race among the kept tokens (argmax p_v / E_v, w
 the row's key, drawn from its generator, and the token: SplitMix64), which is a draw from the filtered
 distribution. Temperature 0 is greedy. Everything runs in float32 (the race's ratios in float64).
 
-`sample` does only the work each row asks for, batched over the rows that ask: greedy rows take an argmax;
+`sample` takes the plain rows (no logit bias, penalty or allowed mask; float32 logits on the CPU) in one native
+call from the logits (`_sample_native`: tnn_sample in model/sampler.c, its softmax torch's up to rounding). For the
+other rows it does only the work each row asks for, batched over the rows that ask: greedy rows take an argmax;
 sampled rows get a probability floor from top-k/top-p/min-p (a native radix select, or in the torch twin a
 top-k window, sorting the whole row only when a nucleus is wider than it) and the race, in which the native
 kernel takes logarithms only for the few tokens that could still win; penalties touch only penalised rows.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tnn.model.sampling_native import native_draw, native_draw_available
+from tnn.model.sampling_native import native_draw, native_draw_available, native_sample
 
 GREEDY_BELOW = 1e-5  # temperatures below this are treated as greedy (division would overflow)
 MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on logit_bias values
@@ -95,6 +98,14 @@ class SampleResult:
     tokens: Tensor  # (B,) int64
     finite: Tensor  # (B,) bool: False where the logits had NaN/inf (token is meaningless there)
     any_allowed: Tensor  # (B,) bool: False where the allowed mask left no token (token is meaningless there)
+
+    def on_host(self) -> tuple[list[int], list[bool], list[bool]]:
+        """tokens, finite and any_allowed as lists: on a GPU in one device-to-host copy; on the CPU read directly
+        (stacking them to copy once costs 3x the reads)."""
+        if self.tokens.device.type == "cpu":
+            return self.tokens.tolist(), self.finite.tolist(), self.any_allowed.tolist()
+        host = torch.stack([self.tokens, self.finite.long(), self.any_allowed.long()]).tolist()
+        return host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
 
 
 def _column(values: list[float], like: Tensor) -> Tensor:
@@ -214,16 +225,35 @@ def _allowed_or_best(tokens: Tensor, masked: Tensor, allowed: RowTensors | None)
     return torch.where(forbidden, masked.argmax(dim=-1), tokens)
 
 
+class _KeyBuffer(threading.local):
+    """One int64 element per device that the seeded rows' keys are drawn into (an allocation per row cost more than
+    the draw); per thread, so that two threads sampling at once never read each other's key."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[torch.device, Tensor] = {}
+
+    def on(self, device: torch.device) -> Tensor:
+        buffer = self.by_device.get(device)
+        if buffer is None:
+            buffer = self.by_device[device] = torch.empty(1, dtype=torch.int64, device=device)
+        return buffer
+
+
+_KEY_BUFFER = _KeyBuffer()
+_CPU = torch.device("cpu")
+
+
 def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
     """One 64-bit key per row for the race's exponentials: a seeded row's from its generator (the same alone or
     in any batch), the unseeded rows' in one draw from the global RNG."""
-    keys = torch.empty(len(generators), dtype=torch.int64)
+    values = [0] * len(generators)
     if any(g is None for g in generators):
-        keys.random_()
-    values = keys.tolist()
+        values = torch.empty(len(generators), dtype=torch.int64).random_().tolist()
+    buffer = _KEY_BUFFER.on(_CPU)
     for row, generator in enumerate(generators):
         if generator is not None:  # drawn on the generator's device (a CUDA row's generator is a CUDA one)
-            values[row] = int(torch.empty(1, dtype=torch.int64, device=generator.device).random_(generator=generator))
+            on_device = buffer if generator.device == _CPU else _KEY_BUFFER.on(generator.device)
+            values[row] = int(on_device.random_(generator=generator))
     return [value % 2**64 for value in values]
 
 
@@ -342,8 +372,98 @@ def sample(
     output_counts: generated-token counts (B, V) or per row (None: no counts); prompt_mask: prompt tokens (B, V)
     bool or per row; allowed: allowed tokens (B, V) bool or per row (None: unconstrained)."""
     _check_batch(logits, params, generators)
+    plain = _plain_rows(logits, params, allowed)
+    if len(plain) == len(params):
+        return _sample_native(logits, params, generators)
     with serial_below(logits.numel(), SERIAL_SAMPLING_ELEMENTS):
-        return _sample(logits, params, generators, output_counts, prompt_mask, allowed)
+        if not plain:
+            return _sample(logits, params, generators, output_counts, prompt_mask, allowed)
+        return _sample_split(logits, params, generators, plain, output_counts, prompt_mask, allowed)
+
+
+def _plain_rows(logits: Tensor, params: Sequence[SamplingParams], allowed: RowTensors | None) -> list[int]:
+    """The rows that `_sample_native` takes (float32 CPU logits and the kernel built): those without a logit
+    bias, a penalty or an allowed mask. The others take `_sample`, in torch ops."""
+    if not native_sample_available(logits):
+        return []
+    if isinstance(allowed, Tensor) or (allowed is not None and len(allowed) != len(params)):
+        return []  # a dense mask constrains every row; a list of the wrong length `_sample` refuses
+    masks = allowed if allowed is not None else [None] * len(params)
+    return [
+        row
+        for row, (p, mask) in enumerate(zip(params, masks, strict=True))
+        if mask is None and not p.logit_bias and not p.penalised
+    ]
+
+
+def _subset(values: RowTensors | None, rows: list[int]) -> RowTensors | None:
+    """Rows `rows` of a (B, V) tensor or a per-row list (None stays None)."""
+    if values is None or not isinstance(values, Tensor):
+        return values if values is None else [values[i] for i in rows]
+    return values[torch.tensor(rows, device=values.device)]
+
+
+def _sample_split(
+    logits: Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    plain: list[int],
+    output_counts: RowTensors | None,
+    prompt_mask: RowTensors | None,
+    allowed: RowTensors | None,
+) -> SampleResult:
+    """A batch of some plain rows and some others: the plain ones in one native call, the others through
+    `_sample`, each row drawn as in a batch of its own kind."""
+    taken = set(plain)
+    rest = [row for row in range(len(params)) if row not in taken]
+    native = _sample_native(logits[plain], [params[i] for i in plain], [generators[i] for i in plain])
+    other = _sample(
+        logits[rest],
+        [params[i] for i in rest],
+        [generators[i] for i in rest],
+        _subset(output_counts, rest),
+        _subset(prompt_mask, rest),
+        _subset(allowed, rest),
+    )
+
+    def merged(from_plain: Tensor, from_rest: Tensor) -> Tensor:  # (B,) in row order
+        out = torch.empty(len(params), dtype=from_plain.dtype)
+        out[plain] = from_plain
+        out[rest] = from_rest
+        return out
+
+    return SampleResult(
+        tokens=merged(native.tokens, other.tokens),
+        finite=merged(native.finite, other.finite),
+        any_allowed=merged(native.any_allowed, other.any_allowed),
+    )
+
+
+def native_sample_available(logits: Tensor) -> bool:
+    """Whether `_sample_native` takes logits (the test of `native_draw_available`; patched off to test the twin)."""
+    return native_draw_available(logits)
+
+
+def _sample_native(
+    logits: Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+) -> SampleResult:
+    """`_sample` in one native call, for rows without bias, penalties or masks: per row the finite check, then the
+    greedy argmax or the tempered softmax, the floor and the race, with each row's key as `_draw` draws it (only
+    the sampled rows draw one)."""
+    batch, vocab = logits.shape
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    keys = [0] * batch
+    for row, key in zip(sampled, race_keys([generators[i] for i in sampled]), strict=True):
+        keys[row] = key
+    tokens, finite = native_sample(
+        logits,
+        [0.0 if p.greedy else p.temperature for p in params],
+        [p.top_k if 0 < p.top_k < vocab else 0 for p in params],
+        [p.top_p for p in params],
+        [p.min_p for p in params],
+        keys,
+    )
+    return SampleResult(tokens=tokens, finite=finite, any_allowed=torch.ones(batch, dtype=torch.bool))
 
 
 @contextlib.contextmanager

@@ -1,15 +1,19 @@
-"""The truncated draw of tnn.model.sampling as a native kernel (model/sampler.c, loaded by
-tnn.model.native_lib): per row the floor that top-k, top-p and min-p keep, found by quickselect instead of a
-sort, and the exponential race among the kept tokens, in one call for the batch.
+"""The draw of tnn.model.sampling as a native kernel (model/sampler.c, loaded by tnn.model.native_lib), in one
+call for the batch: `native_draw` from probabilities (per row the floor that top-k, top-p and min-p keep, found
+by a radix select instead of a sort, and the exponential race among the kept tokens), and `native_sample` from the
+logits themselves (per row the finite check, greedy argmax or the tempered softmax, then the same draw): the
+common case, with no (B, V) torch intermediates.
 
-The torch twin (`tnn.model.sampling._draw_torch`) takes the same probabilities and race keys and draws the same
-tokens (tests/model/test_sampling.py); it serves where the kernel cannot be built, off the CPU, or for
-probabilities that are not float32.
+The torch twins (`tnn.model.sampling._draw_torch` after torch's softmax, and `sample_reference`) draw the same
+tokens (tests/model/test_sampling.py); they serve where the kernel cannot be built, off the CPU, or for logits
+that are not float32.
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -18,8 +22,25 @@ from torch import Tensor
 from tnn.model.native_lib import sampler_library
 
 
-def _float_array(values: Sequence[float]) -> ctypes.Array[ctypes.c_float]:
-    return (ctypes.c_float * len(values))(*values)
+def _address(values: array.array) -> ctypes.c_void_p:
+    """The address of an array's items (array.array: 5x cheaper to fill from a list than a ctypes array); the
+    caller keeps the array alive across the call."""
+    return ctypes.c_void_p(values.buffer_info()[0])
+
+
+class _Scratch(threading.local):
+    """The kernels' work space, kept between calls (per thread: two threads may sample at once)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0, dtype=torch.float32)
+
+    def at_least(self, floats: int) -> Tensor:
+        if self.buffer.numel() < floats:
+            self.buffer = torch.empty(floats, dtype=torch.float32)
+        return self.buffer
+
+
+_SCRATCH = _Scratch()
 
 
 def native_draw_available(probs: Tensor) -> bool:
@@ -37,10 +58,40 @@ def native_draw(
     rows, vocab = probs.shape
     probs = probs.contiguous()
     tokens = torch.empty(rows, dtype=torch.int64)
-    scratch = torch.empty(vocab, dtype=torch.float32)
+    scratch = _SCRATCH.at_least(2 * vocab)
+    per_row = array.array("q", top_k), array.array("f", top_p), array.array("f", min_p), array.array("Q", keys)
     library.tnn_draw(
-        ctypes.c_void_p(probs.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab),
-        (ctypes.c_int64 * rows)(*top_k), _float_array(top_p), _float_array(min_p),
-        (ctypes.c_uint64 * rows)(*keys), ctypes.c_void_p(tokens.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
+        ctypes.c_void_p(probs.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab), *map(_address, per_row),
+        ctypes.c_void_p(tokens.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
     )  # fmt: skip
     return tokens
+
+
+def native_sample(
+    logits: Tensor,
+    temperature: Sequence[float],
+    top_k: Sequence[int],
+    top_p: Sequence[float],
+    min_p: Sequence[float],
+    keys: Sequence[int],
+    library: ctypes.CDLL | None = None,
+) -> tuple[Tensor, Tensor]:
+    """logits (B, V) float32 CPU (check native_draw_available), per row temperature (0: greedy), top_k (0: off),
+    top_p, min_p and race key -> tokens (B,) int64 and finite (B,) bool (False: the row held an infinity or a NaN,
+    its token is meaningless). library: another build of sampler.c than `sampler_library` (tests)."""
+    library = library or sampler_library()
+    assert library is not None, "check native_draw_available first"
+    rows, vocab = logits.shape
+    logits = logits.contiguous()
+    tokens = torch.empty(rows, dtype=torch.int64)
+    finite = torch.empty(rows, dtype=torch.bool)  # one byte per row, written 0 or 1
+    scratch = _SCRATCH.at_least(3 * vocab)
+    per_row = (
+        array.array("f", temperature), array.array("q", top_k), array.array("f", top_p), array.array("f", min_p),
+        array.array("Q", keys),
+    )  # fmt: skip
+    library.tnn_sample(
+        ctypes.c_void_p(logits.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab), *map(_address, per_row),
+        ctypes.c_void_p(tokens.data_ptr()), ctypes.c_void_p(finite.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
+    )  # fmt: skip
+    return tokens, finite

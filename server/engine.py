@@ -555,9 +555,7 @@ class Engine:
             prompt_mask=[seq.prompt_mask for seq in sequences],
             allowed=self._allowed(sequences),
         )
-        # the step's one device-to-host copy: tokens, finite rows, rows with an allowed token
-        host = torch.stack([result.tokens, result.finite.long(), result.any_allowed.long()]).tolist()
-        tokens, finite_rows, allowed_rows_ok = host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
+        tokens, finite_rows, allowed_rows_ok = result.on_host()
         logprobs = sampled_logprobs([seq.tracker.request.logprobs for seq in sequences], logits, result.tokens)
         failures = [
             None if finite and allowed else NON_FINITE if not finite else NO_TOKEN_ALLOWED

@@ -9,8 +9,18 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from tnn.model.sampling import SamplingParams, _draw_torch, fill_neg_inf, sample, sample_reference
-from tnn.model.sampling_native import native_draw, native_draw_available
+from tnn.model.native_lib import SAMPLER, NativeSource, build_library, open_library
+from tnn.model.sampling import (
+    SamplingParams,
+    _draw_torch,
+    _plain_rows,
+    _sample,
+    _sample_native,
+    fill_neg_inf,
+    sample,
+    sample_reference,
+)
+from tnn.model.sampling_native import native_draw, native_draw_available, native_sample
 
 VOCAB = 512
 
@@ -56,9 +66,10 @@ def allowed_masks(rows: int, gen: torch.Generator) -> list[torch.Tensor | None]:
 
 @pytest.fixture(params=["native", "torch"])
 def draw_kernel(request, monkeypatch) -> str:
-    """Runs a test with the native draw kernel (skipped where it cannot be built) and with its torch twin."""
+    """Runs a test with the native kernels (skipped where they cannot be built) and with their torch twins."""
     if request.param == "torch":
         monkeypatch.setattr("tnn.model.sampling.native_draw_available", lambda probs: False)
+        monkeypatch.setattr("tnn.model.sampling.native_sample_available", lambda logits: False)
     elif not native_draw_available(torch.zeros(1, 1)):
         pytest.skip("no C compiler: the native draw kernel is not built here")
     return request.param
@@ -232,13 +243,14 @@ def test_fill_neg_inf_equals_masked_fill_bit_for_bit(dtype: torch.dtype) -> None
     assert torch.equal(got, x.masked_fill(drop, float("-inf")))
 
 
-def test_non_finite_rows_are_reported_and_others_sampled() -> None:
-    logits = torch.randn(3, VOCAB)
+def test_non_finite_rows_are_reported_and_others_sampled(draw_kernel: str) -> None:
+    logits = torch.randn(4, VOCAB)
     logits[1, 7] = float("nan")
     logits[2, 0] = float("inf")
-    params = [SamplingParams(temperature=1.0, seed=0)] * 3
+    logits[3, 9] = float("-inf")
+    params = [SamplingParams(temperature=1.0, seed=0)] * 3 + [SamplingParams(temperature=0.0)]
     result = sample(logits, params, [p.generator() for p in params])
-    assert result.finite.tolist() == [True, False, False]
+    assert result.finite.tolist() == [True, False, False, False]
 
 
 @pytest.mark.parametrize(
@@ -350,6 +362,139 @@ def test_the_native_kernel_draws_the_torch_twins_tokens_on_wide_and_narrow_nucle
         assert torch.equal(native, _draw_torch(probs, params, keys)), scale
         compared += len(logits)
     assert compared == 4 * 8 * len(kinds)
+
+
+# The kinds of row the one-call native path (`_sample_native`) takes: no bias, penalty or mask.
+PLAIN = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.8, top_p=0.95),
+    SamplingParams(top_p=0.5),
+    SamplingParams(top_p=0.999, temperature=2.0),
+    SamplingParams(temperature=1.3, top_k=40),
+    SamplingParams(top_k=1000, top_p=0.9),
+    SamplingParams(min_p=0.05),
+    SamplingParams(temperature=0.9, top_k=50, top_p=0.8, min_p=0.1),
+    SamplingParams(temperature=2e-5, top_p=0.9),  # just above greedy: huge logits overflow to the cap
+]
+
+
+def needs_native_sample() -> None:
+    if not native_draw_available(torch.zeros(1, 1)):
+        pytest.skip("no C compiler: the native sampler is not built here")
+
+
+def test_the_one_call_native_path_draws_the_torch_paths_tokens(monkeypatch) -> None:
+    """The native softmax (its own exp, within 2 ulp of expf; torch rounds its own way) and everything after it
+    against the torch ops path (torch's softmax, the torch twin of the draw) and the slow twin, over several steps
+    of the same seeded generators: 4,096-token rows from nearly flat to peaked, ties, logits that overflow when
+    tempered. Tolerance: at most 1 token in 2,000 rows may differ (a race decided in the last bits of a ratio);
+    none differs with these seeds."""
+    needs_native_sample()
+    gen = torch.Generator().manual_seed(21)
+    params = seeded([PLAIN[i % len(PLAIN)] for i in range(100)], first_seed=300)
+    assert _plain_rows(torch.zeros(1, 1), params, None) == list(range(100))
+    native_gens, torch_gens, slow_gens = ([p.generator() for p in params] for _ in range(3))
+    monkeypatch.setattr("tnn.model.sampling.native_draw_available", lambda probs: False)  # `_sample`: all torch
+    rows = differ_torch = differ_slow = 0
+    for step, scale in enumerate([0.05, 0.5, 2.0, 6.0, 20.0] * 4):
+        logits = scale * torch.randn(len(params), 4096, generator=gen)
+        logits[::7, 100:110] = logits[::7, 100:101]  # ties of ten tokens in some rows
+        untied = torch.ones(len(params), dtype=torch.bool)
+        if step % 5 == 4:
+            logits[9::10] *= 1e34  # tempered by 2e-5: beyond the largest float, so many tokens tie at the cap
+            untied[9::10] = False  # the slow twin keeps ties at a top-p boundary by position, the others keep all
+        native = _sample_native(logits, params, native_gens)
+        torch_path = _sample(logits, params, torch_gens, None, None, None)
+        slow = sample_reference(logits, params, slow_gens)
+        assert native.finite.all() and native.any_allowed.all()
+        rows += len(params)
+        differ_torch += int((native.tokens != torch_path.tokens).sum())
+        differ_slow += int((native.tokens != slow.tokens)[untied].sum())
+    assert rows == 2000
+    assert differ_torch <= 1 and differ_slow <= 1, (differ_torch, differ_slow)
+
+
+def test_the_portable_build_draws_the_vectorised_builds_tokens(tmp_path) -> None:
+    """sampler.c built without its AVX2 paths (-DTNN_SAMPLER_PORTABLE: the default clone of the softmax, the plain
+    selection and the one-token-at-a-time race, as on a CPU without AVX2 or off x86) draws exactly the tokens of
+    the build that serves here: the same IEEE operations in the same order, and screens that only pass over
+    tokens the exact test would pass over."""
+    needs_native_sample()
+    portable = NativeSource(SAMPLER.path, (*SAMPLER.flags, "-DTNN_SAMPLER_PORTABLE"), cxx=False)
+    library = open_library(build_library(portable, tmp_path / "sampler-portable.so"))
+    gen = torch.Generator().manual_seed(4)
+    params = [PLAIN[i % len(PLAIN)] for i in range(60)]
+    per_row = (
+        [0.0 if p.greedy else p.temperature for p in params],
+        [p.top_k for p in params],
+        [p.top_p for p in params],
+        [p.min_p for p in params],
+        [int(k) % 2**64 for k in torch.randint(-(2**63), 2**63 - 1, (60,), generator=gen)],
+    )
+    for scale in (0.05, 0.5, 3.0, 20.0):
+        logits = scale * torch.randn(60, 4093, generator=gen)  # a vocabulary that is no multiple of 8
+        logits[3, 11] = float("nan")
+        tokens, finite = native_sample(logits, *per_row)
+        portable_tokens, portable_finite = native_sample(logits, *per_row, library=library)
+        assert torch.equal(tokens, portable_tokens) and torch.equal(finite, portable_finite), scale
+        assert finite.sum() == 59
+
+
+def test_a_mixed_batch_draws_its_plain_rows_natively_and_the_others_in_torch_ops() -> None:
+    """Rows with a bias, a penalty or a grammar do not take the plain rows off the one-call native path: each kind
+    is drawn as in a batch of its own (the same generators' steps on both sides)."""
+    needs_native_sample()
+    gen = torch.Generator().manual_seed(12)
+    params = batch_of(30, first_seed=70)
+    counts, prompt = penalty_inputs(30, gen)
+    allowed = allowed_masks(30, gen)
+    plain = _plain_rows(torch.zeros(1, 1), params, allowed)
+    rest = [i for i in range(30) if i not in plain]
+    assert 0 < len(plain) < 30 and all(
+        params[i].penalised or params[i].logit_bias or allowed[i] is not None for i in rest
+    )
+    mixed_gens, apart_gens = [p.generator() for p in params], [p.generator() for p in params]
+    for _ in range(4):
+        logits = 3 * torch.randn(30, VOCAB, generator=gen)
+        mixed = sample(logits, params, mixed_gens, output_counts=counts, prompt_mask=prompt, allowed=allowed).tokens
+        native = _sample_native(logits[plain], [params[i] for i in plain], [apart_gens[i] for i in plain]).tokens
+        other = _sample(
+            logits[rest], [params[i] for i in rest], [apart_gens[i] for i in rest],
+            counts[rest], prompt[rest], [allowed[i] for i in rest],
+        ).tokens  # fmt: skip
+        assert torch.equal(mixed[plain], native) and torch.equal(mixed[rest], other)
+
+
+def test_greedy_rows_of_the_native_path_take_torchs_argmax_on_ties() -> None:
+    needs_native_sample()
+    logits = torch.randn(6, 512).round()  # many exact ties at the top
+    logits[:, 300] = logits[:, 7] = logits.max() + 1  # the first of two maxima wins
+    params = [SamplingParams(temperature=0.0)] * 6
+    assert torch.equal(_sample_native(logits, params, [None] * 6).tokens, logits.argmax(dim=-1))
+    assert logits.argmax(dim=-1).tolist() == [7] * 6
+
+
+def test_a_plain_seeded_row_draws_the_same_tokens_alone_or_in_a_batch_of_32() -> None:
+    """The one-call native path computes each row alone: the same tokens alone or in a batch, and rows with a NaN
+    or an infinity fail alone without changing the others' tokens."""
+    needs_native_sample()
+    gen = torch.Generator().manual_seed(8)
+    params = seeded([PLAIN[i % len(PLAIN)] for i in range(32)], first_seed=90)
+    assert _plain_rows(torch.zeros(1, 1), params, [None] * 32) == list(range(32))
+    batch_gens, alone_gens = [p.generator() for p in params], [p.generator() for p in params]
+    for step in range(6):
+        logits = 3 * torch.randn(32, 4096, generator=gen)
+        if step % 2:
+            logits[5, 17] = float("nan")
+            logits[20, 0] = float("-inf")
+        together = sample(logits, params, batch_gens)
+        alone = [sample(logits[i : i + 1], [p], [g]) for i, (p, g) in enumerate(zip(params, alone_gens, strict=True))]
+        assert torch.equal(together.tokens, torch.cat([a.tokens for a in alone]))
+        finite = torch.ones(32, dtype=torch.bool)
+        finite[[5, 20]] = not step % 2
+        assert torch.equal(together.finite, finite)
+        assert torch.equal(torch.cat([a.finite for a in alone]), finite)
 
 
 @pytest.mark.gpu
