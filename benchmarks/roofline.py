@@ -21,6 +21,9 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from tnn.model import TnnLM
+from tnn.model.tnn import TnnState
+
+Step = Callable[[torch.Tensor, TnnState], Any]  # (tokens (B,), state) -> logits (B, V), the state in place
 
 MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
 
@@ -96,19 +99,25 @@ def step_cost(model: TnnLM, batch: int) -> dict[str, float]:
     }
 
 
-def measured_step_seconds(model: TnnLM, batch: int, threads: int, repeats: int) -> float:
+def measured_step_seconds(model: TnnLM, batch: int, threads: int, repeats: int, step: Step | None = None) -> float:
+    """Median seconds of one decode step of `batch` rows on `threads` threads: `step` (tokens, state) -> logits,
+    or the eager `model.step`."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         state = model.empty_state(batch)
         tokens = torch.randint(2, model.config.vocab_size, (batch,))
-        return median_seconds(lambda: model.step(tokens, state), repeats, warmup=5)
+        run = step or (lambda tokens, state: model.step(tokens, state))
+        return median_seconds(lambda: run(tokens, state), repeats, warmup=5)
     finally:
         torch.set_num_threads(previous)
 
 
-def roofline(model: TnnLM, batches: list[int], threads: int, repeats: int = 30) -> dict[str, Any]:
-    """Peaks at 1 and `threads` threads, then per batch size: cost, bound and measured step."""
+def roofline(
+    model: TnnLM, batches: list[int], threads: int, repeats: int = 30, *, step: Step | None = None, name: str = "eager"
+) -> dict[str, Any]:
+    """Peaks at 1 and `threads` threads, then per batch size: cost, bound and measured step (`step`, named `name`,
+    on `threads` threads; default the eager step)."""
     peaks = {
         "gemm_flops_per_s": {n: gemm_peak(n) for n in sorted({1, threads})},
         "copy_bytes_per_s": {n: copy_bandwidth(n) for n in sorted({1, threads})},
@@ -118,7 +127,7 @@ def roofline(model: TnnLM, batches: list[int], threads: int, repeats: int = 30) 
         cost = step_cost(model, batch)
         compute = cost["flops"] / peaks["gemm_flops_per_s"][threads]
         memory = cost["bytes"] / peaks["copy_bytes_per_s"][threads]
-        measured = measured_step_seconds(model, batch, threads, repeats)
+        measured = measured_step_seconds(model, batch, threads, repeats, step)
         rows.append({
             "batch": batch, **cost,
             "compute_bound_ms": 1000 * compute, "memory_bound_ms": 1000 * memory,
@@ -126,7 +135,7 @@ def roofline(model: TnnLM, batches: list[int], threads: int, repeats: int = 30) 
             "measured_step_ms": 1000 * measured, "measured_tokens_per_s": batch / measured,
             "fraction_of_bound": max(compute, memory) / measured,
         })  # fmt: skip
-    return {"threads": threads, "peaks": peaks, "rows": rows}
+    return {"threads": threads, "step": name, "peaks": peaks, "rows": rows}
 
 
 def roofline_lines(result: dict[str, Any]) -> list[str]:
@@ -142,7 +151,8 @@ def roofline_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"roofline B={row['batch']}: {row['flops'] / 1e6:.1f} MFLOP, {row['bytes'] / 1e6:.2f} MB per step -> "
             f"compute {row['compute_bound_ms']:.3f} ms, memory {row['memory_bound_ms']:.3f} ms at {threads} threads; "
-            f"measured {row['measured_step_ms']:.3f} ms ({100 * row['fraction_of_bound']:.0f}% of the bound, "
+            f"measured ({result.get('step', 'eager')}) {row['measured_step_ms']:.3f} ms "
+            f"({100 * row['fraction_of_bound']:.0f}% of the bound, "
             f"{row['measured_tokens_per_s']:,.0f} of {row['bound_tokens_per_s']:,.0f} tokens/s)"
         )
     return lines

@@ -318,11 +318,11 @@ def llama_level(build: LlamaBuild | None, pair: ModelPair, level: Level, context
                         threads=threads)  # fmt: skip
 
 
-def tnn_microbench(model: TnnLM, threads: int, repeats: int) -> list[dict[str, Any]]:
+def tnn_microbench(model: TnnLM, kernel: NativeStep | None, threads: int, repeats: int) -> list[dict[str, Any]]:
     """Our counterparts of llama-bench's rows: prefill of P tokens (batch 1) and the batch-1 step (O(1) in depth),
-    as the server runs them (the native kernel, one thread: tnn.model.native_kernel) and in torch (`threads`)."""
+    as the server runs them (`kernel`: the native kernel, one thread; `native_kernel_step`) and in torch
+    (`threads`)."""
     torch.set_num_threads(threads)
-    kernel = native_kernel_step(model)
     rows = []
     for length in BENCH_PROMPTS:
         tokens = torch.randint(2, model.config.vocab_size, (1, length))
@@ -439,14 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("no llama.cpp build in %s (--skip-build): measuring tnn serve alone", args.cache)
     pair = (paper_width_pair if args.paper_width else shipped_pair)(build, args.cache)
     model = tnn.model.load(pair.tnn_dir)  # converted by tnn convert
-    microbench = {"tnn": tnn_microbench(model, args.threads, args.repeats)}
+    kernel = native_kernel_step(model)
+    microbench = {"tnn": tnn_microbench(model, kernel, args.threads, args.repeats)}
     if build is not None and pair.gguf is not None:
         microbench["llama.cpp"] = llama_bench(build.bench, pair.gguf, threads=args.threads, prompts=BENCH_PROMPTS,
                                               depths=BENCH_DEPTHS, gen=BENCH_GEN, repetitions=args.repeats)  # fmt: skip
     for side, bench_rows in microbench.items():
         print(f"{side}: " + ", ".join(f"{r['test']} {r['tokens_per_s']:,.0f} tok/s" for r in bench_rows), flush=True)
     batches = sorted({1, *(level.clients for level in args.levels)})
-    lines = roofline(model, batches, args.threads, repeats=10 if args.quick else 30)
+    repeats = 10 if args.quick else 30
+    if kernel is None:
+        lines = roofline(model, batches, args.threads, repeats)
+    else:  # what the server steps with: the kernel, on one thread
+        lines = roofline(model, batches, 1, repeats, step=kernel, name="native kernel")
     print("\n".join(roofline_lines(lines)), flush=True)
     rows: list[dict[str, Any]] = []
     results = {

@@ -101,6 +101,20 @@ def test_roofline_cost_grows_by_one_sequences_state_and_logits(tiny_model_dir: P
     assert two["flops"] < 2.2 * one["flops"]
 
 
+def test_roofline_measures_the_step_it_is_given(tiny_model_dir: Path) -> None:
+    model = tnn.model.load(tiny_model_dir)
+    batches: list[int] = []
+
+    def step(tokens: torch.Tensor, state: object) -> torch.Tensor:
+        batches.append(tokens.shape[0])
+        return model.step(tokens, state)[0]  # type: ignore[arg-type]
+
+    result = roofline.roofline(model, [1, 3], 1, repeats=2, step=step, name="counted")
+    assert result["step"] == "counted" and [row["batch"] for row in result["rows"]] == [1, 3]
+    assert set(batches) == {1, 3} and all(row["measured_step_ms"] > 0 for row in result["rows"])
+    assert "measured (counted)" in roofline.roofline_lines(result)[1]
+
+
 @pytest.mark.slow
 def test_client_streams_from_a_real_tnn_serve(tiny_model_dir: Path) -> None:
     with ServerProcess(tiny_model_dir, args=["--device", "cpu"]) as server:
@@ -118,9 +132,11 @@ def test_client_streams_from_a_real_tnn_serve(tiny_model_dir: Path) -> None:
 def test_tnn_microbench_rows(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vs_llamacpp, "BENCH_PROMPTS", [4, 16])
     threads = torch.get_num_threads()
-    rows = vs_llamacpp.tnn_microbench(tnn.model.load(tiny_model_dir), threads=1, repeats=1)
+    model = tnn.model.load(tiny_model_dir)
+    kernel = vs_llamacpp.native_kernel_step(model)
+    rows = vs_llamacpp.tnn_microbench(model, kernel, threads=1, repeats=1)
     torch.set_num_threads(threads)
-    paths = ["torch", "kernel"] if vs_llamacpp.native_kernel_step(tnn.model.load(tiny_model_dir)) else ["torch"]
+    paths = ["torch", "kernel"] if kernel is not None else ["torch"]
     expected = [f"{test} ({path})" for test in ("prefill4", "prefill16", "step, any depth") for path in paths]
     assert [r["test"] for r in rows] == expected
     assert all(r["tokens_per_s"] > 0 for r in rows)
