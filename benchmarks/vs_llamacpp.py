@@ -75,6 +75,7 @@ SAMPLING = {"temperature": 0.8, "top_p": 0.95, "ignore_eos": True, "stop": []}
 N_POSITIONS = 8192  # GPT-2's position table: room for llama-bench's 4K depth and the long prompts
 PAPER_WIDTH = {"d_model": 512, "n_layers": 6, "seq_len": 512, "paper_vocab": 50257}
 BENCH_PROMPTS, BENCH_DEPTHS, BENCH_GEN = [32, 256, 2048], [128, 1024, 4096], 64
+MAX_KERNEL_BATCH = 256  # rows the microbenchmark and roofline may step the kernel with
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ def native_kernel_step(model: TnnLM) -> NativeStep | None:
     try:
         if not library.exists():
             native_kernel.build_library(library)
-        return load_native_step(model, library, max_batch=1)
+        return load_native_step(model, library, max_batch=MAX_KERNEL_BATCH)
     except (RuntimeError, ValueError) as exc:
         logger.warning("native kernel unavailable (%s): the microbenchmark measures torch only", exc)
         return None

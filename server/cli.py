@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -121,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
                      "or serve token ids with --skip-tokenizer", model_dir, model_dir)  # fmt: skip
         return 2
     settings = settings.model_copy(update={"model_dir": model_dir})
+    # the engine thread takes the interpreter lock back after each native call (decode kernel, sampler); under
+    # streaming load the HTTP thread holds it up to this long first (benchmarks/vs_llamacpp.py at 16 clients:
+    # 7-15% more tokens/s at 1 ms than at Python's 5 ms; level at 64; docs/decode-speed.md)
+    sys.setswitchinterval(settings.switch_interval)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

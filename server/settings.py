@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "(host RAM on CPU, device memory on CUDA)",
     )
     max_num_seqs: int = Field(default=256, ge=1, le=1_000_000, description="cap on state slots = concurrent sequences")
+    switch_interval: float = Field(
+        default=0.001,
+        gt=0,
+        le=1,
+        description="seconds the interpreter lets the HTTP thread run before handing its lock to the engine thread "
+        "waiting after a native call (sys.setswitchinterval; Python's default 0.005)",
+    )
     fused_step: bool = Field(
         default=False,
         description="torch.compile the SSM update of the decode step (compiles at warm-up: tens of seconds on CPU; "
