@@ -11,7 +11,8 @@
 // is read once per step; for a large one a panel stays in L1/L2 while the batch's rows go past it.
 //
 // The C ABI (ctypes): tnn_step(dims, scalars, weights, batch, tokens, states, logits) -> 0, or 1 for a token id out of
-// range (nothing written). dims: d, D, G, V, layers, final_norm, then per layer (modes N, FIR length h). scalars:
+// range (nothing written). dims: d, D, G, V, layers, final_norm, per layer (modes N, FIR length h), then the threads
+// a projection may use and the weight bytes from which it does (Parallel). scalars:
 // embedding scale, SimpleRMSNorm eps, LayerNorm eps. weights: embedding (V, d), output panels, LayerNorm weight and
 // bias, then per layer WEIGHTS_PER_LAYER pointers (see the enum). states: per layer (batch, 2N + h, D), contiguous.
 // tnn_prefill(dims, scalars, weights, batch, length, tokens, states, logits, pass_tokens): a prompt per sequence
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -178,22 +180,48 @@ void rows_dispatch(int rows, const float* x, int64_t ldx, int64_t K, const float
 constexpr int MAX_ROWS = 6;
 constexpr int64_t PANEL_GROUP = 4;  // panels per group when the batch has several row blocks
 
-// out (B, N) = x (B, K) W^T + bias (bias may be null), or out += that when accumulate.
-void linear(const float* x, int64_t B, int64_t K, const float* panels, int64_t N, const float* bias, float* out,
-            bool accumulate) {
-    const int64_t n_panels = (N + PANEL - 1) / PANEL;
+// Output panels [p0, p1) of out (B, N) = x (B, K) W^T + bias (bias may be null), or out += that when accumulate.
+void linear_panels(const float* x, int64_t B, int64_t K, const float* panels, int64_t N, const float* bias, float* out,
+                   bool accumulate, int64_t p0, int64_t p1) {
     if (B <= MAX_ROWS) {
-        rows_dispatch(int(B), x, K, K, panels, N, bias, out, N, accumulate, 0, n_panels);
+        rows_dispatch(int(B), x, K, K, panels, N, bias, out, N, accumulate, p0, p1);
         return;
     }
     // A few panels stay in cache while every block of rows goes past them.
-    for (int64_t p0 = 0; p0 < n_panels; p0 += PANEL_GROUP) {
-        int64_t p1 = p0 + PANEL_GROUP < n_panels ? p0 + PANEL_GROUP : n_panels;
+    for (int64_t g0 = p0; g0 < p1; g0 += PANEL_GROUP) {
+        int64_t g1 = g0 + PANEL_GROUP < p1 ? g0 + PANEL_GROUP : p1;
         for (int64_t r = 0; r < B; r += MAX_ROWS) {
             int rows = B - r < MAX_ROWS ? int(B - r) : MAX_ROWS;
-            rows_dispatch(rows, x + r * K, K, K, panels, N, bias, out + r * N, N, accumulate, p0, p1);
+            rows_dispatch(rows, x + r * K, K, K, panels, N, bias, out + r * N, N, accumulate, g0, g1);
         }
     }
+}
+
+// Threads for a projection whose weights are large enough that one core's memory bandwidth bounds it (the paper
+// width's 96 MB output projection): its output panels split between `workers` threads. Each output is computed
+// by one thread in the same order, so the result does not depend on the split.
+struct Parallel {
+    int64_t workers;    // threads a large projection may use (1: never split)
+    int64_t min_bytes;  // weight bytes from which a projection is split
+};
+
+// out (B, N) = x (B, K) W^T + bias (bias may be null), or out += that when accumulate.
+void linear(const float* x, int64_t B, int64_t K, const float* panels, int64_t N, const float* bias, float* out,
+            bool accumulate, const Parallel& parallel) {
+    const int64_t n_panels = (N + PANEL - 1) / PANEL;
+    const int64_t workers = parallel.workers < n_panels ? parallel.workers : n_panels;
+    if (workers <= 1 || n_panels * PANEL * K * int64_t(sizeof(float)) < parallel.min_bytes) {
+        linear_panels(x, B, K, panels, N, bias, out, accumulate, 0, n_panels);
+        return;
+    }
+    std::vector<std::thread> helpers;
+    helpers.reserve(size_t(workers - 1));
+    for (int64_t w = 1; w < workers; ++w) {
+        helpers.emplace_back(linear_panels, x, B, K, panels, N, bias, out, accumulate, n_panels * w / workers,
+                             n_panels * (w + 1) / workers);
+    }
+    linear_panels(x, B, K, panels, N, bias, out, accumulate, 0, n_panels / workers);
+    for (auto& helper : helpers) helper.join();
 }
 
 // One row's SSM update in place (tnn.model.ssm.step.ssm_step) and its gated output: y = u * o.
@@ -235,7 +263,7 @@ void ssm_row(float* state, const float* v, const float* u, float* y, int64_t D, 
 // rows sharing a state are consecutive and in time order (a decode step: one row per state; a prefill: one
 // sequence's tokens). work: R * WORK_FLOATS_PER_ROW floats.
 void layers_forward(const int64_t* dims, float rms_eps, const float* const* weights, int64_t R, int64_t rows_per_state,
-                    float* x, float* const* states, float* work) {
+                    float* x, float* const* states, float* work, const Parallel& parallel) {
     const int64_t d = dims[0], D = dims[1], G = dims[2], n_layers = dims[4];
     float* hn = work;           // (R, d) the normalised residual
     float* uv = hn + R * d;     // (R, 2D) silu(u) | silu(v)
@@ -247,18 +275,24 @@ void layers_forward(const int64_t* dims, float rms_eps, const float* const* weig
         const int64_t N = dims[6 + 2 * l], h = dims[7 + 2 * l];
         const int64_t state_size = (2 * N + h) * D;
         for (int64_t r = 0; r < R; ++r) simple_rms_norm(x + r * d, hn + r * d, d, rms_eps);
-        linear(hn, R, d, w[UV_PANELS], 2 * D, w[UV_BIAS], uv, false);
+        linear(hn, R, d, w[UV_PANELS], 2 * D, w[UV_BIAS], uv, false, parallel);
         silu_inplace(uv, R * 2 * D);
         for (int64_t r = 0; r < R; ++r) {
             ssm_row(states[l] + (r / rows_per_state) * state_size, uv + r * 2 * D + D, uv + r * 2 * D, y + r * D, D, N,
                     h, w[POLE_REAL], w[POLE_IMAG], w[WEIGHT_REAL], w[WEIGHT_IMAG], w[FIR]);
         }
-        linear(y, R, D, w[OUT_PANELS], d, w[OUT_BIAS], x, true);
+        linear(y, R, D, w[OUT_PANELS], d, w[OUT_BIAS], x, true, parallel);
         for (int64_t r = 0; r < R; ++r) simple_rms_norm(x + r * d, hn + r * d, d, rms_eps);
-        linear(hn, R, d, w[GLU12_PANELS], 2 * G, w[GLU12_BIAS], g, false);
+        linear(hn, R, d, w[GLU12_PANELS], 2 * G, w[GLU12_BIAS], g, false, parallel);
         for (int64_t r = 0; r < R; ++r) silu_mul(g + r * 2 * G, g + r * 2 * G + G, gp + r * G, G);
-        linear(gp, R, G, w[GLU3_PANELS], d, w[GLU3_BIAS], x, true);
+        linear(gp, R, G, w[GLU3_PANELS], d, w[GLU3_BIAS], x, true, parallel);
     }
+}
+
+// dims past the layers' (N, h) pairs: the threads a large projection may use and the weight bytes from which it does
+Parallel parallel_of(const int64_t* dims) {
+    const int64_t n_layers = dims[4];
+    return Parallel{dims[6 + 2 * n_layers], dims[7 + 2 * n_layers]};
 }
 
 int64_t work_floats_per_row(const int64_t* dims) {
@@ -276,7 +310,7 @@ void embed_rows(const float* embedding, int64_t d, float scale, int64_t R, const
 
 // logits (B, V) of the residual rows x_rows[b] (each d floats): final LayerNorm (if any), tied output projection.
 void output_logits(const int64_t* dims, float ln_eps, const float* const* weights, int64_t B, const float* const* x_rows,
-                   float* normed, float* logits) {
+                   float* normed, float* logits, const Parallel& parallel) {
     const int64_t d = dims[0], V = dims[3];
     const bool final_norm = dims[5] != 0;
     for (int64_t b = 0; b < B; ++b) {
@@ -286,7 +320,7 @@ void output_logits(const int64_t* dims, float ln_eps, const float* const* weight
             std::memcpy(normed + b * d, x_rows[b], size_t(d) * sizeof(float));
         }
     }
-    linear(normed, B, d, weights[1], V, nullptr, logits, false);
+    linear(normed, B, d, weights[1], V, nullptr, logits, false, parallel);
 }
 
 bool tokens_in_range(const int64_t* tokens, int64_t n, int64_t V) {
@@ -306,11 +340,12 @@ extern "C" int tnn_step(const int64_t* dims, const float* scalars, const float* 
     if (int64_t(work.size()) < B * per_row) work.resize(size_t(B * per_row));
     float* x = work.data();  // (B, d) the residual stream; the rest is layers_forward's scratch
     embed_rows(weights[0], d, scalars[0], B, tokens, x);
-    layers_forward(dims, scalars[1], weights, B, 1, x, states, x + B * d);
+    const Parallel parallel = parallel_of(dims);
+    layers_forward(dims, scalars[1], weights, B, 1, x, states, x + B * d, parallel);
     thread_local std::vector<const float*> rows;
     rows.resize(size_t(B));
     for (int64_t b = 0; b < B; ++b) rows[size_t(b)] = x + b * d;
-    output_logits(dims, scalars[2], weights, B, rows.data(), x + B * d, logits);
+    output_logits(dims, scalars[2], weights, B, rows.data(), x + B * d, logits, parallel);
     return 0;
 }
 
@@ -331,17 +366,18 @@ extern "C" int tnn_prefill(const int64_t* dims, const float* scalars, const floa
     float* x = work.data();  // (B, C) rows of d: the residual stream of this pass, sequence-major
     thread_local std::vector<int64_t> pass_ids;
     pass_ids.resize(size_t(R));
+    const Parallel parallel = parallel_of(dims);
     int64_t c = 0;
     for (int64_t start = 0; start < L; start += C) {
         c = L - start < C ? L - start : C;  // this pass's tokens per sequence
         for (int64_t b = 0; b < B; ++b)
             for (int64_t t = 0; t < c; ++t) pass_ids[size_t(b * c + t)] = tokens[b * L + start + t];
         embed_rows(weights[0], d, scalars[0], B * c, pass_ids.data(), x);
-        layers_forward(dims, scalars[1], weights, B * c, c, x, states, x + B * c * d);
+        layers_forward(dims, scalars[1], weights, B * c, c, x, states, x + B * c * d, parallel);
     }
     thread_local std::vector<const float*> rows;
     rows.resize(size_t(B));
     for (int64_t b = 0; b < B; ++b) rows[size_t(b)] = x + (b * c + c - 1) * d;  // each sequence's last token
-    output_logits(dims, scalars[2], weights, B, rows.data(), x + B * c * d, logits);
+    output_logits(dims, scalars[2], weights, B, rows.data(), x + B * c * d, logits, parallel);
     return 0;
 }

@@ -20,6 +20,7 @@ norm, no MLM head, an AVX2 CPU); for the others the AOTInductor step or the eage
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import torch
@@ -30,8 +31,10 @@ from tnn.model.native_lib import NativeSource
 from tnn.model.tnn import TnnLM
 
 SOURCE = Path(__file__).with_name("native_kernel.cpp")
-FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-pthread")
 PANEL = 16  # outputs per packed panel (native_kernel.cpp's PANEL)
+PARALLEL_MIN_BYTES = 4 << 20  # a projection with this many bytes of weights or more is split between the CPUs
+MAX_WORKERS = 4  # threads such a projection uses at most (it is bound by memory bandwidth, not arithmetic)
 PREFILL_PASS_TOKENS = 64  # token rows per prefill pass: their activations stay in L2 (benchmarks/prefill_speed.py)
 SIMPLE_RMS_EPS = 1e-8  # tnn.model.rpe.SRMS_EPS, what every SimpleRMSNorm of the step uses
 VECTOR_ISAS = ("AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability() values with AVX2 + FMA
@@ -92,7 +95,12 @@ class KernelRunner:
     """The loaded library with one model's packed weights: `(tokens (B,), layer states) -> logits (B, V)`, the
     states (contiguous, float32) updated in place. Build it with `unsupported_reason(model)` None."""
 
-    def __init__(self, library: Path, model: TnnLM) -> None:
+    def __init__(
+        self, library: Path, model: TnnLM, *, workers: int | None = None, parallel_min_bytes: int = PARALLEL_MIN_BYTES
+    ) -> None:
+        """workers: threads a projection of at least `parallel_min_bytes` of weights is split between (None: the
+        CPUs this process may use, at most MAX_WORKERS). The shipped model has none that large; the paper width's
+        output projection (96 MB) is bound by one core's memory bandwidth."""
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(reason)
@@ -131,6 +139,7 @@ class KernelRunner:
                 *(t.detach().clone().contiguous() for t in (ssm.weight_imag, ssm.fir)),
             ]
             dims += [ssm.n_modes, ssm.fir_length]
+        dims += [workers or min(usable_cpus(), MAX_WORKERS), parallel_min_bytes]
         self._tensors = tensors  # kept alive: the library reads them through the pointers below
         self._weights = (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
         self._dims = (ctypes.c_int64 * len(dims))(*dims)
@@ -201,6 +210,11 @@ class PoolStep:
                         self._logits_pointer):  # fmt: skip
             raise ValueError(f"token ids must be in [0, {runner.vocab_size})")
         return self._views[rows]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _int64(tokens: Tensor) -> Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import tnn.model
+from tnn.model.native_kernel import usable_cpus
 from tnn.server.embeddings import Embeddings
 from tnn.server.engine import Engine
 from tnn.server.errors import install_error_handlers
@@ -46,8 +46,7 @@ def resolve_device(name: str) -> torch.device:
 
 def default_threads() -> int:
     """torch threads for `--threads 0`: one fewer than the CPUs this process may run on, at least 1."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, usable - 1)
+    return max(1, usable_cpus() - 1)
 
 
 def build_engine(settings: Settings, metrics: Metrics) -> Engine:

@@ -230,3 +230,21 @@ def test_the_bound_pool_step_equals_the_step_on_the_pools_rows(library: Path) ->
         bound([101])
     with pytest.raises(ValueError, match="9 rows on a pool of 8 slots"):
         bound(list(range(9)))
+
+
+def test_projections_split_between_threads_give_the_same_bits(library: Path) -> None:
+    """`workers` threads share a projection's output panels from `parallel_min_bytes` of weights (0: every one):
+    each output is still one thread's sum in the same order, so steps and prefills are bit for bit the same."""
+    model = attach_ssm(small_model())
+    one = native_kernel.KernelRunner(library, model, workers=1)
+    split = native_kernel.KernelRunner(library, model, workers=3, parallel_min_bytes=0)
+    start = random_pool(model, 8, scale=0.5)
+    tokens = torch.randint(0, 101, (8, 9), generator=torch.Generator().manual_seed(5))
+    states = {name: [layer.clone() for layer in start.layers] for name in ("one", "split")}
+    for runner, name in ((one, "one"), (split, "split")):
+        for position in range(3):
+            states[name + str(position)] = [runner(tokens[:, position].contiguous(), states[name]).clone()]
+        states[name + "prefill"] = [runner.prefill(tokens[:5, 3:], [layer[:5] for layer in states[name]])]
+    for key in ("0", "1", "2", "prefill"):
+        assert torch.equal(states["one" + key][0], states["split" + key][0])
+    assert all(torch.equal(a, b) for a, b in zip(states["one"], states["split"], strict=True))
