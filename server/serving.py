@@ -213,7 +213,7 @@ class Serving:
         default = min(self.defaults.max_tokens or self.settings.default_max_tokens, self.settings.max_tokens)
         max_tokens = self._max_tokens(body.max_tokens, default, allow_zero=body.echo, param="max_tokens")
         generation = await self._generation_options(body)
-        texts, prompts = await self._completion_prompts(body.prompt)
+        texts, prompts = await self._completion_prompts(body.prompt, echo=body.echo)
         for prompt in prompts:
             self._check_prompt(prompt, "prompt")
         request = GenerationRequest(
@@ -228,14 +228,15 @@ class Serving:
             cache_prompt=body.cache_prompt,
         )
         handle = self._submit(request)
-        formatter = _CompletionFormat(self, request, texts if body.echo else None)
+        formatter = _CompletionFormat(self, request, texts)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return self._stream(handle, raw, formatter, include_usage)
         return await self._collect(handle, raw, formatter)
 
-    async def _completion_prompts(self, prompt: Any) -> tuple[list[str], list[list[int]]]:
-        """Texts (for echo) and token ids of the prompt(s): a string, strings, token ids, or lists of ids."""
+    async def _completion_prompts(self, prompt: Any, *, echo: bool) -> tuple[list[str] | None, list[list[int]]]:
+        """Texts (with `echo`, else None) and token ids of the prompt(s): a string, strings, token ids, or lists
+        of ids."""
         if isinstance(prompt, str):
             prompt = [prompt]
         if isinstance(prompt[0], int):
@@ -244,10 +245,11 @@ class Serving:
             ids = await asyncio.to_thread(
                 lambda: [self.tokenizer.encode(p, add_bos=self.settings.add_bos) for p in prompt]
             )
-            return list(prompt), ids
+            return list(prompt) if echo else None, ids
         for ids in prompt:
             self._check_prompt(ids, "prompt")  # before decoding: ids must be in the vocabulary
-        return [self.tokenizer.decode(ids) for ids in prompt], [list(ids) for ids in prompt]
+        texts = [self.tokenizer.decode(ids) for ids in prompt] if echo else None  # only echo shows them
+        return texts, [list(ids) for ids in prompt]
 
     # ---- chat ---------------------------------------------------------------------------------------------------
 
