@@ -31,7 +31,9 @@ Hook = tuple[str, int, Callable[..., list[str]]]
 REQUEST_HOOKS: dict[str, Hook] = {
     "_admit_request": ("admit", 1, lambda tracker, *_: [tracker.request.request_id]),
     "_restore": ("admit", 1, lambda unit, **_: [] if unit.tracker is None else [unit.tracker.request.request_id]),
-    "_prefill_group": ("prefill", 2, lambda units, _: [u.tracker.request.request_id for u in units if u.tracker]),
+    # a prompt takes one or two prefill calls, by how the per-iteration budget was shared when it arrived (timing):
+    # its fault fires at the first, the one every prompt makes
+    "_prefill_group": ("prefill", 1, lambda units, _: [u.tracker.request.request_id for u in units if u.tracker]),
     "_start_decoding": ("first_token", 1, lambda unit, _logits: [unit.tracker.request.request_id]),
     "_sample": ("sample", 5, lambda sequences, _logits: [s.tracker.request.request_id for s in sequences]),
     "_advance_grammar": ("token", 5, lambda seq, _token: [seq.tracker.request.request_id]),
