@@ -124,7 +124,8 @@ class DecodeStep:
     def describe(self) -> str:
         """For the startup log: whether the decode step replays CUDA graphs, and up to which batch."""
         if self.native is not None:
-            return f"compiled native decode step ({self.native.name}) for batch <= {self.native_rows}, eager above"
+            prefill = "; prompts prefilled in the kernel" if self.native.prefills else ""
+            return f"compiled native decode step ({self.native.name}) for batch <= {self.native_rows}, eager above{prefill}"
         if not self.use_graphs:
             return "eager decode step"
         return f"CUDA-graph decode step for batch <= {self.buckets[-1]} ({len(self.buckets)} buckets), eager above"

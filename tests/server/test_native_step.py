@@ -48,7 +48,10 @@ def test_compiled_server_answers_as_the_eager_one_and_says_so(tiny_model_dir: Pa
         assert "eager decode step" in eager.log()
     with native_server(tiny_model_dir, cache_dir, "wait") as compiled:
         assert greedy(compiled.url) == expected
-        assert "compiled native decode step (native kernel) for batch <= 8" in compiled.log()
+        assert (
+            "compiled native decode step (native kernel) for batch <= 8, eager above; prompts prefilled in the kernel"
+            in compiled.log()
+        )
     assert len(list(cache_dir.glob("kernel-*.so"))) == 1
 
 
