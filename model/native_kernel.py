@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -151,10 +152,12 @@ class KernelRunner:
         tokens = _int64(tokens)
         batch = tokens.shape[0]
         logits = torch.empty(batch, self.vocab_size)  # (B, V)
-        states = self._state_pointers(layers)
-        if self._step(self._dims, self._scalars, self._weights, batch, tokens.data_ptr(), states, logits.data_ptr()):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        self._run_step(batch, tokens.data_ptr(), self._state_pointers(layers), logits.data_ptr())
         return logits
+
+    def _run_step(self, rows: int, tokens: object, states: object, logits: int) -> None:
+        """tnn_step on `rows` token ids at `tokens` (an address or a ctypes array), states, logits (an address)."""
+        self._checked(self._step(self._dims, self._scalars, self._weights, rows, tokens, states, logits))
 
     def prefill(self, tokens: Tensor, layers: list[Tensor], *, pass_tokens: int = PREFILL_PASS_TOKENS) -> Tensor:
         """A prompt per sequence: tokens (B, L) -> logits (B, V) of the last position; `layers` (per layer
@@ -165,10 +168,14 @@ class KernelRunner:
             raise ValueError("prefill needs at least one token per sequence")
         logits = torch.empty(batch, self.vocab_size)  # (B, V)
         states = self._state_pointers(layers)
-        if self._prefill(self._dims, self._scalars, self._weights, batch, length, tokens.data_ptr(), states,
-                         logits.data_ptr(), pass_tokens):  # fmt: skip
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        self._checked(self._prefill(self._dims, self._scalars, self._weights, batch, length, tokens.data_ptr(), states,
+                                    logits.data_ptr(), pass_tokens))  # fmt: skip
         return logits
+
+    def _checked(self, status: int) -> None:
+        """A kernel entry point's status: 1 is a token id out of range (nothing was written)."""
+        if status:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
 
     def bind(self, layers: list[Tensor]) -> PoolStep:
         """A step over the leading rows of these state buffers (a pool: per layer (slots, 2N + h, D)), with every
@@ -200,15 +207,12 @@ class PoolStep:
         self._views = [self._logits[:rows] for rows in range(self.slots + 1)]  # rows -> (rows, V)
         self._logits_pointer = self._logits.data_ptr()
 
-    def __call__(self, tokens: list[int]) -> Tensor:
+    def __call__(self, tokens: Sequence[int]) -> Tensor:
         rows = len(tokens)
         if not 0 < rows <= self.slots:
             raise ValueError(f"a step of {rows} rows on a pool of {self.slots} slots")
         self._tokens[:rows] = tokens
-        runner = self._runner
-        if runner._step(runner._dims, runner._scalars, runner._weights, rows, self._tokens, self._states,
-                        self._logits_pointer):  # fmt: skip
-            raise ValueError(f"token ids must be in [0, {runner.vocab_size})")
+        self._runner._run_step(rows, self._tokens, self._states, self._logits_pointer)
         return self._views[rows]
 
 

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -183,7 +183,7 @@ class NativeStep:
         logits = self._runner.prefill(tokens, layers)  # type: ignore[attr-defined]
         return logits, TnnState(tuple(layers))
 
-    def bind(self, pool: TnnState) -> Callable[[list[int]], Tensor] | None:
+    def bind(self, pool: TnnState) -> Callable[[Sequence[int]], Tensor] | None:
         """A step over rows [0, B) of `pool` taking host token ids, its arguments prepared once (the kernel's
         `PoolStep`), or None for a backend without one. Its logits are overwritten by the next call."""
         if self.backend != "kernel":

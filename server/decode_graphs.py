@@ -79,7 +79,7 @@ class DecodeStep:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, Tensor] = {}  # bucket -> (bucket, V) logits written by its graph
         self.native: NativeStep | None = None  # the compiled step (CPU), once installed
-        self.pool_step: Callable[[list[int]], Tensor] | None = None  # its step bound to the pool (kernel only)
+        self.pool_step: Callable[[Sequence[int]], Tensor] | None = None  # its step bound to the pool (kernel only)
         self.native_rows = 0  # batches up to this many rows run the compiled step
 
     def use_native(self, native: NativeStep, max_rows: int | None) -> None:
@@ -143,7 +143,7 @@ class DecodeStep:
         if not 0 < batch <= self.pool.batch_size:
             raise ValueError(f"a step of {batch} rows on a pool of {self.pool.batch_size} slots")
         if self.pool_step is not None and batch <= self.native_rows:
-            return self.pool_step(list(tokens))  # (B, V): no torch op before the kernel lets go of the lock
+            return self.pool_step(tokens)  # (B, V): no torch op before the kernel lets go of the lock
         if self.staged is not None:
             self.staged.synchronize()  # never overwrite staging under a copy still in flight
         self.staging[:batch] = torch.as_tensor(tokens, dtype=torch.long)
