@@ -129,7 +129,7 @@ def engine_before(sampler: Callable[..., object]) -> Callable[..., HostRows]:
     def run(logits: torch.Tensor, rows: list, generators: list, **kwargs) -> HostRows:
         result = sampler(logits, rows, generators, **kwargs)
         host = torch.stack([result.tokens, result.finite.long(), result.any_allowed.long()]).tolist()
-        logprobs = sampled_logprobs([None] * len(rows), logits, result.tokens)
+        logprobs = sampled_logprobs([None] * len(rows), logits, host[0])
         return host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]], logprobs
 
     return run
@@ -138,7 +138,8 @@ def engine_before(sampler: Callable[..., object]) -> Callable[..., HostRows]:
 def engine_after(logits: torch.Tensor, rows: list, generators: list, **kwargs) -> HostRows:
     """Engine._sample's work now: `sample`, the host lists (`SampleResult.on_host`), the logprobs (none asked)."""
     result = sample(logits, rows, generators, **kwargs)
-    return (*result.on_host(), sampled_logprobs([None] * len(rows), logits, result.tokens))
+    tokens, finite, allowed = result.on_host()
+    return tokens, finite, allowed, sampled_logprobs([None] * len(rows), logits, tokens)
 
 
 def medians(functions: dict[str, Callable[..., object]], args: tuple, kwargs: dict, repeats: int) -> dict[str, float]:

@@ -93,18 +93,51 @@ class SamplingParams:
         return torch.Generator(device=device).manual_seed(self.seed)
 
 
-@dataclass(frozen=True)
 class SampleResult:
-    tokens: Tensor  # (B,) int64
-    finite: Tensor  # (B,) bool: False where the logits had NaN/inf (token is meaningless there)
-    any_allowed: Tensor  # (B,) bool: False where the allowed mask left no token (token is meaningless there)
+    """One token per row, and per row whether it is meaningful: tensors (B,), or host lists where the native
+    sampler drew the batch (`from_host`: the tensors are made only if asked for)."""
+
+    def __init__(self, tokens: Tensor, finite: Tensor, any_allowed: Tensor) -> None:
+        self._tensors: tuple[Tensor, Tensor, Tensor] | None = (tokens, finite, any_allowed)
+        self._host: tuple[list[int], list[bool], list[bool]] | None = None
+
+    @classmethod
+    def from_host(cls, tokens: list[int], finite: list[bool]) -> SampleResult:
+        """A result drawn on the host with no allowed mask (every row has tokens to choose from)."""
+        result = cls.__new__(cls)
+        result._tensors = None
+        result._host = (tokens, finite, [True] * len(tokens))
+        return result
+
+    def _as_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._tensors is None:
+            assert self._host is not None
+            tokens, finite, allowed = self._host
+            self._tensors = (torch.tensor(tokens, dtype=torch.int64), torch.tensor(finite, dtype=torch.bool),
+                             torch.tensor(allowed, dtype=torch.bool))  # fmt: skip
+        return self._tensors
+
+    @property
+    def tokens(self) -> Tensor:  # (B,) int64
+        return self._as_tensors()[0]
+
+    @property
+    def finite(self) -> Tensor:  # (B,) bool: False where the logits had NaN/inf (token is meaningless there)
+        return self._as_tensors()[1]
+
+    @property
+    def any_allowed(self) -> Tensor:  # (B,) bool: False where the allowed mask left no token (meaningless there)
+        return self._as_tensors()[2]
 
     def on_host(self) -> tuple[list[int], list[bool], list[bool]]:
         """tokens, finite and any_allowed as lists: on a GPU in one device-to-host copy; on the CPU read directly
         (stacking them to copy once costs 3x the reads)."""
-        if self.tokens.device.type == "cpu":
-            return self.tokens.tolist(), self.finite.tolist(), self.any_allowed.tolist()
-        host = torch.stack([self.tokens, self.finite.long(), self.any_allowed.long()]).tolist()
+        if self._host is not None:
+            return self._host
+        tokens, finite, any_allowed = self._as_tensors()
+        if tokens.device.type == "cpu":
+            return tokens.tolist(), finite.tolist(), any_allowed.tolist()
+        host = torch.stack([tokens, finite.long(), any_allowed.long()]).tolist()
         return host[0], [bool(ok) for ok in host[1]], [bool(ok) for ok in host[2]]
 
 
@@ -450,9 +483,9 @@ def _sample_native(
     """`_sample` in one native call, for rows without bias, penalties or masks: per row the finite check, then the
     greedy argmax or the tempered softmax, the floor and the race, with each row's key as `_draw` draws it (only
     the sampled rows draw one)."""
-    batch, vocab = logits.shape
+    vocab = logits.shape[1]
     sampled = [i for i, p in enumerate(params) if not p.greedy]
-    keys = [0] * batch
+    keys = [0] * len(params)
     for row, key in zip(sampled, race_keys([generators[i] for i in sampled]), strict=True):
         keys[row] = key
     tokens, finite = native_sample(
@@ -463,7 +496,7 @@ def _sample_native(
         [p.min_p for p in params],
         keys,
     )
-    return SampleResult(tokens=tokens, finite=finite, any_allowed=torch.ones(batch, dtype=torch.bool))
+    return SampleResult.from_host(tokens, finite)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 call for the batch: `native_draw` from probabilities (per row the floor that top-k, top-p and min-p keep, found
 by a radix select instead of a sort, and the exponential race among the kept tokens), and `native_sample` from the
 logits themselves (per row the finite check, greedy argmax or the tempered softmax, then the same draw): the
-common case, with no (B, V) torch intermediates.
+common case, with no (B, V) torch intermediates and no tensor at all: its results come back as host lists.
 
 The torch twins (`tnn.model.sampling._draw_torch` after torch's softmax, and `sample_reference`) draw the same
 tokens (tests/model/test_sampling.py); they serve where the kernel cannot be built, off the CPU, or for logits
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import array
 import ctypes
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -67,6 +68,33 @@ def native_draw(
     return tokens
 
 
+class _HostOutputs(threading.local):
+    """`native_sample`'s output arrays, grown as needed and kept between calls (per thread)."""
+
+    def __init__(self) -> None:
+        self.tokens = array.array("q")
+        self.finite = array.array("B")
+
+    def at_least(self, rows: int) -> tuple[array.array, array.array]:
+        if len(self.tokens) < rows:
+            self.tokens = array.array("q", bytes(8 * rows))
+            self.finite = array.array("B", bytes(rows))
+        return self.tokens, self.finite
+
+
+_HOST_OUTPUTS = _HostOutputs()
+
+
+@functools.cache
+def _sample_holding_lock() -> Callable[..., object]:
+    """tnn_sample called with the interpreter lock held (ctypes.PyDLL). A call takes tens of microseconds a row;
+    letting go of the lock for it let the HTTP thread in, and the engine thread then waited for the lock for up
+    to a switch interval (the outbox's and PoolStep's notes tell the same story)."""
+    library = sampler_library()
+    assert library is not None, "check native_draw_available first"
+    return ctypes.PyDLL(library._name).tnn_sample
+
+
 def native_sample(
     logits: Tensor,
     temperature: Sequence[float],
@@ -75,23 +103,40 @@ def native_sample(
     min_p: Sequence[float],
     keys: Sequence[int],
     library: ctypes.CDLL | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[list[int], list[bool]]:
     """logits (B, V) float32 CPU (check native_draw_available), per row temperature (0: greedy), top_k (0: off),
-    top_p, min_p and race key -> tokens (B,) int64 and finite (B,) bool (False: the row held an infinity or a NaN,
-    its token is meaningless). library: another build of sampler.c than `sampler_library` (tests)."""
-    library = library or sampler_library()
-    assert library is not None, "check native_draw_available first"
+    top_p, min_p and race key -> per row the token and whether the row was finite (False: it held an infinity or
+    a NaN, its token is meaningless), as host lists. The call holds the interpreter lock and makes no tensor
+    (making or freeing one lets go of the lock). library: another build of sampler.c than `sampler_library`
+    (tests)."""
+    rows = logits.shape[0]
+    tokens, finite = _HOST_OUTPUTS.at_least(rows)
+    entry = _sample_holding_lock() if library is None else ctypes.PyDLL(library._name).tnn_sample
+    _run_sample(entry, logits.contiguous(), temperature, top_k, top_p, min_p, keys,
+                tokens.buffer_info()[0], finite.buffer_info()[0])  # fmt: skip
+    return tokens[:rows].tolist(), [flag == 1 for flag in finite[:rows]]
+
+
+def _run_sample(
+    entry: Callable[..., object],
+    logits: Tensor,
+    temperature: Sequence[float],
+    top_k: Sequence[int],
+    top_p: Sequence[float],
+    min_p: Sequence[float],
+    keys: Sequence[int],
+    tokens: int,
+    finite: int,
+) -> None:
+    """tnn_sample through `entry` on contiguous logits (B, V), into the int64 tokens and uint8 finite flags at those
+    addresses."""
     rows, vocab = logits.shape
-    logits = logits.contiguous()
-    tokens = torch.empty(rows, dtype=torch.int64)
-    finite = torch.empty(rows, dtype=torch.bool)  # one byte per row, written 0 or 1
     scratch = _SCRATCH.at_least(3 * vocab)
     per_row = (
         array.array("f", temperature), array.array("q", top_k), array.array("f", top_p), array.array("f", min_p),
         array.array("Q", keys),
     )  # fmt: skip
-    library.tnn_sample(
+    entry(
         ctypes.c_void_p(logits.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab), *map(_address, per_row),
-        ctypes.c_void_p(tokens.data_ptr()), ctypes.c_void_p(finite.data_ptr()), ctypes.c_void_p(scratch.data_ptr()),
+        ctypes.c_void_p(tokens), ctypes.c_void_p(finite), ctypes.c_void_p(scratch.data_ptr()),
     )  # fmt: skip
-    return tokens, finite

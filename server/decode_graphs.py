@@ -134,7 +134,6 @@ class DecodeStep:
         logits, _ = self.model.step(self.tokens[:rows], self.pool.rows(0, rows))
         return logits  # (rows, V)
 
-    @torch.inference_mode()
     def __call__(self, tokens: Sequence[int]) -> Tensor:
         """B token ids (host ints, one per running row) -> logits (B, V) on the model's device; the pool's rows
         [0, B) advance in place. The logits of a graph replay are a view of its output buffer: read them before
@@ -143,7 +142,12 @@ class DecodeStep:
         if not 0 < batch <= self.pool.batch_size:
             raise ValueError(f"a step of {batch} rows on a pool of {self.pool.batch_size} slots")
         if self.pool_step is not None and batch <= self.native_rows:
-            return self.pool_step(tokens)  # (B, V): no torch op before the kernel lets go of the lock
+            return self.pool_step(tokens)  # (B, V): no torch op, not even inference mode's, before the kernel
+        return self._torch_step(tokens)
+
+    @torch.inference_mode()
+    def _torch_step(self, tokens: Sequence[int]) -> Tensor:
+        batch = len(tokens)
         if self.staged is not None:
             self.staged.synchronize()  # never overwrite staging under a copy still in flight
         self.staging[:batch] = torch.as_tensor(tokens, dtype=torch.long)

@@ -517,8 +517,10 @@ class Engine:
             if failure is not None:
                 self._fail(seq.tracker, failure.message, code=failure.code)
                 continue
-            with self._contained("token", seq.tracker):
+            try:  # `_contained("token", ...)` written out: a context manager per row cost more than the rest of it
                 self._accept_token(seq, token, logprob, now)
+            except Exception:
+                self._fault("token", seq.tracker)
 
     def _sample_rows(
         self, sequences: list[ChoiceSequence], logits: Tensor
@@ -556,7 +558,7 @@ class Engine:
             allowed=self._allowed(sequences),
         )
         tokens, finite_rows, allowed_rows_ok = result.on_host()
-        logprobs = sampled_logprobs([seq.tracker.request.logprobs for seq in sequences], logits, result.tokens)
+        logprobs = sampled_logprobs([seq.tracker.request.logprobs for seq in sequences], logits, tokens)
         failures = [
             None if finite and allowed else NON_FINITE if not finite else NO_TOKEN_ALLOWED
             for finite, allowed in zip(finite_rows, allowed_rows_ok, strict=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -13,15 +14,15 @@ from tnn.server.generation import TokenLogprob
 PROMPT_LOGPROBS_CHUNK = 512  # echo + logprobs materialises (chunk, V) logits: keep that bounded
 
 
-def sampled_logprobs(requested: list[int | None], logits: Tensor, tokens: Tensor) -> list[TokenLogprob | None]:
+def sampled_logprobs(requested: list[int | None], logits: Tensor, tokens: Sequence[int]) -> list[TokenLogprob | None]:
     """Per row, None where `requested` is None, else the sampled token's logprob under the model's distribution
-    and the `requested` most likely tokens. logits (B, V), tokens (B,)."""
+    and the `requested` most likely tokens. logits (B, V), tokens: B host ids."""
     logprobs: list[TokenLogprob | None] = [None] * len(requested)
     rows = [i for i, wanted in enumerate(requested) if wanted is not None]
     if rows:
         k = max(requested[i] or 0 for i in rows)
         lp = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V): the model's distribution
-        entries = logprob_entries(lp, tokens[rows], k)
+        entries = logprob_entries(lp, torch.tensor([tokens[i] for i in rows]), k)
         for i, entry in zip(rows, entries, strict=True):
             logprobs[i] = dataclasses.replace(entry, top=entry.top[: requested[i] or 0])
     return logprobs
