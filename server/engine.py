@@ -436,16 +436,21 @@ class Engine:
             last_logits = all_logits[:, -1]  # (1, V)
         else:
             last_logits, new_state = self._prefill_tokens(tokens, state)  # (k, V)
+        stores = []
         for i, unit in enumerate(units):
             unit.position += chunk
-            unit.state = new_state if len(units) == 1 else new_state.gather([i])
+            unit.state = new_state if len(units) == 1 else new_state.rows(i, i + 1)  # a view: each use copies it
             if self.prefix_cache is not None and unit.position in unit.stops:
-                self._store_in_cache(unit.prompt[: unit.position], unit.state)
+                stores.append((unit.prompt[: unit.position], unit.state))
             if unit.remaining == 0:
                 self._prefilling.remove(unit)
                 if unit.tracker is not None:
                     with self._contained("first_token", unit.tracker):
                         self._start_decoding(unit, last_logits[i : i + 1])
+        if stores:
+            self._deliver()  # the first tokens go out before the cache copies the prompts' states
+            for tokens, state in stores:
+                self._store_in_cache(tokens, state)
 
     def _prefill_tokens(self, tokens: Tensor, state: TnnState | None) -> tuple[Tensor, TnnState]:
         """`TnnLM.prefill` of tokens (k, C): in the native kernel where it is installed and the prompt is short
@@ -649,7 +654,8 @@ class Engine:
         assert self._batch.state is not None
         prompt = request.prompts[seq.index // request.n]
         fed = prompt + seq.tokens[:-1]
-        self._store_in_cache(fed, self._batch.state.gather([self._batch.rows.index(seq)]))
+        row = self._batch.rows.index(seq)
+        self._store_in_cache(fed, self._batch.state.rows(row, row + 1))  # the cache copies the row
         target = continuation_to_fill(self.prefix_cache, request, prompt, seq.stream.text)
         if target is None:
             return
