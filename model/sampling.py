@@ -431,9 +431,11 @@ def _plain_rows(logits: Tensor, params: Sequence[SamplingParams], allowed: RowTe
 
 def _subset(values: RowTensors | None, rows: list[int]) -> RowTensors | None:
     """Rows `rows` of a (B, V) tensor or a per-row list (None stays None)."""
-    if values is None or not isinstance(values, Tensor):
-        return values if values is None else [values[i] for i in rows]
-    return values[torch.tensor(rows, device=values.device)]
+    if values is None:
+        return None
+    if isinstance(values, Tensor):
+        return values[torch.tensor(rows, device=values.device)]
+    return [values[i] for i in rows]
 
 
 def _sample_split(

@@ -109,34 +109,17 @@ def native_sample(
     a NaN, its token is meaningless), as host lists. The call holds the interpreter lock and makes no tensor
     (making or freeing one lets go of the lock). library: another build of sampler.c than `sampler_library`
     (tests)."""
-    rows = logits.shape[0]
-    tokens, finite = _HOST_OUTPUTS.at_least(rows)
-    entry = _sample_holding_lock() if library is None else ctypes.PyDLL(library._name).tnn_sample
-    _run_sample(entry, logits.contiguous(), temperature, top_k, top_p, min_p, keys,
-                tokens.buffer_info()[0], finite.buffer_info()[0])  # fmt: skip
-    return tokens[:rows].tolist(), [flag == 1 for flag in finite[:rows]]
-
-
-def _run_sample(
-    entry: Callable[..., object],
-    logits: Tensor,
-    temperature: Sequence[float],
-    top_k: Sequence[int],
-    top_p: Sequence[float],
-    min_p: Sequence[float],
-    keys: Sequence[int],
-    tokens: int,
-    finite: int,
-) -> None:
-    """tnn_sample through `entry` on contiguous logits (B, V), into the int64 tokens and uint8 finite flags at those
-    addresses."""
+    logits = logits.contiguous()
     rows, vocab = logits.shape
+    tokens, finite = _HOST_OUTPUTS.at_least(rows)
     scratch = _SCRATCH.at_least(3 * vocab)
     per_row = (
         array.array("f", temperature), array.array("q", top_k), array.array("f", top_p), array.array("f", min_p),
         array.array("Q", keys),
     )  # fmt: skip
+    entry = _sample_holding_lock() if library is None else ctypes.PyDLL(library._name).tnn_sample
     entry(
         ctypes.c_void_p(logits.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(vocab), *map(_address, per_row),
-        ctypes.c_void_p(tokens), ctypes.c_void_p(finite), ctypes.c_void_p(scratch.data_ptr()),
+        _address(tokens), _address(finite), ctypes.c_void_p(scratch.data_ptr()),
     )  # fmt: skip
+    return tokens[:rows].tolist(), [flag == 1 for flag in finite[:rows]]
