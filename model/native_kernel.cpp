@@ -18,9 +18,12 @@
 // tnn_prefill(dims, scalars, weights, batch, length, tokens, states, logits, pass_tokens): a prompt per sequence
 // through the same layers, its SSM stepped token by token (exactly what `length` tnn_step calls compute), the
 // dense projections as GEMMs over a pass of up to pass_tokens token rows; logits of the last position only.
+// tnn_decode_run(...): up to max_steps tnn_step calls, each followed by the sampler (tnn_sample of model/sampler.c,
+// passed as a function pointer) whose tokens feed the next step, with no Python in between (see its comment).
 
 #include <immintrin.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -380,4 +383,42 @@ extern "C" int tnn_prefill(const int64_t* dims, const float* scalars, const floa
     for (int64_t b = 0; b < B; ++b) rows[size_t(b)] = x + (b * c + c - 1) * d;  // each sequence's last token
     output_logits(dims, scalars[2], weights, B, rows.data(), x + B * c * d, logits, parallel);
     return 0;
+}
+
+// The sampler's C entry point (model/sampler.c's tnn_sample): logits (rows, vocab) -> tokens, finite flags.
+typedef void (*SampleRows)(const float* logits, int64_t rows, int64_t vocab, const float* temperature,
+                           const int64_t* top_k, const float* top_p, const float* min_p, const uint64_t* keys,
+                           int64_t* tokens, uint8_t* finite, float* scratch);
+
+// A decode run: up to max_steps steps of the B rows, step s consuming the tokens step s - 1 sampled (the first one
+// `tokens`), each step's logits sampled by `sample` with per-row temperature, top_k, top_p, min_p and the key row
+// keys[s] (keys: (max_steps, B)) into out_tokens[s] and out_finite[s] (both (max_steps, B)). The run ends after the
+// step in which some row can go no further: a non-finite row, a row whose `remaining` tokens are all sampled, or a
+// row that sampled one of its stop ids (row b's are stop_ids[stop_offsets[b], stop_offsets[b + 1])); and before a
+// step that would end after `budget_seconds` from the start (judged by the mean step so far). So each row's state
+// has consumed exactly the tokens before its last sampled one, as after the same number of tnn_step calls.
+// -> the steps run (>= 1), or -1 for a token id of `tokens` out of range (nothing written).
+extern "C" int64_t tnn_decode_run(const int64_t* dims, const float* scalars, const float* const* weights, int64_t B,
+                                  const int64_t* tokens, float* const* states, float* logits, int64_t max_steps,
+                                  double budget_seconds, SampleRows sample, const float* temperature,
+                                  const int64_t* top_k, const float* top_p, const float* min_p, const uint64_t* keys,
+                                  const int64_t* remaining, const int64_t* stop_offsets, const int64_t* stop_ids,
+                                  int64_t* out_tokens, uint8_t* out_finite, float* sample_scratch) {
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t* in = tokens;
+    for (int64_t s = 0; s < max_steps; ++s) {
+        if (tnn_step(dims, scalars, weights, B, in, states, logits) != 0) return -1;  // sampled ids are in range
+        int64_t* out = out_tokens + s * B;
+        uint8_t* finite = out_finite + s * B;
+        sample(logits, B, dims[3], temperature, top_k, top_p, min_p, keys + s * B, out, finite, sample_scratch);
+        bool last = s + 1 == max_steps;
+        for (int64_t b = 0; b < B && !last; ++b) {
+            last = !finite[b] || remaining[b] <= s + 1;
+            for (int64_t i = stop_offsets[b]; i < stop_offsets[b + 1] && !last; ++i) last = out[b] == stop_ids[i];
+        }
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (last || elapsed * double(s + 2) / double(s + 1) > budget_seconds) return s + 1;
+        in = out;
+    }
+    return max_steps;
 }

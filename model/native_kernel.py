@@ -19,9 +19,11 @@ norm, no MLM head, an AVX2 CPU); for the others the AOTInductor step or the eage
 
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -112,6 +114,12 @@ class KernelRunner:
         self._prefill = library_handle.tnn_prefill
         self._prefill.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
         self._prefill.restype = ctypes.c_int
+        self._decode_run = library_handle.tnn_decode_run
+        self._decode_run.argtypes = (
+            [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_double]
+            + [ctypes.c_void_p] * 11
+        )  # fmt: skip
+        self._decode_run.restype = ctypes.c_int64
         config = model.config
         self.vocab_size = config.vocab_size
         final_norm = model.final_norm
@@ -206,6 +214,11 @@ class PoolStep:
         self._logits = torch.empty(self.slots, runner.vocab_size)  # (slots, V)
         self._views = [self._logits[:rows] for rows in range(self.slots + 1)]  # rows -> (rows, V)
         self._logits_pointer = self._logits.data_ptr()
+        sampler = native_lib.sampler_library()
+        self._sampler = None if sampler is None else ctypes.cast(sampler.tnn_sample, ctypes.c_void_p)
+        self._sample_scratch = array.array("f", bytes(4 * 3 * runner.vocab_size))  # tnn_sample's work space
+        self._run_tokens = array.array("q")  # (steps, B) a run's sampled tokens, grown as needed
+        self._run_finite = array.array("B")  # (steps, B) whether each row was finite
 
     def __call__(self, tokens: Sequence[int]) -> Tensor:
         rows = len(tokens)
@@ -214,6 +227,69 @@ class PoolStep:
         self._tokens[:rows] = tokens
         self._runner._run_step(rows, self._tokens, self._states, self._logits_pointer)
         return self._views[rows]
+
+    @property
+    def runs(self) -> bool:
+        """Whether `run` is available: the native sampler is built (tnn.model.native_lib.sampler_library)."""
+        return self._sampler is not None
+
+    def run(
+        self, tokens: Sequence[int], rows: RunRows, keys: Sequence[int], *, max_steps: int, budget_seconds: float
+    ) -> tuple[list[list[int]], list[list[bool]]]:
+        """Up to `max_steps` steps of rows [0, B) with the native sampler between them, no Python in between (and the
+        interpreter lock let go throughout): step s consumes what step s - 1 sampled (the first, `tokens`) and
+        samples with the race keys keys[s * B : (s + 1) * B]. The run ends after a step in which a row can go no
+        further (a non-finite row, its `remaining` tokens sampled, one of its `stop_ids` sampled) or before a step
+        that would end past `budget_seconds`. Exactly what that many `__call__`s with
+        tnn.model.sampling_native.native_sample between them compute. -> per step run, the B sampled tokens and
+        whether each row was finite (False: its token is meaningless)."""
+        batch = len(tokens)
+        if not 0 < batch <= self.slots:
+            raise ValueError(f"a run of {batch} rows on a pool of {self.slots} slots")
+        if self._sampler is None:
+            raise RuntimeError("decode runs need the native sampler (check `runs` first)")
+        if len(keys) != max_steps * batch:
+            raise ValueError(f"a run of up to {max_steps} steps of {batch} rows needs {max_steps * batch} keys")
+        offsets = [0]
+        for ids in rows.stop_ids:
+            offsets.append(offsets[-1] + len(ids))
+        stop_ids = [token for ids in rows.stop_ids for token in ids]
+        inputs = (
+            array.array("q", tokens), array.array("f", rows.temperature), array.array("q", rows.top_k),
+            array.array("f", rows.top_p), array.array("f", rows.min_p), array.array("Q", keys),
+            array.array("q", rows.remaining), array.array("q", offsets), array.array("q", stop_ids or [0]),
+        )  # fmt: skip
+        if len(self._run_tokens) < max_steps * batch:
+            self._run_tokens = array.array("q", bytes(8 * max_steps * batch))
+            self._run_finite = array.array("B", bytes(max_steps * batch))
+        addresses = [ctypes.c_void_p(values.buffer_info()[0]) for values in inputs]
+        runner = self._runner
+        steps = runner._decode_run(
+            runner._dims, runner._scalars, runner._weights, batch, addresses[0], self._states, self._logits_pointer,
+            max_steps, budget_seconds, self._sampler, *addresses[1:],
+            ctypes.c_void_p(self._run_tokens.buffer_info()[0]), ctypes.c_void_p(self._run_finite.buffer_info()[0]),
+            ctypes.c_void_p(self._sample_scratch.buffer_info()[0]),
+        )  # fmt: skip
+        runner._checked(int(steps < 0))
+        sampled = self._run_tokens[: steps * batch].tolist()
+        finite = self._run_finite[: steps * batch].tolist()
+        return (
+            [sampled[s * batch : (s + 1) * batch] for s in range(steps)],
+            [[flag == 1 for flag in finite[s * batch : (s + 1) * batch]] for s in range(steps)],
+        )
+
+
+@dataclass(frozen=True)
+class RunRows:
+    """Per row of a decode run (`PoolStep.run`): its sampling (temperature 0: greedy; top_k 0: off), the tokens it
+    may still generate (>= 1) and the token ids that end it."""
+
+    temperature: Sequence[float]
+    top_k: Sequence[int]
+    top_p: Sequence[float]
+    min_p: Sequence[float]
+    remaining: Sequence[int]
+    stop_ids: Sequence[Sequence[int]]
 
 
 def usable_cpus() -> int:

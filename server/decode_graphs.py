@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from tnn.model.native_kernel import PoolStep, RunRows
 from tnn.model.native_step import NativeStep
 from tnn.model.tnn import TnnLM, TnnState
 
@@ -144,6 +145,22 @@ class DecodeStep:
         if self.pool_step is not None and batch <= self.native_rows:
             return self.pool_step(tokens)  # (B, V): no torch op, not even inference mode's, before the kernel
         return self._torch_step(tokens)
+
+    def runs(self, batch: int) -> bool:
+        """Whether `run` takes a batch of this many rows: the native kernel bound to the pool, with the native
+        sampler, and the batch within the compiled step's rows."""
+        step = self.pool_step
+        return isinstance(step, PoolStep) and step.runs and batch <= self.native_rows
+
+    def run(
+        self, tokens: Sequence[int], rows: RunRows, keys: Sequence[int], *, max_steps: int, budget_seconds: float
+    ) -> tuple[list[list[int]], list[list[bool]]]:
+        """`PoolStep.run` on the pool's rows [0, B): several steps with the native sampler between them (check
+        `runs` first)."""
+        step = self.pool_step
+        if not isinstance(step, PoolStep) or not self.runs(len(tokens)):
+            raise RuntimeError(f"this decode step cannot run a batch of {len(tokens)} rows")
+        return step.run(tokens, rows, keys, max_steps=max_steps, budget_seconds=budget_seconds)
 
     @torch.inference_mode()
     def _torch_step(self, tokens: Sequence[int]) -> Tensor:

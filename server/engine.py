@@ -40,6 +40,7 @@ from tnn.server.cache_fill import continuation_to_fill, restore
 from tnn.server.capacity import parse_memory, plan_slots
 from tnn.server.compiled_step import CompiledStepSource
 from tnn.server.decode_graphs import DecodeStep
+from tnn.server.decode_runs import MAX_RUN_STEPS, RunKeys, run_rows
 from tnn.server.engine_records import ChoiceSequence, PrefillUnit, Tracker
 from tnn.server.generation import (
     CachedPrompt,
@@ -148,6 +149,7 @@ class Engine:
         self._shown_occupancy: tuple[object, ...] = ()  # what the gauges were last set from (_update_gauges)
         self._prompt_tokens = 0
         self._generated_tokens = 0
+        self._run_step_seconds = 1e-3  # the last decode run's mean step (sizes the next run's keys)
         metrics.state_slots_total.set(slots)
 
     # ---- event-loop side ------------------------------------------------------------------------------------------
@@ -222,6 +224,10 @@ class Engine:
         native = self.compiled_step.take()
         if native is not None and self.decode_step is not None:
             self.decode_step.use_native(native, self.settings.native_step_max_batch)
+            s = self.settings
+            if s.decode_run_ms > 0 and self.decode_step.runs(min(s.decode_run_min_rows, self.slots.total)):
+                logger.info("decode runs: up to %g ms of steps per native call, with %d or more running sequences",
+                            s.decode_run_ms, s.decode_run_min_rows)  # fmt: skip
 
     def grammar_matcher(self, grammar: str) -> TokenMatcher:
         assert self.grammars is not None, "grammars are compiled by Serving only when the engine has them"
@@ -502,15 +508,14 @@ class Engine:
     def _decode(self) -> None:
         self._install_compiled_step()  # a no-op but once, when a background build is ready
         sequences = list(self._batch.rows)
+        if self._decode_run(sequences):
+            return
         start = time.perf_counter()
         try:
             assert self.decode_step is not None
             logits = self.decode_step([seq.tokens[-1] for seq in sequences])  # (B, V); pool rows [0, B) in place
         except Exception:
-            logger.exception("decode step failed for a batch of %d", len(sequences))
-            for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
-                self._fail(tracker, "internal error during decoding")
-            self._batch.clear()
+            self._decode_failed(sequences)
             return
         sampled, logprobs, failures = self._sample_rows(sequences, logits)
         self.metrics.decode_step.observe(time.perf_counter() - start)
@@ -526,6 +531,62 @@ class Engine:
                 self._accept_token(seq, token, logprob, now)
             except Exception:
                 self._fault("token", seq.tracker)
+
+    def _decode_failed(self, sequences: list[ChoiceSequence]) -> None:
+        """The decode step itself failed (shared machinery): every request in the batch fails."""
+        logger.exception("decode step failed for a batch of %d", len(sequences))
+        for tracker in {id(s.tracker): s.tracker for s in sequences}.values():
+            self._fail(tracker, "internal error during decoding")
+        self._batch.clear()
+
+    def _decode_run(self, sequences: list[ChoiceSequence]) -> bool:
+        """Several decode steps in one native call (tnn.server.decode_runs) when nothing else waits and every row
+        samples plainly; each step's tokens then accepted as a step's would be. False: not run (step as usual)."""
+        budget = self.settings.decode_run_ms / 1000
+        if budget <= 0 or len(sequences) < self.settings.decode_run_min_rows:
+            return False
+        if self._inbox or self._waiting or self._prefilling or self._calls:
+            return False
+        assert self.decode_step is not None
+        if not self.decode_step.runs(len(sequences)):
+            return False
+        rows = run_rows(sequences, self.tokenizer.eos_id, self.vocab_size)
+        if rows is None:
+            return False
+        start = time.perf_counter()
+        # room for the steps the budget allows at the last run's pace (keys cost a draw each)
+        max_steps = min(MAX_RUN_STEPS, int(budget / self._run_step_seconds) + 1)
+        try:
+            keys = RunKeys([seq.generator for seq in sequences], max_steps, [seq.params.greedy for seq in sequences])
+            run = self.decode_step.run([seq.tokens[-1] for seq in sequences], rows, keys.keys, max_steps=max_steps,
+                                       budget_seconds=budget)  # fmt: skip
+        except Exception:
+            self._decode_failed(sequences)
+            return True
+        sampled, finite = run
+        keys.settle(len(sampled))
+        seconds = (time.perf_counter() - start) / len(sampled)
+        self._run_step_seconds = seconds
+        for _ in sampled:
+            self.metrics.decode_step.observe(seconds)
+            self.metrics.batch_size.observe(len(sequences))
+        now = time.monotonic()  # when the run's tokens are handed over, all at once
+        for tokens, flags in zip(sampled, finite, strict=True):
+            for seq, token, ok in zip(sequences, tokens, flags, strict=True):
+                if seq.tracker.closed:
+                    continue
+                if not ok:
+                    self._fail(seq.tracker, NON_FINITE.message, code=NON_FINITE.code)
+                    continue
+                try:
+                    self._accept_token(seq, token, None, now, hold=True)
+                except Exception:
+                    self._fault("token", seq.tracker)
+        for seq in sequences:
+            if not seq.tracker.closed and not seq.finished:
+                with self._contained("token", seq.tracker):
+                    self._emit_pending(seq)
+        return True
 
     def _sample_rows(
         self, sequences: list[ChoiceSequence], logits: Tensor
@@ -576,7 +637,11 @@ class Engine:
             return None
         return allowed_rows([seq.matcher for seq in sequences], self.vocab_size, self.device)
 
-    def _accept_token(self, seq: ChoiceSequence, token: int, logprob: TokenLogprob | None, now: float) -> None:
+    def _accept_token(
+        self, seq: ChoiceSequence, token: int, logprob: TokenLogprob | None, now: float, *, hold: bool = False
+    ) -> None:
+        """Append a sampled token and send what it completes; hold: unless it finishes the sequence, keep it
+        pending (a decode run sends each row's tokens once, `_emit_pending`)."""
         request = seq.tracker.request
         if seq.tokens:
             self.metrics.inter_token_latency.observe(now - seq.last_time)
@@ -603,6 +668,14 @@ class Engine:
             finish = "length"
         if finish is not None:
             seq.stream.finish()
+        elif hold:
+            return
+        self._emit_pending(seq, finish)
+        if finish is not None:
+            self._finish(seq, finish)
+
+    def _emit_pending(self, seq: ChoiceSequence, finish: FinishReason | None = None) -> None:
+        """A delta of the sequence's tokens and text not yet sent, if there is text or it finishes."""
         offset = seq.stream.emitted
         text = seq.stream.take(final=finish is not None)
         if text or finish is not None:
@@ -617,8 +690,6 @@ class Engine:
             )
             seq.pending_tokens, seq.pending_logprobs = [], []
             self._emit(seq.tracker, delta)
-        if finish is not None:
-            self._finish(seq, finish)
 
     def _advance_grammar(self, seq: ChoiceSequence, token: int) -> bool:
         """Feed `token` to the sequence's grammar; False (the request failed) if the grammar refuses it."""

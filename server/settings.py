@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         description="seconds the interpreter lets the HTTP thread run before handing its lock to the engine thread "
         "waiting after a native call (sys.setswitchinterval; Python's default 0.005)",
     )
+    decode_run_ms: float = Field(
+        default=8.0,
+        ge=0,
+        le=1000,
+        description="milliseconds the native kernel may decode the batch in one call, sampling between steps, before "
+        "the engine hands the tokens over (a streaming client then gets them in one chunk); only while nothing waits "
+        "and every row samples plainly (tnn.server.decode_runs); 0: one step per call",
+    )
+    decode_run_min_rows: int = Field(
+        default=8,
+        ge=1,
+        le=1_000_000,
+        description="running sequences from which decode runs start (below, every token goes out on its own: the "
+        "per-token work does not yet compete with the model for the CPUs)",
+    )
     fused_step: bool = Field(
         default=False,
         description="torch.compile the SSM update of the decode step (compiles at warm-up: tens of seconds on CPU; "

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.support import ServerProcess
@@ -53,6 +54,37 @@ def test_compiled_server_answers_as_the_eager_one_and_says_so(tiny_model_dir: Pa
             in compiled.log()
         )
     assert len(list(cache_dir.glob("kernel-*.so"))) == 1
+
+
+def stream_seeded(url: str) -> tuple[list[str], int, int]:
+    """One streamed request for four seeded choices of 30 tokens (the openai SDK): their texts, the chunks that
+    carried text, and the usage's completion tokens."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    texts, chunks, completion = ["", "", "", ""], 0, 0
+    stream = client.completions.create(
+        model=client.models.list().data[0].id, prompt="ROMEO:", n=4, max_tokens=30, temperature=1.0, seed=7,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            chunks += bool(choice.text)
+        if chunk.usage is not None:
+            completion = chunk.usage.completion_tokens
+    return texts, chunks, completion
+
+
+def test_decode_runs_stream_what_single_steps_stream(tiny_model_dir: Path, cache_dir: Path) -> None:
+    """Four seeded rows decoded in runs (`--decode-run-min-rows 1`) stream the texts and usage of one step per call
+    (`--decode-run-ms 0`), in fewer chunks; the server logs that runs are on."""
+    with native_server(tiny_model_dir, cache_dir, "wait", "--decode-run-ms", "0") as single:
+        texts, single_chunks, usage = stream_seeded(single.url)
+        assert "decode runs" not in single.log()
+    with native_server(tiny_model_dir, cache_dir, "wait", "--decode-run-min-rows", "1") as runs:
+        run_texts, run_chunks, run_usage = stream_seeded(runs.url)
+        assert "decode runs: up to 8 ms of steps per native call, with 1 or more running sequences" in runs.log()
+    assert run_texts == texts and run_usage == usage == 4 * 30
+    assert run_chunks < single_chunks
 
 
 def test_a_kept_package_is_loaded_at_start(tiny_model_dir: Path, cache_dir: Path) -> None:
