@@ -394,16 +394,18 @@ typedef void (*SampleRows)(const float* logits, int64_t rows, int64_t vocab, con
 // `tokens`), each step's logits sampled by `sample` with per-row temperature, top_k, top_p, min_p and the key row
 // keys[s] (keys: (max_steps, B)) into out_tokens[s] and out_finite[s] (both (max_steps, B)). The run ends after the
 // step in which some row can go no further: a non-finite row, a row whose `remaining` tokens are all sampled, or a
-// row that sampled one of its stop ids (row b's are stop_ids[stop_offsets[b], stop_offsets[b + 1])); and before a
-// step that would end after `budget_seconds` from the start (judged by the mean step so far). So each row's state
-// has consumed exactly the tokens before its last sampled one, as after the same number of tnn_step calls.
+// row that sampled one of its stop ids (row b's are stop_ids[stop_offsets[b], stop_offsets[b + 1])); after a step
+// that finds *interrupt non-zero (another thread sets it: a request arrived); and before a step that would end after
+// `budget_seconds` from the start (judged by the mean step so far). So each row's state has consumed exactly the
+// tokens before its last sampled one, as after the same number of tnn_step calls.
 // -> the steps run (>= 1), or -1 for a token id of `tokens` out of range (nothing written).
 extern "C" int64_t tnn_decode_run(const int64_t* dims, const float* scalars, const float* const* weights, int64_t B,
                                   const int64_t* tokens, float* const* states, float* logits, int64_t max_steps,
                                   double budget_seconds, SampleRows sample, const float* temperature,
                                   const int64_t* top_k, const float* top_p, const float* min_p, const uint64_t* keys,
                                   const int64_t* remaining, const int64_t* stop_offsets, const int64_t* stop_ids,
-                                  int64_t* out_tokens, uint8_t* out_finite, float* sample_scratch) {
+                                  const int32_t* interrupt, int64_t* out_tokens, uint8_t* out_finite,
+                                  float* sample_scratch) {
     const auto start = std::chrono::steady_clock::now();
     const int64_t* in = tokens;
     for (int64_t s = 0; s < max_steps; ++s) {
@@ -411,7 +413,7 @@ extern "C" int64_t tnn_decode_run(const int64_t* dims, const float* scalars, con
         int64_t* out = out_tokens + s * B;
         uint8_t* finite = out_finite + s * B;
         sample(logits, B, dims[3], temperature, top_k, top_p, min_p, keys + s * B, out, finite, sample_scratch);
-        bool last = s + 1 == max_steps;
+        bool last = s + 1 == max_steps || __atomic_load_n(interrupt, __ATOMIC_RELAXED) != 0;
         for (int64_t b = 0; b < B && !last; ++b) {
             last = !finite[b] || remaining[b] <= s + 1;
             for (int64_t i = stop_offsets[b]; i < stop_offsets[b + 1] && !last; ++i) last = out[b] == stop_ids[i];

@@ -117,7 +117,7 @@ class KernelRunner:
         self._decode_run = library_handle.tnn_decode_run
         self._decode_run.argtypes = (
             [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_double]
-            + [ctypes.c_void_p] * 11
+            + [ctypes.c_void_p] * 12
         )  # fmt: skip
         self._decode_run.restype = ctypes.c_int64
         config = model.config
@@ -219,6 +219,7 @@ class PoolStep:
         self._sample_scratch = array.array("f", bytes(4 * 3 * runner.vocab_size))  # tnn_sample's work space
         self._run_tokens = array.array("q")  # (steps, B) a run's sampled tokens, grown as needed
         self._run_finite = array.array("B")  # (steps, B) whether each row was finite
+        self._no_interrupt = ctypes.c_int32(0)  # a run's interrupt flag when its caller gives none
 
     def __call__(self, tokens: Sequence[int]) -> Tensor:
         rows = len(tokens)
@@ -234,13 +235,21 @@ class PoolStep:
         return self._sampler is not None
 
     def run(
-        self, tokens: Sequence[int], rows: RunRows, keys: Sequence[int], *, max_steps: int, budget_seconds: float
+        self,
+        tokens: Sequence[int],
+        rows: RunRows,
+        keys: Sequence[int],
+        *,
+        max_steps: int,
+        budget_seconds: float,
+        interrupt: ctypes.c_int32 | None = None,
     ) -> tuple[list[list[int]], list[list[bool]]]:
         """Up to `max_steps` steps of rows [0, B) with the native sampler between them, no Python in between (and the
         interpreter lock let go throughout): step s consumes what step s - 1 sampled (the first, `tokens`) and
         samples with the race keys keys[s * B : (s + 1) * B]. The run ends after a step in which a row can go no
-        further (a non-finite row, its `remaining` tokens sampled, one of its `stop_ids` sampled) or before a step
-        that would end past `budget_seconds`. Exactly what that many `__call__`s with
+        further (a non-finite row, its `remaining` tokens sampled, one of its `stop_ids` sampled), after a step
+        that finds `interrupt` non-zero (another thread may set it during the run) or before a step that would end
+        past `budget_seconds`. Exactly what that many `__call__`s with
         tnn.model.sampling_native.native_sample between them compute. -> per step run, the B sampled tokens and
         whether each row was finite (False: its token is meaningless)."""
         batch = len(tokens)
@@ -267,6 +276,7 @@ class PoolStep:
         steps = runner._decode_run(
             runner._dims, runner._scalars, runner._weights, batch, addresses[0], self._states, self._logits_pointer,
             max_steps, budget_seconds, self._sampler, *addresses[1:],
+            ctypes.addressof(interrupt if interrupt is not None else self._no_interrupt),
             ctypes.c_void_p(self._run_tokens.buffer_info()[0]), ctypes.c_void_p(self._run_finite.buffer_info()[0]),
             ctypes.c_void_p(self._sample_scratch.buffer_info()[0]),
         )  # fmt: skip

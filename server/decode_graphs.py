@@ -21,6 +21,7 @@ one device-to-host copy per step is the sampled tokens the stream needs (the eng
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -153,14 +154,21 @@ class DecodeStep:
         return isinstance(step, PoolStep) and step.runs and batch <= self.native_rows
 
     def run(
-        self, tokens: Sequence[int], rows: RunRows, keys: Sequence[int], *, max_steps: int, budget_seconds: float
+        self,
+        tokens: Sequence[int],
+        rows: RunRows,
+        keys: Sequence[int],
+        *,
+        max_steps: int,
+        budget_seconds: float,
+        interrupt: ctypes.c_int32 | None = None,
     ) -> tuple[list[list[int]], list[list[bool]]]:
         """`PoolStep.run` on the pool's rows [0, B): several steps with the native sampler between them (check
         `runs` first)."""
         step = self.pool_step
         if not isinstance(step, PoolStep) or not self.runs(len(tokens)):
             raise RuntimeError(f"this decode step cannot run a batch of {len(tokens)} rows")
-        return step.run(tokens, rows, keys, max_steps=max_steps, budget_seconds=budget_seconds)
+        return step.run(tokens, rows, keys, max_steps=max_steps, budget_seconds=budget_seconds, interrupt=interrupt)
 
     @torch.inference_mode()
     def _torch_step(self, tokens: Sequence[int]) -> Tensor:

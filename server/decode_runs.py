@@ -7,9 +7,11 @@ while the HTTP thread ran: a fifth of the engine's time at 16 streaming clients)
 and wake the event loop, which wrote one SSE chunk per stream. A run keeps the lock released for all its steps,
 and hands the loop each stream's tokens of the run at once: one wake-up, one chunk per stream per run.
 
-A run lasts at most `--decode-run-ms` (judged by its mean step) and only while the engine has nothing else to do
-(no request waiting, prefilling or queued); it ends after the step in which any row finishes, so every row's state
-holds exactly what single steps would leave. Only rows the native sampler draws alone can run: not a grammar,
+A run takes at most `--decode-run-steps` steps and lasts at most `--decode-run-ms` (judged by its mean step). It
+starts only while the engine has nothing else to do (no request waiting, prefilling or queued) and ends after the
+step in which a request arrives (or a call, a cancellation: `Engine._notify` sets the flag the kernel reads), so a
+new request waits for one step, as without runs. It also ends after the step in which any row finishes, so every
+row's state holds exactly what single steps would leave. Only rows the native sampler draws alone can run: not a grammar,
 logprobs, stop strings (their text is matched in Python), penalties or a logit bias. A seeded row's race keys come
 from its generator as single steps would draw them (`RunKeys`), so a seeded request gets the same tokens either way.
 """
@@ -22,8 +24,6 @@ import torch
 
 from tnn.model.native_kernel import RunRows
 from tnn.server.engine_records import ChoiceSequence
-
-MAX_RUN_STEPS = 64  # steps a run may take at most, whatever its budget
 
 
 def run_rows(sequences: Sequence[ChoiceSequence], eos_id: int | None, vocab: int) -> RunRows | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import threading
 import time
@@ -40,7 +41,7 @@ from tnn.server.cache_fill import continuation_to_fill, restore
 from tnn.server.capacity import parse_memory, plan_slots
 from tnn.server.compiled_step import CompiledStepSource
 from tnn.server.decode_graphs import DecodeStep
-from tnn.server.decode_runs import MAX_RUN_STEPS, RunKeys, run_rows
+from tnn.server.decode_runs import RunKeys, run_rows
 from tnn.server.engine_records import ChoiceSequence, PrefillUnit, Tracker
 from tnn.server.generation import (
     CachedPrompt,
@@ -142,6 +143,7 @@ class Engine:
         self._pending: list[tuple[RequestHandle, Event]] = []
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any], int]] = deque()
         self._wake = threading.Event()
+        self._attention = ctypes.c_int32(0)  # set by `_notify`; a decode run ends after the step that sees it
         self._stopping = False
         self._outbox: Outbox | None = None
         self._thread: threading.Thread | None = None
@@ -179,9 +181,9 @@ class Engine:
             if self._outstanding + need > self.capacity:
                 raise Overloaded(f"all {self.slots.total} state slots and the queue are in use")
             self._outstanding += need
-        handle = RequestHandle(request, on_cancel=self._wake.set)
+        handle = RequestHandle(request, on_cancel=self._notify)
         self._inbox.append(handle)
-        self._wake.set()
+        self._notify()
         return handle
 
     def run_in_engine(self, fn: Callable[[], Any], tokens: int = 1) -> concurrent.futures.Future[Any]:
@@ -192,14 +194,20 @@ class Engine:
             raise NotAccepting("the server is not accepting requests")
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._calls.append((fn, future, tokens))
-        self._wake.set()
+        self._notify()
         return future
+
+    def _notify(self) -> None:
+        """New work for the engine thread (a request, a call, a cancellation, a stop): wake it, and end a decode
+        run it is in after its current step."""
+        self._attention.value = 1
+        self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread; requests still running get a 503 error event."""
         self.accepting = False
         self._stopping = True
-        self._wake.set()
+        self._notify()
         self.compiled_step.close()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -225,9 +233,10 @@ class Engine:
         if native is not None and self.decode_step is not None:
             self.decode_step.use_native(native, self.settings.native_step_max_batch)
             s = self.settings
-            if s.decode_run_ms > 0 and self.decode_step.runs(min(s.decode_run_min_rows, self.slots.total)):
-                logger.info("decode runs: up to %g ms of steps per native call, with %d or more running sequences",
-                            s.decode_run_ms, s.decode_run_min_rows)  # fmt: skip
+            runs = s.decode_run_ms > 0 and s.decode_run_steps > 1
+            if runs and self.decode_step.runs(min(s.decode_run_min_rows, self.slots.total)):
+                logger.info("decode runs: up to %d steps (%g ms) per native call, with %d or more running sequences",
+                            s.decode_run_steps, s.decode_run_ms, s.decode_run_min_rows)  # fmt: skip
 
     def grammar_matcher(self, grammar: str) -> TokenMatcher:
         assert self.grammars is not None, "grammars are compiled by Serving only when the engine has them"
@@ -271,6 +280,7 @@ class Engine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            self._attention.value = 0  # before taking the work: what arrives later interrupts this iteration's run
             self._run_calls()
             try:
                 with torch.inference_mode():  # the state tensors are inference tensors: updated in place here
@@ -542,8 +552,9 @@ class Engine:
     def _decode_run(self, sequences: list[ChoiceSequence]) -> bool:
         """Several decode steps in one native call (tnn.server.decode_runs) when nothing else waits and every row
         samples plainly; each step's tokens then accepted as a step's would be. False: not run (step as usual)."""
-        budget = self.settings.decode_run_ms / 1000
-        if budget <= 0 or len(sequences) < self.settings.decode_run_min_rows:
+        s = self.settings
+        budget = s.decode_run_ms / 1000
+        if budget <= 0 or s.decode_run_steps < 2 or len(sequences) < s.decode_run_min_rows:
             return False
         if self._inbox or self._waiting or self._prefilling or self._calls:
             return False
@@ -555,11 +566,11 @@ class Engine:
             return False
         start = time.perf_counter()
         # room for the steps the budget allows at the last run's pace (keys cost a draw each)
-        max_steps = min(MAX_RUN_STEPS, int(budget / self._run_step_seconds) + 1)
+        max_steps = min(s.decode_run_steps, int(budget / self._run_step_seconds) + 1)
         try:
             keys = RunKeys([seq.generator for seq in sequences], max_steps, [seq.params.greedy for seq in sequences])
             run = self.decode_step.run([seq.tokens[-1] for seq in sequences], rows, keys.keys, max_steps=max_steps,
-                                       budget_seconds=budget)  # fmt: skip
+                                       budget_seconds=budget, interrupt=self._attention)  # fmt: skip
         except Exception:
             self._decode_failed(sequences)
             return True

@@ -68,13 +68,19 @@ class Settings(BaseSettings):
         description="seconds the interpreter lets the HTTP thread run before handing its lock to the engine thread "
         "waiting after a native call (sys.setswitchinterval; Python's default 0.005)",
     )
+    decode_run_steps: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="decode steps the native kernel may take in one call, sampling between them, before the engine "
+        "hands the tokens over (a streaming client then gets them in one chunk); only while nothing waits and every "
+        "row samples plainly (tnn.server.decode_runs); 1: one step per call",
+    )
     decode_run_ms: float = Field(
-        default=8.0,
+        default=20.0,
         ge=0,
         le=1000,
-        description="milliseconds the native kernel may decode the batch in one call, sampling between steps, before "
-        "the engine hands the tokens over (a streaming client then gets them in one chunk); only while nothing waits "
-        "and every row samples plainly (tnn.server.decode_runs); 0: one step per call",
+        description="milliseconds a decode run may last at most (it starts no step that would end later); 0: no runs",
     )
     decode_run_min_rows: int = Field(
         default=8,

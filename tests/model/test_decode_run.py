@@ -2,12 +2,13 @@
 between) against its twin: the same number of single steps (`PoolStep.__call__`) with
 `tnn.model.sampling_native.native_sample` between them, given the same race keys. Both run the same machine code
 in the same order, so tokens, finite flags and states agree bit for bit; the tests also pin where a run ends (a
-stop id, a row's remaining tokens, a non-finite row, the time budget). Skipped where there is no C++ compiler, no
+stop id, a row's remaining tokens, a non-finite row, the time budget, an interrupt). Skipped where there is no C++ compiler, no
 AVX2 or no native sampler.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import shutil
 from pathlib import Path
@@ -118,8 +119,12 @@ def test_a_run_ends_at_a_non_finite_row_and_reports_it(library: Path) -> None:
     assert len(sampled) == 1 and finite == [[True, False, True]]
 
 
-def test_a_run_stops_before_a_step_that_would_pass_its_budget(library: Path) -> None:
+def test_a_run_stops_before_a_step_that_would_pass_its_budget_or_when_interrupted(library: Path) -> None:
     run_step, _, _, _ = bound_pair(library, 4)
+    raised = ctypes.c_int32(1)  # another thread's request: set before the run here, so it ends after one step
+    sampled, _ = run_step.run([1, 2], plain_rows(2), random_keys(2 * 50, seed=3), max_steps=50, budget_seconds=NEVER,
+                              interrupt=raised)  # fmt: skip
+    assert len(sampled) == 1
     sampled, _ = run_step.run([1, 2], plain_rows(2), random_keys(2 * 50, seed=3), max_steps=50, budget_seconds=0.0)
     assert len(sampled) == 1  # the first step always runs
     sampled, _ = run_step.run([1, 2], plain_rows(2), random_keys(2 * 50, seed=3), max_steps=50, budget_seconds=NEVER)

@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.skipif(native_lib.sampler_library() is None, reason="no native sampler"),
 ]
 
-LONG_RUNS = 1000.0  # ms: runs end at a finishing row or MAX_RUN_STEPS, never at the budget
+LONG_RUNS = 1000.0  # ms: with 64 steps a run, runs end at a finishing row, never at the budget
 
 
 @dataclasses.dataclass
@@ -44,7 +44,8 @@ class Answer:
 def native_engine(model_dir: Path, cache: Path, run_ms: float, min_rows: int = 1) -> tuple[Engine, list[int]]:
     """An engine with the kernel installed, and the list its decode runs append their step counts to."""
     engine = build_engine(Settings(model_dir=model_dir, threads=1, native_step="wait", compile_cache_dir=cache,
-                                   decode_run_ms=run_ms, decode_run_min_rows=min_rows), Metrics())  # type: ignore[arg-type]  # fmt: skip
+                                   decode_run_ms=run_ms, decode_run_steps=64, decode_run_min_rows=min_rows),
+                          Metrics())  # type: ignore[arg-type]  # fmt: skip
     engine.warmup()
     assert engine.decode_step is not None and engine.decode_step.pool_step is not None
     steps: list[int] = []

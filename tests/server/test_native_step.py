@@ -82,7 +82,7 @@ def test_decode_runs_stream_what_single_steps_stream(tiny_model_dir: Path, cache
         assert "decode runs" not in single.log()
     with native_server(tiny_model_dir, cache_dir, "wait", "--decode-run-min-rows", "1") as runs:
         run_texts, run_chunks, run_usage = stream_seeded(runs.url)
-        assert "decode runs: up to 8 ms of steps per native call, with 1 or more running sequences" in runs.log()
+        assert "decode runs: up to 3 steps (20 ms) per native call, with 1 or more running sequences" in runs.log()
     assert run_texts == texts and run_usage == usage == 4 * 30
     assert run_chunks < single_chunks
 
