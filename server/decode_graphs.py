@@ -21,7 +21,6 @@ one device-to-host copy per step is the sampled tokens the stream needs (the eng
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from tnn.model.native_kernel import PoolStep, RunRows
+from tnn.model.native_kernel import PoolStep
 from tnn.model.native_step import NativeStep
 from tnn.model.tnn import TnnLM, TnnState
 
@@ -147,28 +146,12 @@ class DecodeStep:
             return self.pool_step(tokens)  # (B, V): no torch op, not even inference mode's, before the kernel
         return self._torch_step(tokens)
 
-    def runs(self, batch: int) -> bool:
-        """Whether `run` takes a batch of this many rows: the native kernel bound to the pool, with the native
-        sampler, and the batch within the compiled step's rows."""
+    def runner(self, batch: int) -> PoolStep | None:
+        """What runs several steps of a batch of this many rows in one call (`PoolStep.run`, on the pool's rows
+        [0, B)): the native kernel bound to the pool, with the native sampler, for a batch within the compiled
+        step's rows; else None."""
         step = self.pool_step
-        return isinstance(step, PoolStep) and step.runs and batch <= self.native_rows
-
-    def run(
-        self,
-        tokens: Sequence[int],
-        rows: RunRows,
-        keys: Sequence[int],
-        *,
-        max_steps: int,
-        budget_seconds: float,
-        interrupt: ctypes.c_int32 | None = None,
-    ) -> tuple[list[list[int]], list[list[bool]]]:
-        """`PoolStep.run` on the pool's rows [0, B): several steps with the native sampler between them (check
-        `runs` first)."""
-        step = self.pool_step
-        if not isinstance(step, PoolStep) or not self.runs(len(tokens)):
-            raise RuntimeError(f"this decode step cannot run a batch of {len(tokens)} rows")
-        return step.run(tokens, rows, keys, max_steps=max_steps, budget_seconds=budget_seconds, interrupt=interrupt)
+        return step if isinstance(step, PoolStep) and step.runs and batch <= self.native_rows else None
 
     @torch.inference_mode()
     def _torch_step(self, tokens: Sequence[int]) -> Tensor:

@@ -234,7 +234,7 @@ class Engine:
             self.decode_step.use_native(native, self.settings.native_step_max_batch)
             s = self.settings
             runs = s.decode_run_ms > 0 and s.decode_run_steps > 1
-            if runs and self.decode_step.runs(min(s.decode_run_min_rows, self.slots.total)):
+            if runs and self.decode_step.runner(min(s.decode_run_min_rows, self.slots.total)) is not None:
                 logger.info("decode runs: up to %d steps (%g ms) per native call, with %d or more running sequences",
                             s.decode_run_steps, s.decode_run_ms, s.decode_run_min_rows)  # fmt: skip
 
@@ -559,7 +559,8 @@ class Engine:
         if self._inbox or self._waiting or self._prefilling or self._calls:
             return False
         assert self.decode_step is not None
-        if not self.decode_step.runs(len(sequences)):
+        runner = self.decode_step.runner(len(sequences))
+        if runner is None:
             return False
         rows = run_rows(sequences, self.tokenizer.eos_id, self.vocab_size)
         if rows is None:
@@ -569,8 +570,8 @@ class Engine:
         max_steps = min(s.decode_run_steps, int(budget / self._run_step_seconds) + 1)
         try:
             keys = RunKeys([seq.generator for seq in sequences], max_steps, [seq.params.greedy for seq in sequences])
-            run = self.decode_step.run([seq.tokens[-1] for seq in sequences], rows, keys.keys, max_steps=max_steps,
-                                       budget_seconds=budget, interrupt=self._attention)  # fmt: skip
+            run = runner.run([seq.tokens[-1] for seq in sequences], rows, keys.keys, max_steps=max_steps,
+                             budget_seconds=budget, interrupt=self._attention)  # fmt: skip
         except Exception:
             self._decode_failed(sequences)
             return True

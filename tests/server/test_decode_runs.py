@@ -49,15 +49,15 @@ def native_engine(model_dir: Path, cache: Path, run_ms: float, min_rows: int = 1
     engine.warmup()
     assert engine.decode_step is not None and engine.decode_step.pool_step is not None
     steps: list[int] = []
-    run = engine.decode_step.run
+    pool_step = engine.decode_step.pool_step
+    run = pool_step.run  # type: ignore[union-attr]
 
     def counted(*args: object, **kwargs: object) -> object:
         result = run(*args, **kwargs)  # type: ignore[arg-type]
-        if result is not None:
-            steps.append(len(result[0]))
+        steps.append(len(result[0]))
         return result
 
-    engine.decode_step.run = counted  # type: ignore[method-assign]
+    pool_step.run = counted  # type: ignore[method-assign,union-attr]
     return engine, steps
 
 
