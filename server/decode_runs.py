@@ -11,9 +11,10 @@ A run takes at most `--decode-run-steps` steps and lasts at most `--decode-run-m
 starts only while the engine has nothing else to do (no request waiting, prefilling or queued) and ends after the
 step in which a request arrives (or a call, a cancellation: `Engine._notify` sets the flag the kernel reads), so a
 new request waits for one step, as without runs. It also ends after the step in which any row finishes, so every
-row's state holds exactly what single steps would leave. Only rows the native sampler draws alone can run: not a grammar,
-logprobs, stop strings (their text is matched in Python), penalties or a logit bias. A seeded row's race keys come
-from its generator as single steps would draw them (`RunKeys`), so a seeded request gets the same tokens either way.
+row's state holds exactly what single steps would leave. Only rows the native sampler draws alone can run: not a
+grammar, logprobs, stop strings (their text is matched in Python), penalties or a logit bias. A seeded row's race
+keys come from its generator as single steps would draw them (`RunKeys`), so a seeded request gets the same tokens
+either way.
 """
 
 from __future__ import annotations
