@@ -279,14 +279,19 @@ _CPU = torch.device("cpu")
 def race_keys(generators: Sequence[torch.Generator | None]) -> list[int]:
     """One 64-bit key per row for the race's exponentials: a seeded row's from its generator (the same alone or
     in any batch), the unseeded rows' in one draw from the global RNG."""
-    values = [0] * len(generators)
-    if any(g is None for g in generators):
-        values = torch.empty(len(generators), dtype=torch.int64).random_().tolist()
+    values = race_key_draws(len(generators)) if any(g is None for g in generators) else [0] * len(generators)
     buffer = _KEY_BUFFER.on(_CPU)
     for row, generator in enumerate(generators):
         if generator is not None:  # drawn on the generator's device (a CUDA row's generator is a CUDA one)
             on_device = buffer if generator.device == _CPU else _KEY_BUFFER.on(generator.device)
-            values[row] = int(on_device.random_(generator=generator))
+            values[row] = int(on_device.random_(generator=generator)) % 2**64
+    return values
+
+
+def race_key_draws(count: int, generator: torch.Generator | None = None) -> list[int]:
+    """`count` 64-bit race keys drawn in order from a CPU `generator` (None: the global RNG): what `count` draws of
+    one key each give (tnn.server.decode_runs draws several steps' keys at once)."""
+    values = torch.empty(count, dtype=torch.int64).random_(generator=generator).tolist()
     return [value % 2**64 for value in values]
 
 

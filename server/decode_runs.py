@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from tnn.model.native_kernel import RunRows
+from tnn.model.sampling import race_key_draws
 from tnn.server.engine_records import ChoiceSequence
 
 
@@ -62,16 +63,17 @@ class RunKeys:
     def __init__(self, generators: Sequence[torch.Generator | None], steps: int, greedy: Sequence[bool]) -> None:
         batch = len(generators)
         self.steps = steps
-        self._seeded = [(g, g.get_state()) for g, plain in zip(generators, greedy, strict=True) if g and not plain]
+        drawing = [b for b in range(batch) if not greedy[b]]
+        unseeded = [b for b in drawing if generators[b] is None]
+        seeded = [(b, g) for b in drawing if (g := generators[b]) is not None]
+        self._seeded = [(g, g.get_state()) for _, g in seeded]  # before their draws: `settle` rewinds to here
         keys = [0] * (steps * batch)
-        unseeded = [b for b, g in enumerate(generators) if g is None and not greedy[b]]
         if unseeded:
-            draws = _draws(steps * len(unseeded), None)
+            draws = race_key_draws(steps * len(unseeded))
             for i, b in enumerate(unseeded):
                 keys[b::batch] = draws[i * steps : (i + 1) * steps]
-        for b, (generator, plain) in enumerate(zip(generators, greedy, strict=True)):
-            if generator is not None and not plain:
-                keys[b::batch] = _draws(steps, generator)
+        for b, generator in seeded:
+            keys[b::batch] = race_key_draws(steps, generator)
         self.keys = keys
 
     def settle(self, steps_run: int) -> None:
@@ -80,10 +82,4 @@ class RunKeys:
             return
         for generator, state in self._seeded:
             generator.set_state(state)
-            _draws(steps_run, generator)
-
-
-def _draws(count: int, generator: torch.Generator | None) -> list[int]:
-    """`count` 64-bit keys, as `count` one-element draws of race_keys give them (mod 2^64)."""
-    values = torch.empty(count, dtype=torch.int64).random_(generator=generator).tolist()
-    return [value % 2**64 for value in values]
+            race_key_draws(steps_run, generator)

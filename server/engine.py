@@ -151,6 +151,7 @@ class Engine:
         self._shown_occupancy: tuple[object, ...] = ()  # what the gauges were last set from (_update_gauges)
         self._prompt_tokens = 0
         self._generated_tokens = 0
+        self._decode_runs = settings.decode_run_ms > 0 and settings.decode_run_steps > 1  # tnn.server.decode_runs
         self._run_step_seconds = 1e-3  # the last decode run's mean step (sizes the next run's keys)
         metrics.state_slots_total.set(slots)
 
@@ -233,8 +234,7 @@ class Engine:
         if native is not None and self.decode_step is not None:
             self.decode_step.use_native(native, self.settings.native_step_max_batch)
             s = self.settings
-            runs = s.decode_run_ms > 0 and s.decode_run_steps > 1
-            if runs and self.decode_step.runner(min(s.decode_run_min_rows, self.slots.total)) is not None:
+            if self._decode_runs and self.decode_step.runner(min(s.decode_run_min_rows, self.slots.total)) is not None:
                 logger.info("decode runs: up to %d steps (%g ms) per native call, with %d or more running sequences",
                             s.decode_run_steps, s.decode_run_ms, s.decode_run_min_rows)  # fmt: skip
 
@@ -553,8 +553,7 @@ class Engine:
         """Several decode steps in one native call (tnn.server.decode_runs) when nothing else waits and every row
         samples plainly; each step's tokens then accepted as a step's would be. False: not run (step as usual)."""
         s = self.settings
-        budget = s.decode_run_ms / 1000
-        if budget <= 0 or s.decode_run_steps < 2 or len(sequences) < s.decode_run_min_rows:
+        if not self._decode_runs or len(sequences) < s.decode_run_min_rows:
             return False
         if self._inbox or self._waiting or self._prefilling or self._calls:
             return False
@@ -567,6 +566,7 @@ class Engine:
             return False
         start = time.perf_counter()
         # room for the steps the budget allows at the last run's pace (keys cost a draw each)
+        budget = s.decode_run_ms / 1000
         max_steps = min(s.decode_run_steps, int(budget / self._run_step_seconds) + 1)
         try:
             keys = RunKeys([seq.generator for seq in sequences], max_steps, [seq.params.greedy for seq in sequences])
